@@ -1,0 +1,68 @@
+// The one schema block of the fastconv library, and the C++ API over it.
+#include "fastconv/ops.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace fastconv {
+
+TORCH_LIBRARY(fastconv, m) {
+  m.def(
+      "conv1d(Tensor input, Tensor weight, Tensor? bias=None, "
+      "SymInt[1] stride=1, SymInt[1] padding=0, SymInt[1] dilation=1, "
+      "SymInt groups=1) -> Tensor");
+  m.def(
+      "conv1d_input_backward(Tensor grad_output, Tensor weight, "
+      "SymInt input_length, SymInt[1] stride, SymInt[1] padding, "
+      "SymInt[1] dilation, SymInt groups) -> Tensor");
+  m.def(
+      "conv1d_weight_backward(Tensor grad_output, Tensor input, "
+      "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
+      "SymInt[1] dilation, SymInt groups) -> Tensor");
+}
+
+at::Tensor conv1d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv1d", "")
+                       .typed<decltype(conv1d)>();
+  return op.call(input, weight, bias, stride, padding, dilation, groups);
+}
+
+at::Tensor conv1d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymInt input_length,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv1d_input_backward", "")
+                       .typed<decltype(conv1d_input_backward)>();
+  return op.call(
+      grad_output, weight, input_length, stride, padding, dilation, groups);
+}
+
+at::Tensor conv1d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv1d_weight_backward", "")
+                       .typed<decltype(conv1d_weight_backward)>();
+  return op.call(
+      grad_output, input, kernel_size, stride, padding, dilation, groups);
+}
+
+}  // namespace fastconv

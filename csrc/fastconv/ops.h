@@ -1,0 +1,43 @@
+// C++ API of the fastconv operators. Each function calls the operator through
+// the dispatcher, so it runs the kernel for the tensors' device and records
+// autograd exactly like torch.ops.fastconv.* does from Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/SymInt.h>
+
+#include <optional>
+
+namespace fastconv {
+
+// Same semantics as torch::nn::functional::conv1d / at::conv1d.
+at::Tensor conv1d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias = std::nullopt,
+    c10::SymIntArrayRef stride = c10::SymInt(1),
+    c10::SymIntArrayRef padding = c10::SymInt(0),
+    c10::SymIntArrayRef dilation = c10::SymInt(1),
+    c10::SymInt groups = 1);
+
+// Gradient of conv1d with respect to its input (a transposed convolution).
+at::Tensor conv1d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymInt input_length,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups);
+
+// Gradient of conv1d with respect to its weight.
+at::Tensor conv1d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups);
+
+}  // namespace fastconv

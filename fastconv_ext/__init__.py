@@ -1,0 +1,23 @@
+"""fastconv: fast convolution operators for PyTorch.
+
+Importing this package loads the compiled operator library, which registers
+``torch.ops.fastconv.*`` with the dispatcher (CPU, CUDA where built, Meta for
+torch.compile, and autograd). The Python API is a thin, typed layer over them:
+
+- :func:`conv1d` -- drop-in for :func:`torch.nn.functional.conv1d`
+- :class:`Conv1d` -- drop-in for :class:`torch.nn.Conv1d`
+"""
+
+import torch
+
+from fastconv_ext._loader import load_library
+
+load_library()
+
+from fastconv_ext.functional import conv1d  # noqa: E402
+from fastconv_ext.nn import Conv1d  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["conv1d", "Conv1d", "__version__"]
+
+del torch
