@@ -48,6 +48,8 @@ def extension():
     )
     cpp = sources("fastconv/**/*.cpp") + sources("python/*.cpp")
     if want_cuda():
+        # Ampere and Hopper, plus PTX for newer GPUs, unless the user picks.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             sources=cpp + sources("fastconv/**/*.cu"),

@@ -160,12 +160,13 @@ Conv1dSymDims check_conv1d(
   set_hyper_params(op, d, stride, padding, dilation, groups);
   d.out_channels = weight.sym_size(0);
   d.kernel_size = weight.sym_size(2);
+  check_channels(op, d);
   TORCH_CHECK(
       weight.sym_size(1) * d.groups == d.in_channels, op,
       ": input has ", d.in_channels, " channels, but weight of shape ",
-      weight.sym_sizes(), " with groups=", d.groups, " expects weight.size(1) * groups = ",
-      weight.sym_size(1) * d.groups, " channels");
-  check_channels(op, d);
+      weight.sym_sizes(), " with groups=", d.groups,
+      " expects weight.size(1) * groups = ", weight.sym_size(1) * d.groups,
+      " channels");
   if (bias.has_value() && bias->defined()) {
     check_float_tensor(op, "bias", *bias);
     check_same_kind(op, "bias", *bias, "input", input);

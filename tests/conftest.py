@@ -1,0 +1,103 @@
+import random
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pytest
+import torch
+
+import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
+
+
+def cuda_kernels_built() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastconv::conv1d", "CUDA")
+
+
+def _device_params():
+    reason = None
+    if not torch.cuda.is_available():
+        reason = "no CUDA device available"
+    elif not cuda_kernels_built():
+        reason = "fastconv_ext was built without CUDA kernels"
+    cuda = pytest.param("cuda", marks=pytest.mark.skipif(reason is not None, reason=reason or ""))
+    return ["cpu", cuda]
+
+
+DEVICES = _device_params()
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@dataclass
+class Conv1dCase:
+    """One valid conv1d call: shapes and hyper-parameters."""
+
+    batch: Optional[int]  # None: unbatched (C, L) input
+    in_channels: int
+    out_channels: int
+    length: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+    bias: bool = True
+    kwargs: dict = field(default_factory=dict)
+
+    def tensors(self, dtype=torch.float64, device="cpu", requires_grad=False, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        shape = (self.in_channels, self.length)
+        if self.batch is not None:
+            shape = (self.batch,) + shape
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        w = torch.randn(
+            self.out_channels, self.in_channels // self.groups, self.kernel_size,
+            generator=g, dtype=torch.float64,
+        )
+        b = torch.randn(self.out_channels, generator=g, dtype=torch.float64) if self.bias else None
+        out = []
+        for t in (x, w, b):
+            if t is not None:
+                t = t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+            out.append(t)
+        return out
+
+    def args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+    def __str__(self):
+        return (
+            f"B{self.batch}-Ci{self.in_channels}-Co{self.out_channels}-L{self.length}-K{self.kernel_size}"
+            f"-s{self.stride}-p{self.padding}-d{self.dilation}-g{self.groups}-{'b' if self.bias else 'nb'}"
+        )
+
+
+def random_cases(count: int, seed: int, long_fraction: float = 0.2):
+    """Random valid conv1d configurations, some long enough to cross tile boundaries."""
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        kind = rng.random()
+        if kind < 0.2:  # depthwise
+            groups = rng.randint(1, 6)
+            cin = cout = groups
+        else:
+            groups = rng.choice([1, 1, 1, 2, 3])
+            cin = groups * rng.randint(1, 3)
+            cout = groups * rng.randint(1, 3)
+        kernel = rng.choice([1, 2, 3, 4, 5, 7, 9, 16])
+        stride = rng.choice([1, 1, 1, 2, 3])
+        dilation = rng.choice([1, 1, 2, 3])
+        padding = rng.randint(0, 5)
+        length = rng.randint(1300, 2200) if rng.random() < long_fraction else rng.randint(1, 48)
+        span = dilation * (kernel - 1) + 1
+        if length + 2 * padding < span:
+            length = span - 2 * padding + rng.randint(0, 3)
+        length = max(length, 0)
+        batch = rng.choice([None, 1, 2, 3])
+        cases.append(
+            Conv1dCase(batch, cin, cout, length, kernel, stride, padding, dilation, groups, rng.random() < 0.7)
+        )
+    return cases

@@ -1,0 +1,222 @@
+"""fastconv.conv1d against torch.nn.functional.conv1d: forward and every gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Conv1dCase, random_cases
+
+import fastconv_ext
+
+RANDOM_CASES = random_cases(160, seed=1234)
+# Tolerances for low-precision results against a float64 reference of the same inputs.
+LOW_PRECISION_TOL = {
+    torch.float32: dict(rtol=2e-5, atol=2e-5),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=2e-2),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+}
+
+
+def forward_and_grads(fn, case, x, w, b, seed=99):
+    y = fn(x, w, b, **case.args())
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    gy = gy.to(y)
+    inputs = [t for t in (x, w, b) if t is not None]
+    grads = torch.autograd.grad(y, inputs, gy)
+    return y, grads
+
+
+@pytest.mark.parametrize("case", RANDOM_CASES, ids=str)
+def test_random_float64_matches_torch(case, device):
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, x, w, b)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref)
+    for name, g, g_ref in zip(("input", "weight", "bias"), grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", random_cases(24, seed=77, long_fraction=0.3), ids=str)
+def test_low_precision_matches_float64_reference(case, dtype, device):
+    x, w, b = case.tensors(dtype=dtype, device=device, requires_grad=True)
+    y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    assert y.dtype == dtype
+    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
+    tol = LOW_PRECISION_TOL[dtype]
+    # Reductions over many terms: scale atol with the reduction length.
+    reduce_len = case.in_channels // case.groups * case.kernel_size
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * reduce_len**0.5)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == dtype
+        scale = g_ref.abs().max().item() + 1.0
+        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def opinfo_samples():
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    (op,) = [o for o in op_db if o.name == "nn.functional.conv1d"]
+    return op
+
+
+def test_opinfo_sample_inputs(device):
+    op = opinfo_samples()
+    samples = list(op.sample_inputs(device, torch.float64, requires_grad=True))
+    assert samples
+    for sample in samples:
+        args = (sample.input,) + tuple(sample.args)
+        y = fastconv_ext.conv1d(*args, **sample.kwargs)
+        y_ref = F.conv1d(*args, **sample.kwargs)
+        torch.testing.assert_close(y, y_ref)
+        inputs = [t for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
+        gy = torch.randn_like(y_ref)
+        for g, g_ref in zip(torch.autograd.grad(y, inputs, gy), torch.autograd.grad(y_ref, inputs, gy)):
+            torch.testing.assert_close(g, g_ref)
+
+
+def test_opinfo_error_inputs_raise():
+    op = opinfo_samples()
+    errors = list(op.error_inputs("cpu"))
+    assert errors
+    for err in errors:
+        s = err.sample_input
+        with pytest.raises((RuntimeError, ValueError)):
+            fastconv_ext.conv1d(s.input, *s.args, **s.kwargs)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Conv1dCase(2, 3, 4, 9, 3, stride=2, padding=1, dilation=2),
+        Conv1dCase(None, 4, 6, 11, 2, padding=2, groups=2),
+        Conv1dCase(3, 4, 4, 10, 3, groups=4, bias=False),
+        Conv1dCase(1, 2, 3, 5, 5, padding=2, stride=3),
+    ],
+    ids=str,
+)
+def test_gradcheck_and_gradgradcheck(case, device):
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    inputs = tuple(t for t in (x, w, b) if t is not None)
+
+    def fn(*ts):
+        return fastconv_ext.conv1d(ts[0], ts[1], ts[2] if len(ts) > 2 else None, **case.args())
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("op_name", ["conv1d_input_backward", "conv1d_weight_backward"])
+def test_backward_ops_gradgradcheck(op_name, device):
+    """The backward operators are differentiable themselves (third derivatives too)."""
+    case = Conv1dCase(2, 4, 6, 13, 3, stride=2, padding=1, dilation=2, groups=2)
+    x, w, _ = case.tensors(device=device)
+    y = F.conv1d(x, w, None, **case.args())
+    gy = torch.randn_like(y).requires_grad_()
+    hp = ([case.stride], [case.padding], [case.dilation], case.groups)
+    if op_name == "conv1d_input_backward":
+        w.requires_grad_()
+        fn = lambda gy, w: torch.ops.fastconv.conv1d_input_backward(gy, w, case.length, *hp)  # noqa: E731
+        ref = F.grad.conv1d_input(x.shape, w, gy, case.stride, case.padding, case.dilation, case.groups)
+        inputs = (gy, w)
+    else:
+        x.requires_grad_()
+        fn = lambda gy, x: torch.ops.fastconv.conv1d_weight_backward(gy, x, case.kernel_size, *hp)  # noqa: E731
+        ref = F.grad.conv1d_weight(x, w.shape, gy, case.stride, case.padding, case.dilation, case.groups)
+        inputs = (gy, x)
+    torch.testing.assert_close(fn(*inputs), ref)
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "bias", "all"])
+def test_non_contiguous_inputs(which, device):
+    case = Conv1dCase(3, 4, 6, 40, 3, stride=2, padding=1, groups=2)
+    x, w, b = case.tensors(device=device)
+    if which in ("input", "all"):
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)[:, :, ::2]  # strided along L
+        assert not x.is_contiguous()
+    if which in ("weight", "all"):
+        w = torch.cat([w, w], dim=2)[:, :, ::2]
+        assert not w.is_contiguous()
+    if which in ("bias", "all"):
+        b = torch.stack([b, b], dim=1)[:, 0]
+        assert not b.is_contiguous()
+    for t in (x, w, b):
+        t.requires_grad_()
+    y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, x, w, b)
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_expanded_grad_output(device):
+    """sum().backward() hands the kernels a stride-0 gradient."""
+    case = Conv1dCase(2, 3, 4, 30, 5, padding=2)
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    fastconv_ext.conv1d(x, w, b, **case.args()).sum().backward()
+    grads = [t.grad for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    F.conv1d(x, w, b, **case.args()).sum().backward()
+    for g, t in zip(grads, (x, w, b)):
+        torch.testing.assert_close(g, t.grad)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_zero_batch_and_empty_length(batched, device):
+    x = torch.randn(0, 3, 10, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    y = fastconv_ext.conv1d(x, w, b)
+    assert y.shape == (0, 4, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    torch.testing.assert_close(w.grad, torch.zeros_like(w))
+    torch.testing.assert_close(b.grad, torch.zeros_like(b))
+    # An empty signal with enough padding is a valid (all-bias) convolution;
+    # F.conv1d rejects it, so the reference pads explicitly.
+    x = torch.randn((2, 3, 0) if batched else (3, 0), dtype=torch.float64, device=device)
+    torch.testing.assert_close(fastconv_ext.conv1d(x, w, b, padding=2), F.conv1d(F.pad(x, [2, 2]), w, b))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel_size,dilation", [(3, 1), (4, 1), (4, 3), (5, 2), (2, 2)])
+def test_string_padding(padding, kernel_size, dilation, device):
+    case = Conv1dCase(2, 4, 6, 17, kernel_size, dilation=dilation, groups=2)
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    y = fastconv_ext.conv1d(x, w, b, padding=padding, dilation=dilation, groups=2)
+    y_ref = F.conv1d(x, w, b, padding=padding, dilation=dilation, groups=2)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn_like(y)
+    for g, g_ref in zip(torch.autograd.grad(y, (x, w, b), gy), torch.autograd.grad(y_ref, (x, w, b), gy)):
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_argument_forms_match_torch():
+    case = Conv1dCase(2, 4, 6, 23, 3)
+    x, w, b = case.tensors()
+    for kwargs in [dict(stride=(2,)), dict(stride=[2]), dict(padding=(1,)), dict(dilation=[2]), {}]:
+        torch.testing.assert_close(fastconv_ext.conv1d(x, w, b, **kwargs), F.conv1d(x, w, b, **kwargs))
+    # Positional arguments, as with F.conv1d.
+    torch.testing.assert_close(fastconv_ext.conv1d(x, w, b, 2, 1, 2, 1), F.conv1d(x, w, b, 2, 1, 2, 1))
+
+
+def test_result_independent_of_thread_count():
+    case = Conv1dCase(4, 8, 8, 3000, 7, padding=3)
+    x, w, b = case.tensors(dtype=torch.float32, requires_grad=True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+            results.append((y, grads))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, g1), (y2, g2) = results
+    assert torch.equal(y1, y2)
+    for a, c in zip(g1, g2):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)
