@@ -14,7 +14,13 @@ def load_library() -> None:
         except ImportError:
             built_for = "an unknown torch"
         hint = ""
-        if "undefined symbol" in str(err) or built_for != torch.__version__:
+        if isinstance(err, ModuleNotFoundError):
+            hint = (
+                " The compiled module is missing: build it with `pip install --no-build-isolation .` "
+                "(or `-e .` to use this source tree in place), and do not import the package from "
+                "an unbuilt source tree."
+            )
+        elif "undefined symbol" in str(err) or built_for != torch.__version__:
             hint = (
                 f" fastconv_ext was built against torch {built_for} but torch "
                 f"{torch.__version__} is installed: rebuild it with "

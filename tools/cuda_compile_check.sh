@@ -8,7 +8,7 @@
 #      TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), NVCC (default nvcc).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${1:-$root/.cache/torch-cuda}
+cache=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/fastconv/torch-cuda}
 version=${TORCH_CUDA_VERSION:-2.13.0}
 python=${PYTHON:-python3}
 nvcc=${NVCC:-nvcc}

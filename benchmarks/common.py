@@ -1,0 +1,95 @@
+"""Shared benchmark machinery: timing, machine limits, allocator modes, tables, plots.
+
+Timings interleave the candidates repeat by repeat (so drift and noise hit both
+alike) and report medians after warm-up. This machine is shared: trust ratios.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+# glibc settings that make large buffers reuse freed memory instead of fresh
+# mmap pages (every fresh 4 KiB page costs a fault on first touch).
+TUNED_ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 40),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+    "MALLOC_TOP_PAD_": str(1 << 30),
+}
+
+
+def allocator_mode() -> str:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+        return "tuned"
+    return "default"
+
+
+def rerun_with_tuned_allocator(argv: Sequence[str]) -> int:
+    """Runs this script again in a child process with the tuned allocator settings."""
+    env = dict(os.environ, **TUNED_ALLOCATOR_ENV)
+    return subprocess.call([sys.executable] + list(argv), env=env)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
+                     min_seconds: float = 0.0) -> Dict[str, float]:
+    """Median seconds per call of each function, calls interleaved."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    n = 0
+    while n < repeats or time.perf_counter() - start < min_seconds:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+        n += 1
+        if n >= 50 * repeats:
+            break
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+@dataclass
+class MachineLimits:
+    gflops: float  # fp32 multiply-add rate through torch.mm, GFLOP/s
+    gbps: float  # DRAM copy bandwidth (read + write), GB/s
+    threads: int
+
+
+def measure_machine(quick: bool = False) -> MachineLimits:
+    """Peak fp32 FLOP rate (torch.mm) and copy bandwidth, measured now, with the current threads."""
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    t = time_interleaved({"mm": lambda: torch.mm(a, b, out=out)}, repeats=5 if quick else 10)["mm"]
+    gflops = 2 * n**3 / t / 1e9
+    elems = (64 if quick else 256) * (1 << 20) // 4
+    src, dst = torch.randn(elems), torch.empty(elems)
+    t = time_interleaved({"copy": lambda: dst.copy_(src)}, repeats=5 if quick else 10)["copy"]
+    gbps = 2 * elems * 4 / t / 1e9
+    return MachineLimits(gflops, gbps, torch.get_num_threads())
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, columns padded for the terminal."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def geomean(values: Sequence[float]) -> float:
+    values = [v for v in values if v > 0]
+    return statistics.geometric_mean(values) if values else float("nan")
+
+
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
