@@ -143,7 +143,7 @@ def report(results, limits, mode):
              f"{r['speedup']:.2f}x", f"{r['gflops']:.1f}", f"{r['gbps']:.1f}", f"{r['floor_ms']:.3f}",
              f"{r['over_floor']:.2f}", f"{r['rel_err']:.1e}"] for r in results]
     lines = [
-        f"allocator: {mode}; threads: {limits.threads}; measured peak {limits.gflops:.0f} GFLOP/s (fp32 mm), "
+        f"allocator: {mode}; threads: {limits.threads}; measured peak {limits.gflops:.0f} GFLOP/s (fp32), "
         f"copy bandwidth {limits.gbps:.1f} GB/s; torch {torch.__version__}",
         "",
         format_table(headers, rows),

@@ -49,7 +49,7 @@ for src in $(find csrc/fastconv -name '*.cpp' -o -name '*.cu' | sort); do
     "$nvcc" -std=c++20 -O2 -Xcompiler -fPIC --expt-relaxed-constexpr "${gencode[@]}" \
       "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   else
-    g++ -std=c++20 -O1 -fPIC -fopenmp-simd "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
+    g++ -std=c++20 -O1 -fPIC -fopenmp -ffp-contract=fast "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   fi
   objects+=("$obj")
 done

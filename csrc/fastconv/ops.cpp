@@ -4,6 +4,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <optional>
+#include <string>
+
+#include "fastconv/cpu/tile_kernels.h"
+
 namespace fastconv {
 
 TORCH_LIBRARY(fastconv, m) {
@@ -19,6 +24,16 @@ TORCH_LIBRARY(fastconv, m) {
       "conv1d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
       "SymInt[1] dilation, SymInt groups) -> Tensor");
+  // Instruction set of the CPU micro-kernels: the active one, after selecting
+  // `capability` when given ("" restores the default). For tests and benchmarks.
+  m.def(
+      "_cpu_capability(str? capability=None) -> str",
+      [](std::optional<std::string> capability) {
+        return capability ? cpu::set_capability(*capability)
+                          : std::string(cpu::kernels().name);
+      });
+  // Instruction sets usable on this CPU, best first.
+  m.def("_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
 }
 
 at::Tensor conv1d(

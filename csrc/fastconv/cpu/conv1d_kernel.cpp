@@ -1,10 +1,14 @@
-// Direct conv1d on CPU: forward, grad_input and grad_weight.
+// conv1d on CPU: forward, grad_input and grad_weight.
 //
-// Every kernel works on tiles of kTile positions of one output row, so the
-// accumulator stays in L1 and long single-channel signals still split into
-// independent work items. A tap (one weight value) is an axpy over the tile;
-// with stride 1 both sides are contiguous and the loop vectorizes.
-// 16-bit inputs accumulate in float (at::opmath_type).
+// Each work item is one (batch, group, tile of output positions). The driver
+// copies the input rows the tile reads into a per-thread scratch buffer --
+// zero-padded, deinterleaved by stride, converted to the accumulation type --
+// so the register-blocked micro-kernels (tile_kernels.h, one build per
+// instruction set) run without bounds checks for every stride, dilation,
+// padding and dtype. grad_input is the same forward machinery run on
+// grad_output, zero-upsampled by the stride, with transposed, flipped
+// weights. 16-bit tensors are read and written in 16 bits and accumulated in
+// float.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -13,238 +17,257 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
 namespace {
 
-constexpr int64_t kTile = 512;
+using cpu::ForwardTile;
+using cpu::WeightTile;
+
 // Multiply-adds below which a parallel range stays on the calling thread:
-// waking a second thread costs more than small problems take.
-constexpr int64_t kMinWorkPerThread = 1 << 16;
+// waking another thread costs more than small problems take.
+constexpr int64_t kMinWorkPerThread = 1 << 17;
+// Scratch bytes per tile: the input rows of one tile stay in L2.
+constexpr int64_t kScratchBytes = 192 << 10;
 
 int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_item));
 }
 
-// Range [first, end) of l >= 0 with l * stride + offset in [lo, hi).
-struct TapRange {
-  int64_t first;
-  int64_t end;
-};
-
-inline TapRange tap_range(int64_t offset, int64_t stride, int64_t lo, int64_t hi) {
-  const int64_t a = lo - offset;
-  const int64_t b = hi - offset;
-  const int64_t first = a <= 0 ? 0 : (a + stride - 1) / stride;
-  const int64_t end = b <= 0 ? 0 : (b - 1) / stride + 1;
-  return {first, end};
+// A per-thread buffer that grows and is kept between calls.
+template <typename T>
+T* workspace(int slot, int64_t n) {
+  thread_local std::vector<T> buffers[2];
+  auto& buf = buffers[slot];
+  if (static_cast<int64_t>(buf.size()) < n) {
+    buf.resize(n);
+  }
+  return buf.data();
 }
 
-// acc[i * acc_stride] += w * src[i * src_stride] for i in [0, n).
-template <typename acc_t, typename src_t>
-inline void axpy(
-    acc_t* __restrict__ acc, int64_t acc_stride, const src_t* __restrict__ src,
-    int64_t src_stride, int64_t n, acc_t w) {
-  if (acc_stride == 1 && src_stride == 1) {
-    for (int64_t i = 0; i < n; ++i) {
-      acc[i] += w * static_cast<acc_t>(src[i]);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      acc[i * acc_stride] += w * static_cast<acc_t>(src[i * src_stride]);
-    }
+// One grouped convolution in the form the micro-kernels take:
+// out[b][oc][l] = bias[oc] + sum_{icg,k} w[oc][icg][k] * up[b][g*cin_g+icg][l*stride + k*dilation - pad]
+// where up is the input upsampled by in_dilation (in[i] at i * in_dilation,
+// zeros between) and zero outside. pad may be negative (grad_input).
+struct Geometry {
+  int64_t batch, groups;
+  int64_t in_channels, in_length;
+  int64_t out_channels, out_length;
+  int64_t kernel_size, stride, dilation, pad;
+  int64_t in_dilation = 1;
+
+  int64_t cin_g() const { return in_channels / groups; }
+  int64_t cout_g() const { return out_channels / groups; }
+  int64_t taps() const { return cin_g() * kernel_size; }
+
+  // Output positions per tile: the scratch rows of a tile fit kScratchBytes.
+  int64_t tile_length(int64_t elem_size) const {
+    const int64_t per_position = std::max<int64_t>(1, cin_g() * stride * elem_size);
+    const int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
+    return std::min(t, out_length);
   }
-}
-
-// sum_i a[i] * b[i * b_stride] for i in [0, n).
-template <typename acc_t, typename src_t>
-inline acc_t dot(const src_t* __restrict__ a, const src_t* __restrict__ b,
-                 int64_t b_stride, int64_t n) {
-  acc_t sum = 0;
-  if (b_stride == 1) {
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < n; ++i) {
-      sum += static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i]);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      sum += static_cast<acc_t>(a[i]) * static_cast<acc_t>(b[i * b_stride]);
-    }
+  // Elements of one deinterleaved phase row of a tile of n outputs.
+  int64_t row_length(int64_t n) const {
+    return n + dilation * (kernel_size - 1) / stride + cpu::kScratchSlack;
   }
-  return sum;
-}
-
-// A tile accumulator: the output itself when it is already opmath_t,
-// otherwise a float buffer converted on store.
-template <typename scalar_t>
-struct TileAccumulator {
-  using opmath_t = at::opmath_type<scalar_t>;
-  static constexpr bool kDirect = std::is_same_v<scalar_t, opmath_t>;
-  std::vector<opmath_t> buffer;
-
-  TileAccumulator() : buffer(kDirect ? 0 : kTile) {}
-
-  opmath_t* begin(scalar_t* out, int64_t n, opmath_t init) {
-    opmath_t* acc = kDirect ? reinterpret_cast<opmath_t*>(out) : buffer.data();
-    std::fill(acc, acc + n, init);
-    return acc;
-  }
-
-  void store(scalar_t* out, const opmath_t* acc, int64_t n) {
-    if constexpr (!kDirect) {
-      for (int64_t i = 0; i < n; ++i) {
-        out[i] = static_cast<scalar_t>(acc[i]);
+  // Tap t = icg * K + k reads scratch[offsets[t] + j] for output j of the tile.
+  std::vector<int64_t> tap_offsets(int64_t row_len) const {
+    std::vector<int64_t> offsets(taps());
+    for (int64_t icg = 0; icg < cin_g(); ++icg) {
+      for (int64_t k = 0; k < kernel_size; ++k) {
+        const int64_t q = k * dilation;
+        offsets[icg * kernel_size + k] =
+            (icg * stride + q % stride) * row_len + q / stride;
       }
     }
+    return offsets;
   }
 };
 
-int64_t num_tiles(int64_t length) {
-  return (length + kTile - 1) / kTile;
+// Fills the stride phases of one input row for a tile starting at output l0:
+// phase r, element j holds up[(l0 + j) * stride + r - pad], zero outside the row.
+template <typename scalar_t, typename T>
+void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t row_len, T* dst) {
+  if (g.in_dilation > 1) {
+    // Upsampled input (grad_input of a strided convolution; stride is 1 here):
+    // element j is in[i] when base + j = i * in_dilation.
+    const int64_t base = l0 - g.pad;
+    std::fill(dst, dst + row_len, T(0));
+    const int64_t i_first = base <= 0 ? 0 : (base + g.in_dilation - 1) / g.in_dilation;
+    const int64_t last = base + row_len - 1;
+    const int64_t i_end = last < 0 ? 0 : std::min(g.in_length, last / g.in_dilation + 1);
+    for (int64_t i = i_first; i < i_end; ++i) {
+      dst[i * g.in_dilation - base] = static_cast<T>(in_row[i]);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < g.stride; ++r) {
+    T* ph = dst + r * row_len;
+    const int64_t base = l0 * g.stride + r - g.pad;  // input index of j = 0
+    // Valid j: 0 <= base + j * stride < in_length.
+    const int64_t lo = std::clamp<int64_t>(base >= 0 ? 0 : (-base + g.stride - 1) / g.stride, 0, row_len);
+    const int64_t hi = std::clamp<int64_t>(
+        g.in_length - base <= 0 ? 0 : (g.in_length - base - 1) / g.stride + 1, lo, row_len);
+    std::fill(ph, ph + lo, T(0));
+    const scalar_t* src = in_row + base;
+    if (g.stride == 1) {
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        std::memcpy(ph + lo, src + lo, (hi - lo) * sizeof(T));
+      } else {
+        for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j]);
+      }
+    } else {
+      for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j * g.stride]);
+    }
+    std::fill(ph + hi, ph + row_len, T(0));
+  }
 }
 
+template <typename T>
+void call_forward(const ForwardTile<T>& tile) {
+  if constexpr (std::is_same_v<T, float>) {
+    cpu::kernels().forward_f32(tile);
+  } else {
+    cpu::kernels().forward_f64(tile);
+  }
+}
+
+template <typename T>
+void call_weight(const WeightTile<T>& tile) {
+  if constexpr (std::is_same_v<T, float>) {
+    cpu::kernels().weight_f32(tile);
+  } else {
+    cpu::kernels().weight_f64(tile);
+  }
+}
+
+// out = conv(in, weight) + bias; weight is [C_out][cin_g * K] in the accumulation type T.
 template <typename scalar_t>
-void conv1d_forward_kernel(
-    const Conv1dIntDims& d, const scalar_t* x, const scalar_t* w,
-    const scalar_t* bias, scalar_t* y) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t cin_g = d.in_channels_per_group();
-  const int64_t cout_g = d.out_channels_per_group();
-  const int64_t K = d.kernel_size;
-  const int64_t tiles = num_tiles(d.out_length);
-  const int64_t items = d.batch * d.out_channels * tiles;
-  const int64_t work = cin_g * K * std::min(kTile, d.out_length);
-  at::parallel_for(0, items, grain_for(work), [&](int64_t begin, int64_t end) {
-    TileAccumulator<scalar_t> tile_acc;
+void forward(const Geometry& g, const scalar_t* in,
+             const at::opmath_type<scalar_t>* weight,
+             const at::opmath_type<scalar_t>* bias, scalar_t* out) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<scalar_t, T>;
+  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+  const int64_t tile = g.tile_length(sizeof(T));
+  if (tile <= 0 || g.batch == 0) {
+    return;
+  }
+  const int64_t tiles = (g.out_length + tile - 1) / tile;
+  const int64_t row_len = g.row_length(tile);
+  const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+  const int64_t items = g.batch * g.groups * tiles;
+  at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
+    T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
+    T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t t = item % tiles;
-      const int64_t row = item / tiles;  // b * C_out + oc
-      const int64_t oc = row % d.out_channels;
-      const int64_t b = row / d.out_channels;
-      const int64_t g = oc / cout_g;
-      const int64_t l0 = t * kTile;
-      const int64_t l1 = std::min(l0 + kTile, d.out_length);
-      scalar_t* out = y + row * d.out_length + l0;
-      opmath_t* acc = tile_acc.begin(
-          out, l1 - l0, bias ? static_cast<opmath_t>(bias[oc]) : opmath_t(0));
+      const int64_t bg = item / tiles;  // b * groups + group
+      const int64_t grp = bg % g.groups;
+      const int64_t b = bg / g.groups;
+      const int64_t l0 = t * tile;
+      const int64_t n = std::min(tile, g.out_length - l0);
       for (int64_t icg = 0; icg < cin_g; ++icg) {
-        const scalar_t* x_row =
-            x + (b * d.in_channels + g * cin_g + icg) * d.in_length;
-        const scalar_t* w_row = w + (oc * cin_g + icg) * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t offset = k * d.dilation - d.padding;
-          const TapRange r = tap_range(offset, d.stride, 0, d.in_length);
-          const int64_t lo = std::max(l0, r.first);
-          const int64_t hi = std::min(l1, r.end);
-          if (hi > lo) {
-            axpy(acc + (lo - l0), 1, x_row + lo * d.stride + offset, d.stride,
-                 hi - lo, static_cast<opmath_t>(w_row[k]));
+        const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
+        fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
+      }
+      scalar_t* dst = out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+      ForwardTile<T> tile_args{
+          scratch, offsets.data(), taps, weight + grp * cout_g * taps,
+          bias ? bias + grp * cout_g : nullptr,
+          kDirect ? reinterpret_cast<T*>(dst) : staged, kDirect ? g.out_length : n,
+          cout_g, n};
+      call_forward(tile_args);
+      if constexpr (!kDirect) {
+        for (int64_t oc = 0; oc < cout_g; ++oc) {
+          for (int64_t j = 0; j < n; ++j) {
+            dst[oc * g.out_length + j] = static_cast<scalar_t>(staged[oc * n + j]);
           }
         }
       }
-      tile_acc.store(out, acc, l1 - l0);
     }
   });
 }
 
+// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * in[b][ic][l*stride + k*dilation - pad].
 template <typename scalar_t>
-void conv1d_input_backward_kernel(
-    const Conv1dIntDims& d, const scalar_t* gy, const scalar_t* w,
-    scalar_t* gx) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t cin_g = d.in_channels_per_group();
-  const int64_t cout_g = d.out_channels_per_group();
-  const int64_t K = d.kernel_size;
-  const int64_t tiles = num_tiles(d.in_length);
-  const int64_t items = d.batch * d.in_channels * tiles;
-  const int64_t work = cout_g * K * std::min(kTile, d.in_length) / d.stride;
-  at::parallel_for(0, items, grain_for(work), [&](int64_t begin, int64_t end) {
-    TileAccumulator<scalar_t> tile_acc;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item % tiles;
-      const int64_t row = item / tiles;  // b * C_in + ic
-      const int64_t ic = row % d.in_channels;
-      const int64_t b = row / d.in_channels;
-      const int64_t g = ic / cin_g;
-      const int64_t icg = ic % cin_g;
-      const int64_t i0 = t * kTile;
-      const int64_t i1 = std::min(i0 + kTile, d.in_length);
-      scalar_t* out = gx + row * d.in_length + i0;
-      opmath_t* acc = tile_acc.begin(out, i1 - i0, opmath_t(0));
-      for (int64_t ocg = 0; ocg < cout_g; ++ocg) {
-        const int64_t oc = g * cout_g + ocg;
-        const scalar_t* gy_row = gy + (b * d.out_channels + oc) * d.out_length;
-        const scalar_t* w_row = w + (oc * cin_g + icg) * K;
-        for (int64_t k = 0; k < K; ++k) {
-          // Output l reads input i = l * stride + offset.
-          const int64_t offset = k * d.dilation - d.padding;
-          const TapRange r = tap_range(offset, d.stride, i0, i1);
-          const int64_t hi = std::min(d.out_length, r.end);
-          if (hi > r.first) {
-            axpy(acc + (r.first * d.stride + offset - i0), d.stride,
-                 gy_row + r.first, 1, hi - r.first,
-                 static_cast<opmath_t>(w_row[k]));
+void weight_grad(const Geometry& g, const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_weight) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<scalar_t, T>;
+  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+  const int64_t weight_numel = g.out_channels * taps;
+  const int64_t tile = g.tile_length(sizeof(T));
+  const int64_t tiles = tile > 0 ? (g.out_length + tile - 1) / tile : 0;
+  const int64_t items = g.batch * g.groups * tiles;
+  // Per-thread partial sums, added up in thread order: the result depends on
+  // the thread count only, not on timing.
+  const int threads = at::get_num_threads();
+  std::vector<T> partial(static_cast<size_t>(threads) * weight_numel, T(0));
+  if (items > 0) {
+    const int64_t row_len = g.row_length(tile);
+    const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+    at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
+      T* acc = partial.data() + at::get_thread_num() * weight_numel;
+      T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
+      T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t t = item % tiles;
+        const int64_t bg = item / tiles;
+        const int64_t grp = bg % g.groups;
+        const int64_t b = bg / g.groups;
+        const int64_t l0 = t * tile;
+        const int64_t n = std::min(tile, g.out_length - l0);
+        for (int64_t icg = 0; icg < cin_g; ++icg) {
+          const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
+          fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
+        }
+        const scalar_t* gy = grad_out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+        if constexpr (!kDirect) {
+          for (int64_t oc = 0; oc < cout_g; ++oc) {
+            for (int64_t j = 0; j < n; ++j) {
+              staged[oc * n + j] = static_cast<T>(gy[oc * g.out_length + j]);
+            }
           }
         }
+        WeightTile<T> tile_args{
+            scratch, offsets.data(), taps,
+            kDirect ? reinterpret_cast<const T*>(gy) : staged, kDirect ? g.out_length : n,
+            cout_g, n, acc + grp * cout_g * taps};
+        call_weight(tile_args);
       }
-      tile_acc.store(out, acc, i1 - i0);
-    }
-  });
-}
-
-template <typename scalar_t>
-void conv1d_weight_backward_kernel(
-    const Conv1dIntDims& d, const scalar_t* gy, const scalar_t* x,
-    scalar_t* gw) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t cin_g = d.in_channels_per_group();
-  const int64_t cout_g = d.out_channels_per_group();
-  const int64_t K = d.kernel_size;
-  const int64_t pairs = d.out_channels * cin_g;  // (oc, icg)
-  // Few weight rows: split the batch too, into partial sums reduced below.
-  const int64_t threads = at::get_num_threads();
-  const int64_t chunks = pairs >= threads
-      ? 1
-      : std::max<int64_t>(1, std::min(d.batch, threads / pairs));
-  const int64_t batch_per_chunk = (d.batch + chunks - 1) / std::max<int64_t>(1, chunks);
-  std::vector<opmath_t> partial(chunks * pairs * K, opmath_t(0));
-  const int64_t work = batch_per_chunk * K * d.out_length;
-  at::parallel_for(0, chunks * pairs, grain_for(work), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t pair = item % pairs;
-      const int64_t chunk = item / pairs;
-      const int64_t oc = pair / cin_g;
-      const int64_t icg = pair % cin_g;
-      const int64_t ic = (oc / cout_g) * cin_g + icg;
-      opmath_t* acc = partial.data() + item * K;
-      const int64_t b_end = std::min(d.batch, (chunk + 1) * batch_per_chunk);
-      for (int64_t b = chunk * batch_per_chunk; b < b_end; ++b) {
-        const scalar_t* gy_row = gy + (b * d.out_channels + oc) * d.out_length;
-        const scalar_t* x_row = x + (b * d.in_channels + ic) * d.in_length;
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t offset = k * d.dilation - d.padding;
-          const TapRange r = tap_range(offset, d.stride, 0, d.in_length);
-          const int64_t hi = std::min(d.out_length, r.end);
-          if (hi > r.first) {
-            acc[k] += dot<opmath_t>(
-                gy_row + r.first, x_row + r.first * d.stride + offset,
-                d.stride, hi - r.first);
-          }
-        }
-      }
-    }
-  });
-  for (int64_t i = 0; i < pairs * K; ++i) {
-    opmath_t sum = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      sum += partial[c * pairs * K + i];
-    }
-    gw[i] = static_cast<scalar_t>(sum);
+    });
   }
+  for (int64_t i = 0; i < weight_numel; ++i) {
+    T sum = 0;
+    for (int th = 0; th < threads; ++th) {
+      sum += partial[th * weight_numel + i];
+    }
+    grad_weight[i] = static_cast<scalar_t>(sum);
+  }
+}
+
+// Values of t in the accumulation type; a view when no conversion is needed.
+template <typename scalar_t>
+const at::opmath_type<scalar_t>* as_opmath(const scalar_t* p, int64_t n,
+                                           std::vector<at::opmath_type<scalar_t>>& storage) {
+  using T = at::opmath_type<scalar_t>;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    return p;
+  } else {
+    storage.assign(p, p + n);
+    return storage.data();
+  }
+}
+
+Geometry forward_geometry(const Conv1dIntDims& d) {
+  return Geometry{d.batch, d.groups, d.in_channels, d.in_length, d.out_channels,
+                  d.out_length, d.kernel_size, d.stride, d.dilation, d.padding};
 }
 
 at::Tensor conv1d_cpu(
@@ -255,21 +278,20 @@ at::Tensor conv1d_cpu(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  const auto sym =
-      check_conv1d(input, weight, bias, stride, padding, dilation, groups);
+  const auto sym = check_conv1d(input, weight, bias, stride, padding, dilation, groups);
   const auto d = concrete(sym);
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   at::Tensor y = at::empty_symint(conv1d_output_shape(sym), input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cpu", [&] {
-        conv1d_forward_kernel<scalar_t>(
-            d, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            has_bias ? b.const_data_ptr<scalar_t>() : nullptr,
-            y.mutable_data_ptr<scalar_t>());
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cpu", [&] {
+    std::vector<at::opmath_type<scalar_t>> w_store, b_store;
+    const auto* wp = as_opmath(w.const_data_ptr<scalar_t>(), w.numel(), w_store);
+    const auto* bp = has_bias ? as_opmath(b.const_data_ptr<scalar_t>(), b.numel(), b_store) : nullptr;
+    forward<scalar_t>(forward_geometry(d), x.const_data_ptr<scalar_t>(), wp, bp,
+                      y.mutable_data_ptr<scalar_t>());
+  });
   return y;
 }
 
@@ -287,13 +309,28 @@ at::Tensor conv1d_input_backward_cpu(
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
   at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, gy.scalar_type(),
-      "fastconv_conv1d_input_backward_cpu", [&] {
-        conv1d_input_backward_kernel<scalar_t>(
-            d, gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-            gx.mutable_data_ptr<scalar_t>());
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
+    // A stride-1 convolution of grad_output, upsampled by the stride, with
+    // w'[ic][ocg][K-1-k] = w[oc][icg][k] (per group) and padding
+    // dilation * (K - 1) - padding.
+    using T = at::opmath_type<scalar_t>;
+    const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+    const int64_t K = d.kernel_size;
+    std::vector<T> wt(w.numel());
+    const scalar_t* wp = w.const_data_ptr<scalar_t>();
+    for (int64_t oc = 0; oc < d.out_channels; ++oc) {
+      const int64_t grp = oc / cout_g, ocg = oc % cout_g;
+      for (int64_t icg = 0; icg < cin_g; ++icg) {
+        for (int64_t k = 0; k < K; ++k) {
+          wt[((grp * cin_g + icg) * cout_g + ocg) * K + (K - 1 - k)] =
+              static_cast<T>(wp[(oc * cin_g + icg) * K + k]);
+        }
+      }
+    }
+    const Geometry g{d.batch, d.groups, d.out_channels, d.out_length, d.in_channels,
+                     d.in_length, K, 1, d.dilation, d.dilation * (K - 1) - d.padding, d.stride};
+    forward<scalar_t>(g, gy.const_data_ptr<scalar_t>(), wt.data(), nullptr, gx.mutable_data_ptr<scalar_t>());
+  });
   return gx;
 }
 
@@ -311,13 +348,10 @@ at::Tensor conv1d_weight_backward_cpu(
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
   at::Tensor gw = at::empty_symint(conv1d_weight_shape(sym), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(),
-      "fastconv_conv1d_weight_backward_cpu", [&] {
-        conv1d_weight_backward_kernel<scalar_t>(
-            d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-            gw.mutable_data_ptr<scalar_t>());
-      });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cpu", [&] {
+    weight_grad<scalar_t>(forward_geometry(d), gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                          gw.mutable_data_ptr<scalar_t>());
+  });
   return gw;
 }
 

@@ -1,0 +1,72 @@
+// Register-blocked conv1d micro-kernels for the CPU, compiled once per
+// instruction set (isa/*.cpp) and picked at run time (dispatch.cpp).
+//
+// They see only plain float/double arrays prepared by the driver
+// (conv1d_kernel.cpp): zero-padded, stride-deinterleaved input rows in a
+// scratch buffer and a table of tap offsets into it, so one loop serves every
+// stride, dilation and padding. Tap t = icg * K + k reads scratch at
+// offsets[t] + j for output position j of the tile.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace fastconv::cpu {
+
+template <typename T>
+struct ForwardTile {
+  const T* scratch;         // input rows of the group, padded and deinterleaved
+  const int64_t* offsets;   // taps: offset of output position 0 in scratch
+  int64_t taps;             // C_in / groups * K
+  const T* weight;          // [C_out / groups][taps], contiguous
+  const T* bias;            // [C_out / groups] or nullptr
+  T* out;                   // out[oc * out_stride + j]
+  int64_t out_stride;
+  int64_t out_channels;     // C_out / groups
+  int64_t length;           // output positions in the tile
+};
+
+template <typename T>
+struct WeightTile {
+  const T* scratch;         // as ForwardTile
+  const int64_t* offsets;
+  int64_t taps;
+  const T* grad_out;        // grad_out[oc * grad_stride + j]
+  int64_t grad_stride;
+  int64_t out_channels;
+  int64_t length;
+  T* grad_weight;           // [C_out / groups][taps], accumulated into
+};
+
+// Input positions a tile of `length` outputs may read past its last tap,
+// so vector loads of a partial last vector stay inside the scratch row.
+constexpr int64_t kScratchSlack = 16;
+
+struct KernelTable {
+  const char* name;
+  void (*forward_f32)(const ForwardTile<float>&);
+  void (*forward_f64)(const ForwardTile<double>&);
+  void (*weight_f32)(const WeightTile<float>&);
+  void (*weight_f64)(const WeightTile<double>&);
+};
+
+// The table for the best instruction set this CPU supports, or the one forced
+// by FASTCONV_CPU_CAPABILITY / set_capability.
+const KernelTable& kernels();
+
+// Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
+std::vector<std::string> supported_capabilities();
+
+// Selects a capability by name ("" resets to the environment / best); returns
+// the active one. Throws for an unknown or unsupported name.
+std::string set_capability(const std::string& name);
+
+// Per-ISA tables (isa/*.cpp).
+const KernelTable& kernels_default_isa();
+#if defined(__x86_64__) || defined(_M_X64)
+const KernelTable& kernels_avx2();
+const KernelTable& kernels_avx512();
+#endif
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,61 @@
+"""The CPU micro-kernels are built per instruction set; every level this CPU supports is tested."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_cases
+
+import fastconv_ext
+
+ops = torch.ops.fastconv
+CAPABILITIES = ops._cpu_capabilities()
+CASES = random_cases(40, seed=2024, long_fraction=0.3)
+
+
+@pytest.fixture(params=CAPABILITIES)
+def capability(request):
+    previous = ops._cpu_capability()
+    assert ops._cpu_capability(request.param) == request.param
+    yield request.param
+    ops._cpu_capability(previous)
+
+
+def test_capabilities_listed():
+    assert CAPABILITIES[-1] == "default"
+    assert ops._cpu_capability() in CAPABILITIES
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_every_level_matches_torch(capability, dtype):
+    tol = {torch.float64: {}, torch.float32: dict(rtol=2e-5, atol=2e-4), torch.bfloat16: dict(rtol=2e-2, atol=5e-2)}[dtype]
+    for case in CASES:
+        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+        y = fastconv_ext.conv1d(x, w, b, **case.args())
+        gy = torch.randn_like(y)
+        inputs = [t for t in (x, w, b) if t is not None]
+        grads = torch.autograd.grad(y, inputs, gy)
+        ref_in = [t.detach().double().requires_grad_() for t in inputs]
+        y_ref = F.conv1d(ref_in[0], ref_in[1], ref_in[2] if len(ref_in) > 2 else None, **case.args())
+        grads_ref = torch.autograd.grad(y_ref, ref_in, gy.double())
+        torch.testing.assert_close(y.double(), y_ref, **tol, msg=lambda m: f"{case} {capability}: {m}")
+        for g, g_ref in zip(grads, grads_ref):
+            scale = g_ref.abs().max().item() + 1
+            t = dict(rtol=tol["rtol"], atol=tol["atol"] * scale) if tol else {}
+            torch.testing.assert_close(g.double(), g_ref, **t, msg=lambda m: f"{case} {capability}: {m}")
+
+
+def test_environment_variable_forces_level():
+    code = "import torch, fastconv_ext; print(torch.ops.fastconv._cpu_capability())"
+    env = dict(os.environ, FASTCONV_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "default"
+
+
+def test_unknown_level_is_an_error():
+    with pytest.raises(RuntimeError, match=r"unknown CPU capability 'sse9'"):
+        ops._cpu_capability("sse9")
+    assert ops._cpu_capability() in CAPABILITIES
