@@ -220,3 +220,27 @@ def test_result_independent_of_thread_count():
     assert torch.equal(y1, y2)
     for a, c in zip(g1, g2):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize(
+    "case",
+    [
+        Conv1dCase(2, 64, 48, 300, 3, padding=1),  # weight gradient through oneDNN (float, bfloat16)
+        Conv1dCase(None, 32, 32, 97, 5, stride=2, padding=2, dilation=2),
+        Conv1dCase(3, 64, 64, 50, 3, groups=2, bias=False),
+    ],
+    ids=str,
+)
+def test_many_channels(case, dtype, device):
+    x, w, b = case.tensors(dtype=dtype, device=device, requires_grad=True)
+    y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
+    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
+    reduce_len = case.in_channels // case.groups * case.kernel_size
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * reduce_len**0.5)
+    for g, g_ref in zip(grads, grads_ref):
+        assert g.dtype == dtype and g.shape == g_ref.shape
+        scale = g_ref.abs().max().item() + 1.0
+        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
