@@ -68,9 +68,10 @@ struct Geometry {
   int64_t cout_g() const { return out_channels / groups; }
   int64_t taps() const { return cin_g() * kernel_size; }
 
-  // Output positions per tile: the scratch rows of a tile fit kScratchBytes.
+  // Output positions per tile: the scratch rows of a tile, and the staged
+  // output rows of 16-bit types, fit kScratchBytes.
   int64_t tile_length(int64_t elem_size) const {
-    const int64_t per_position = std::max<int64_t>(1, cin_g() * stride * elem_size);
+    const int64_t per_position = std::max<int64_t>(1, std::max(cin_g() * stride, cout_g()) * elem_size);
     const int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
     return std::min(t, out_length);
   }
