@@ -1,0 +1,220 @@
+#include "fastconv/cpu/conv1d_driver.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace fastconv::cpu {
+namespace {
+
+// Multiply-adds below which a parallel range stays on the calling thread:
+// waking another thread costs more than small problems take.
+constexpr int64_t kMinWorkPerThread = 1 << 17;
+
+int64_t grain_for(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_item));
+}
+
+// A per-thread buffer that grows and is kept between calls.
+template <typename T>
+T* workspace(int slot, int64_t n) {
+  thread_local std::vector<T> buffers[2];
+  auto& buf = buffers[slot];
+  if (static_cast<int64_t>(buf.size()) < n) {
+    buf.resize(n);
+  }
+  return buf.data();
+}
+
+// Fills the stride phases of one input row for a tile starting at output l0:
+// phase r, element j holds up[(l0 + j) * stride + r - pad], zero outside the row.
+template <typename scalar_t, typename T>
+void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t row_len, T* dst) {
+  if (g.in_dilation > 1) {
+    // Upsampled input (grad_input of a strided convolution; stride is 1 here):
+    // element j is in[i] when base + j = i * in_dilation.
+    const int64_t base = l0 - g.pad;
+    std::fill(dst, dst + row_len, T(0));
+    const int64_t i_first = base <= 0 ? 0 : (base + g.in_dilation - 1) / g.in_dilation;
+    const int64_t last = base + row_len - 1;
+    const int64_t i_end = last < 0 ? 0 : std::min(g.in_length, last / g.in_dilation + 1);
+    for (int64_t i = i_first; i < i_end; ++i) {
+      dst[i * g.in_dilation - base] = static_cast<T>(in_row[i]);
+    }
+    return;
+  }
+  for (int64_t r = 0; r < g.stride; ++r) {
+    T* ph = dst + r * row_len;
+    const int64_t base = l0 * g.stride + r - g.pad;  // input index of j = 0
+    // Valid j: 0 <= base + j * stride < in_length.
+    const int64_t lo = std::clamp<int64_t>(base >= 0 ? 0 : (-base + g.stride - 1) / g.stride, 0, row_len);
+    const int64_t hi = std::clamp<int64_t>(
+        g.in_length - base <= 0 ? 0 : (g.in_length - base - 1) / g.stride + 1, lo, row_len);
+    std::fill(ph, ph + lo, T(0));
+    const scalar_t* src = in_row + base;
+    if (g.stride == 1) {
+      if constexpr (std::is_same_v<scalar_t, T>) {
+        std::memcpy(ph + lo, src + lo, (hi - lo) * sizeof(T));
+      } else {
+        for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j]);
+      }
+    } else {
+      for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j * g.stride]);
+    }
+    std::fill(ph + hi, ph + row_len, T(0));
+  }
+}
+
+template <typename T>
+void call_forward(const ForwardTile<T>& tile) {
+  if constexpr (std::is_same_v<T, float>) {
+    kernels().forward_f32(tile);
+  } else {
+    kernels().forward_f64(tile);
+  }
+}
+
+template <typename T>
+void call_weight(const WeightTile<T>& tile) {
+  if constexpr (std::is_same_v<T, float>) {
+    kernels().weight_f32(tile);
+  } else {
+    kernels().weight_f64(tile);
+  }
+}
+
+// out = conv(in, weight) + bias; weight is [C_out][cin_g * K] in the accumulation type T.
+template <typename scalar_t>
+void forward_impl(const Geometry& g, const scalar_t* in,
+             const at::opmath_type<scalar_t>* weight,
+             const at::opmath_type<scalar_t>* bias, scalar_t* out) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<scalar_t, T>;
+  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+  const int64_t tile = g.tile_length(sizeof(T));
+  if (tile <= 0 || g.batch == 0) {
+    return;
+  }
+  const int64_t tiles = (g.out_length + tile - 1) / tile;
+  const int64_t row_len = g.row_length(tile);
+  const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+  const int64_t items = g.batch * g.groups * tiles;
+  at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
+    T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
+    T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item % tiles;
+      const int64_t bg = item / tiles;  // b * groups + group
+      const int64_t grp = bg % g.groups;
+      const int64_t b = bg / g.groups;
+      const int64_t l0 = t * tile;
+      const int64_t n = std::min(tile, g.out_length - l0);
+      for (int64_t icg = 0; icg < cin_g; ++icg) {
+        const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
+        fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
+      }
+      scalar_t* dst = out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+      ForwardTile<T> tile_args{
+          scratch, offsets.data(), taps, weight + grp * cout_g * taps,
+          bias ? bias + grp * cout_g : nullptr,
+          kDirect ? reinterpret_cast<T*>(dst) : staged, kDirect ? g.out_length : n,
+          cout_g, n};
+      call_forward(tile_args);
+      if constexpr (!kDirect) {
+        for (int64_t oc = 0; oc < cout_g; ++oc) {
+          for (int64_t j = 0; j < n; ++j) {
+            dst[oc * g.out_length + j] = static_cast<scalar_t>(staged[oc * n + j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * in[b][ic][l*stride + k*dilation - pad].
+template <typename scalar_t>
+void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_weight) {
+  using T = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<scalar_t, T>;
+  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+  const int64_t weight_numel = g.out_channels * taps;
+  const int64_t tile = g.tile_length(sizeof(T));
+  const int64_t tiles = tile > 0 ? (g.out_length + tile - 1) / tile : 0;
+  const int64_t items = g.batch * g.groups * tiles;
+  // Per-thread partial sums, added up in thread order: the result depends on
+  // the thread count only, not on timing.
+  const int threads = at::get_num_threads();
+  std::vector<T> partial(static_cast<size_t>(threads) * weight_numel, T(0));
+  if (items > 0) {
+    const int64_t row_len = g.row_length(tile);
+    const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+    at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
+      T* acc = partial.data() + at::get_thread_num() * weight_numel;
+      T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
+      T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t t = item % tiles;
+        const int64_t bg = item / tiles;
+        const int64_t grp = bg % g.groups;
+        const int64_t b = bg / g.groups;
+        const int64_t l0 = t * tile;
+        const int64_t n = std::min(tile, g.out_length - l0);
+        for (int64_t icg = 0; icg < cin_g; ++icg) {
+          const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
+          fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
+        }
+        const scalar_t* gy = grad_out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+        if constexpr (!kDirect) {
+          for (int64_t oc = 0; oc < cout_g; ++oc) {
+            for (int64_t j = 0; j < n; ++j) {
+              staged[oc * n + j] = static_cast<T>(gy[oc * g.out_length + j]);
+            }
+          }
+        }
+        WeightTile<T> tile_args{
+            scratch, offsets.data(), taps,
+            kDirect ? reinterpret_cast<const T*>(gy) : staged, kDirect ? g.out_length : n,
+            cout_g, n, acc + grp * cout_g * taps};
+        call_weight(tile_args);
+      }
+    });
+  }
+  for (int64_t i = 0; i < weight_numel; ++i) {
+    T sum = 0;
+    for (int th = 0; th < threads; ++th) {
+      sum += partial[th * weight_numel + i];
+    }
+    grad_weight[i] = static_cast<scalar_t>(sum);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void conv_forward(const Geometry& g, const scalar_t* in, const at::opmath_type<scalar_t>* weight,
+                  const at::opmath_type<scalar_t>* bias, scalar_t* out) {
+  forward_impl<scalar_t>(g, in, weight, bias, out);
+}
+
+template <typename scalar_t>
+void conv_weight_grad(const Geometry& g, const scalar_t* grad_out, const scalar_t* in,
+                      scalar_t* grad_weight) {
+  weight_grad_impl<scalar_t>(g, grad_out, in, grad_weight);
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                               \
+  template void conv_forward<T>(const Geometry&, const T*, const at::opmath_type<T>*,         \
+                                const at::opmath_type<T>*, T*);                               \
+  template void conv_weight_grad<T>(const Geometry&, const T*, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+FASTCONV_INSTANTIATE(c10::Half)
+FASTCONV_INSTANTIATE(c10::BFloat16)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv::cpu
