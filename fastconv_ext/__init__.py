@@ -6,6 +6,7 @@ torch.compile, and autograd). The Python API is a thin, typed layer over them:
 
 - :func:`conv1d` -- drop-in for :func:`torch.nn.functional.conv1d`
 - :class:`Conv1d` -- drop-in for :class:`torch.nn.Conv1d`
+- :func:`convolve` -- batched per-row convolution with scipy's modes
 """
 
 import torch
@@ -14,10 +15,10 @@ from fastconv_ext._loader import load_library
 
 load_library()
 
-from fastconv_ext.functional import conv1d  # noqa: E402
+from fastconv_ext.functional import conv1d, convolve  # noqa: E402
 from fastconv_ext.nn import Conv1d  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["conv1d", "Conv1d", "__version__"]
+__all__ = ["conv1d", "convolve", "Conv1d", "__version__"]
 
 del torch

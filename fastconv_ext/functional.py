@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv1d"]
+__all__ = ["conv1d", "convolve"]
 
 
 def _single(value: Union[int, List[int], Tuple[int]], name: str) -> List[int]:
@@ -94,3 +94,30 @@ def conv1d(
     else:
         padding_ = _single(padding, "padding")
     return torch.ops.fastconv.conv1d(input, weight, bias, stride_, padding_, dilation_, groups)
+
+
+def convolve(a: Tensor, v: Tensor, mode: str = "full") -> Tensor:
+    r"""True convolution of the rows of ``a`` and ``v`` along the last dimension.
+
+    Each row of ``a`` is convolved with the matching row of ``v`` (not reversed-and-
+    correlated: ``full[i] = sum_j a[j] * v[i - j]``), with no Python loop; the leading
+    dimensions broadcast against each other as in :func:`torchaudio.functional.convolve`.
+    1-D inputs are single rows.
+
+    Args:
+        a: ``(..., n)``, float32, float64, float16 or bfloat16 (16-bit types compute in float32).
+        v: ``(..., m)``, same dtype and device as ``a``.
+        mode: as :func:`scipy.signal.convolve` --
+            ``'full'``: length ``n + m - 1``;
+            ``'same'``: length ``n``, centred on the full result;
+            ``'valid'``: length ``max(n, m) - min(n, m) + 1``, the positions that do not
+            depend on zero padding.
+
+    Returns:
+        ``(*broadcast(a.shape[:-1], v.shape[:-1]), L)``.
+
+    Raises:
+        RuntimeError naming the rule for an unknown mode, empty rows, leading dimensions
+        that do not broadcast, or non-floating / mismatched dtypes.
+    """
+    return torch.ops.fastconv.convolve(a, v, mode)

@@ -57,7 +57,7 @@ done
 cuda_top=${CUDA_HOME:-$("$nvcc" -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')}
 cuda_lib=$cuda_top/lib64
 echo "cuda_compile_check: linking libfastconv_cuda_check.so"
-g++ -shared -Wl,--no-undefined -o "$build/libfastconv_cuda_check.so" "${objects[@]}" \
+g++ -shared -fopenmp -Wl,--no-undefined -o "$build/libfastconv_cuda_check.so" "${objects[@]}" \
   -L"$torch_dir/lib" -L"$cuda_lib" -ltorch -ltorch_cpu -ltorch_cuda -lc10_cuda -lc10 -lcudart \
   -Wl,--unresolved-symbols=ignore-in-shared-libs
 echo "cuda_compile_check: OK (${#objects[@]} sources, archs $arch_list)"

@@ -24,6 +24,12 @@ TORCH_LIBRARY(fastconv, m) {
       "conv1d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
       "SymInt[1] dilation, SymInt groups) -> Tensor");
+  m.def("convolve(Tensor a, Tensor v, str mode=\"full\") -> Tensor");
+  // out[..., t] = full[..., t + offset] for t < length, zero outside the full
+  // convolution: every mode of convolve, and both of its gradients.
+  m.def(
+      "_convolve_window(Tensor a, Tensor v, SymInt offset, SymInt length) "
+      "-> Tensor");
   // Instruction set of the CPU micro-kernels: the active one, after selecting
   // `capability` when given ("" restores the default). For tests and benchmarks.
   m.def(
@@ -78,6 +84,21 @@ at::Tensor conv1d_weight_backward(
                        .typed<decltype(conv1d_weight_backward)>();
   return op.call(
       grad_output, input, kernel_size, stride, padding, dilation, groups);
+}
+
+at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view mode) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::convolve", "")
+                       .typed<decltype(convolve)>();
+  return op.call(a, v, mode);
+}
+
+at::Tensor convolve_window(
+    const at::Tensor& a, const at::Tensor& v, c10::SymInt offset, c10::SymInt length) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::_convolve_window", "")
+                       .typed<decltype(convolve_window)>();
+  return op.call(a, v, offset, length);
 }
 
 }  // namespace fastconv

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/SymInt.h>
+#include <c10/util/string_view.h>
 
 #include <optional>
 
@@ -39,5 +40,13 @@ at::Tensor conv1d_weight_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     c10::SymInt groups);
+
+// True convolution of the rows (last dimension) of a and v, leading
+// dimensions broadcast; mode "full", "same" or "valid" as scipy.signal.convolve.
+at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view mode = "full");
+
+// out[..., t] = full(a, v)[..., t + offset] for t < length, zero outside.
+at::Tensor convolve_window(
+    const at::Tensor& a, const at::Tensor& v, c10::SymInt offset, c10::SymInt length);
 
 }  // namespace fastconv

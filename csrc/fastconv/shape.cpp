@@ -251,4 +251,76 @@ Conv1dSymDims check_conv1d_weight_backward(
   return d;
 }
 
+namespace {
+
+void check_convolve_rows(const char* op, const at::Tensor& a, const at::Tensor& v) {
+  check_float_tensor(op, "a", a);
+  check_float_tensor(op, "v", v);
+  check_same_kind(op, "v", v, "a", a);
+  TORCH_CHECK(a.dim() >= 1, op, ": a must have at least 1 dimension, but is a scalar");
+  TORCH_CHECK(v.dim() >= 1, op, ": v must have at least 1 dimension, but is a scalar");
+  TORCH_CHECK(
+      a.sym_size(-1) > 0 && v.sym_size(-1) > 0, op,
+      ": rows must not be empty, but a has rows of length ", a.sym_size(-1),
+      " and v of length ", v.sym_size(-1));
+}
+
+}  // namespace
+
+std::pair<c10::SymInt, c10::SymInt> check_convolve(
+    const at::Tensor& a, const at::Tensor& v, c10::string_view mode) {
+  constexpr const char* op = "fastconv.convolve";
+  check_convolve_rows(op, a, v);
+  const c10::SymInt n = a.sym_size(-1);
+  const c10::SymInt m = v.sym_size(-1);
+  if (mode == "full") {
+    return {c10::SymInt(0), n + m - 1};
+  }
+  if (mode == "same") {
+    return {(m - 1) / 2, n};
+  }
+  if (mode == "valid") {
+    const bool a_shorter = n < m;
+    const c10::SymInt shorter = a_shorter ? n : m;
+    const c10::SymInt longer = a_shorter ? m : n;
+    return {shorter - 1, longer - shorter + 1};
+  }
+  TORCH_CHECK(
+      false, op, ": mode must be 'full', 'same' or 'valid', but got '",
+      std::string(mode), "'");
+}
+
+ConvolveSymDims check_convolve_window(
+    const at::Tensor& a, const at::Tensor& v, const c10::SymInt& offset,
+    const c10::SymInt& length) {
+  constexpr const char* op = "fastconv._convolve_window";
+  check_convolve_rows(op, a, v);
+  TORCH_CHECK(length >= 0, op, ": length must be non-negative, but got ", length);
+  ConvolveSymDims d;
+  d.n = a.sym_size(-1);
+  d.m = v.sym_size(-1);
+  d.offset = offset;
+  d.length = length;
+  const int64_t a_lead = a.dim() - 1, v_lead = v.dim() - 1;
+  const int64_t lead = std::max(a_lead, v_lead);
+  d.batch_shape.resize(lead);
+  for (int64_t i = 0; i < lead; ++i) {  // right-aligned, as torch broadcasting
+    const int64_t ai = i - (lead - a_lead), vi = i - (lead - v_lead);
+    const c10::SymInt as = ai >= 0 ? a.sym_size(ai) : c10::SymInt(1);
+    const c10::SymInt vs = vi >= 0 ? v.sym_size(vi) : c10::SymInt(1);
+    TORCH_CHECK(
+        as == vs || as == 1 || vs == 1, "fastconv.convolve: the leading dimensions of a ",
+        a.sym_sizes(), " and v ", v.sym_sizes(), " must broadcast, but dimension ", i,
+        " has sizes ", as, " and ", vs);
+    d.batch_shape[i] = as == 1 ? vs : as;
+  }
+  return d;
+}
+
+std::vector<c10::SymInt> convolve_output_shape(const ConvolveSymDims& d) {
+  std::vector<c10::SymInt> shape = d.batch_shape;
+  shape.push_back(d.length);
+  return shape;
+}
+
 }  // namespace fastconv

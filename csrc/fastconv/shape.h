@@ -10,8 +10,12 @@
 #include <c10/core/SymInt.h>
 #include <c10/util/ArrayRef.h>
 
+#include <c10/util/string_view.h>
+
 #include <cstdint>
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace fastconv {
 
@@ -76,5 +80,30 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups);
+
+// ---- convolve: true convolution of the rows (last dimension) of a and v,
+// leading dimensions broadcast; a window of the full result.
+
+struct ConvolveSymDims {
+  std::vector<c10::SymInt> batch_shape;  // broadcast leading dimensions
+  c10::SymInt n;                         // row length of a
+  c10::SymInt m;                         // row length of v
+  c10::SymInt offset;                    // out[t] = full[t + offset], zero outside full
+  c10::SymInt length;                    // out row length
+};
+
+// fastconv::convolve(a, v, mode): checks a, v and mode and returns the window
+// (offset, length) of the full convolution that mode selects, as
+// scipy.signal.convolve: full (0, n + m - 1), same (centred, length n),
+// valid (min(n, m) - 1, max(n, m) - min(n, m) + 1).
+std::pair<c10::SymInt, c10::SymInt> check_convolve(
+    const at::Tensor& a, const at::Tensor& v, c10::string_view mode);
+
+// fastconv::_convolve_window(a, v, offset, length).
+ConvolveSymDims check_convolve_window(
+    const at::Tensor& a, const at::Tensor& v, const c10::SymInt& offset,
+    const c10::SymInt& length);
+
+std::vector<c10::SymInt> convolve_output_shape(const ConvolveSymDims& d);
 
 }  // namespace fastconv

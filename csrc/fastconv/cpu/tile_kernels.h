@@ -39,6 +39,28 @@ struct WeightTile {
   T* grad_weight;           // [C_out / groups][taps], accumulated into
 };
 
+// Many short rows of convolve: out[r][t] = sum_j a_r[j] * v_r[t + offset - j]
+// (true convolution, zero outside), computed for a vector of rows at once.
+// Row r's leading index is the multi-index of r in `sizes`; its a and v rows
+// start at that index dotted with a_strides / v_strides (0 where broadcast),
+// so broadcast operands are never copied.
+constexpr int kConvolveMaxDims = 6;
+constexpr int64_t kConvolveSmall = 16;  // longest a and v rows the row kernel takes
+
+template <typename T>
+struct ConvolveRows {
+  const T* a;
+  const T* v;
+  T* out;                  // row r at out + r * length
+  int64_t n, m;            // row lengths, each <= kConvolveSmall
+  int64_t offset, length;  // length <= 2 * kConvolveSmall
+  int64_t row_begin, row_end;
+  int ndim;
+  int64_t sizes[kConvolveMaxDims];
+  int64_t a_strides[kConvolveMaxDims];
+  int64_t v_strides[kConvolveMaxDims];
+};
+
 // Input positions a tile of `length` outputs may read past its last tap,
 // so vector loads of a partial last vector stay inside the scratch row.
 constexpr int64_t kScratchSlack = 16;
@@ -49,6 +71,8 @@ struct KernelTable {
   void (*forward_f64)(const ForwardTile<double>&);
   void (*weight_f32)(const WeightTile<float>&);
   void (*weight_f64)(const WeightTile<double>&);
+  void (*convolve_f32)(const ConvolveRows<float>&);
+  void (*convolve_f64)(const ConvolveRows<double>&);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced

@@ -8,8 +8,10 @@
 // Everything here has internal linkage or lives in the per-ISA namespace, and
 // only <cstdint>/<cstring> are included, so no inline function compiled for
 // one instruction set can be merged into code that runs on another.
+#include <array>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "fastconv/cpu/tile_kernels.h"
 
@@ -17,6 +19,10 @@ namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
 constexpr int kRegs = FASTCONV_VEC_REGS;
+// convolve rows up to this length get a kernel with compile-time lengths, when
+// n * m <= kConvolveFixedWork (beyond that, a vector lane per row is faster).
+constexpr int kConvolveFixed = 9;
+constexpr int64_t kConvolveFixedWork = 81;
 
 template <typename T>
 struct Simd {
@@ -217,6 +223,141 @@ void weight_tile(const WeightTile<T>& a) {
   for (; oc < a.out_channels; ++oc) weight_rows<T, 1>(a, oc);
 }
 
+// ---- convolve: one vector lane per row; rows are gathered into
+// [position][lane] blocks, convolved with full-width FMAs, scattered back.
+
+// Element offsets of consecutive rows' a and v rows, walking the leading
+// multi-index like an odometer.
+struct RowWalker {
+  int ndim;
+  const int64_t* sizes;
+  const int64_t* a_strides;
+  const int64_t* v_strides;
+  int64_t index[kConvolveMaxDims];
+  int64_t a_offset = 0, v_offset = 0;
+
+  template <typename T>
+  RowWalker(const ConvolveRows<T>& p, int64_t row)
+      : ndim(p.ndim), sizes(p.sizes), a_strides(p.a_strides), v_strides(p.v_strides) {
+    for (int d = ndim - 1; d >= 0; --d) {
+      index[d] = row % sizes[d];
+      row /= sizes[d];
+      a_offset += index[d] * a_strides[d];
+      v_offset += index[d] * v_strides[d];
+    }
+  }
+
+  void next() {
+    for (int d = ndim - 1; d >= 0; --d) {
+      a_offset += a_strides[d];
+      v_offset += v_strides[d];
+      if (++index[d] < sizes[d]) {
+        return;
+      }
+      a_offset -= sizes[d] * a_strides[d];
+      v_offset -= sizes[d] * v_strides[d];
+      index[d] = 0;
+    }
+  }
+};
+
+// Rows with compile-time lengths: the whole convolution of a row unrolls
+// into registers (few rows, or rows too short to fill vector lanes well).
+template <typename T, int N, int M>
+void convolve_rows_fixed(const ConvolveRows<T>& p) {
+  constexpr int L = N + M - 1;
+  RowWalker walk(p, p.row_begin);
+  T* out = p.out + p.row_begin * p.length;
+  const bool whole = p.offset == 0 && p.length == L;
+  for (int64_t r = p.row_begin; r < p.row_end; ++r, walk.next(), out += p.length) {
+    const T* a = p.a + walk.a_offset;
+    const T* v = p.v + walk.v_offset;
+    T full[L] = {};
+    for (int j = 0; j < N; ++j) {
+      for (int k = 0; k < M; ++k) {
+        full[j + k] += a[j] * v[k];
+      }
+    }
+    if (whole) {
+      for (int t = 0; t < L; ++t) out[t] = full[t];
+    } else {
+      for (int64_t t = 0; t < p.length; ++t) {
+        const int64_t i = t + p.offset;
+        out[t] = i >= 0 && i < L ? full[i] : T(0);
+      }
+    }
+  }
+}
+
+template <typename T, int N, int... Ms>
+constexpr auto fixed_row_kernels_for(std::integer_sequence<int, Ms...>) {
+  return std::array<void (*)(const ConvolveRows<T>&), sizeof...(Ms)>{
+      &convolve_rows_fixed<T, N, Ms + 1>...};
+}
+
+template <typename T, int... Ns>
+constexpr auto fixed_row_kernels(std::integer_sequence<int, Ns...>) {
+  return std::array<std::array<void (*)(const ConvolveRows<T>&), kConvolveFixed>, sizeof...(Ns)>{
+      fixed_row_kernels_for<T, Ns + 1>(std::make_integer_sequence<int, kConvolveFixed>{})...};
+}
+
+template <typename T>
+void convolve_rows_vector(const ConvolveRows<T>& p);
+
+template <typename T>
+void convolve_rows(const ConvolveRows<T>& p) {
+  static constexpr auto fixed =
+      fixed_row_kernels<T>(std::make_integer_sequence<int, kConvolveFixed>{});
+  if (p.n <= kConvolveFixed && p.m <= kConvolveFixed && p.n * p.m <= kConvolveFixedWork) {
+    return fixed[p.n - 1][p.m - 1](p);
+  }
+  convolve_rows_vector(p);
+}
+
+template <typename T>
+void convolve_rows_vector(const ConvolveRows<T>& p) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int W = S::kLanes;
+  alignas(64) T A[kConvolveSmall][W];
+  alignas(64) T V[kConvolveSmall][W];
+  alignas(64) T O[2 * kConvolveSmall][W];
+  int64_t a_off[W], v_off[W];
+  RowWalker walk(p, p.row_begin);
+  for (int64_t r = p.row_begin; r < p.row_end; r += W) {
+    const int lanes = static_cast<int>(p.row_end - r < W ? p.row_end - r : W);
+    for (int l = 0; l < W; ++l) {
+      // Lanes past the last row repeat it: every load stays in bounds.
+      a_off[l] = walk.a_offset;
+      v_off[l] = walk.v_offset;
+      if (l + 1 < lanes) {
+        walk.next();
+      }
+    }
+    walk.next();
+    for (int64_t j = 0; j < p.n; ++j) {
+      for (int l = 0; l < W; ++l) A[j][l] = p.a[a_off[l] + j];
+    }
+    for (int64_t k = 0; k < p.m; ++k) {
+      for (int l = 0; l < W; ++l) V[k][l] = p.v[v_off[l] + k];
+    }
+    for (int64_t t = 0; t < p.length; ++t) {
+      const int64_t i = t + p.offset;
+      const int64_t j_lo = i - (p.m - 1) > 0 ? i - (p.m - 1) : 0;
+      const int64_t j_hi = i < p.n - 1 ? i : p.n - 1;
+      Vec acc{};
+      for (int64_t j = j_lo; j <= j_hi; ++j) {
+        acc += S::load(A[j]) * S::load(V[i - j]);
+      }
+      S::store(O[t], acc, W);
+    }
+    T* out = p.out + r * p.length;
+    for (int l = 0; l < lanes; ++l) {
+      for (int64_t t = 0; t < p.length; ++t) out[l * p.length + t] = O[t][l];
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
@@ -232,6 +373,8 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::forward_tile<double>,
       &FASTCONV_ISA::weight_tile<float>,
       &FASTCONV_ISA::weight_tile<double>,
+      &FASTCONV_ISA::convolve_rows<float>,
+      &FASTCONV_ISA::convolve_rows<double>,
   };
   return table;
 }

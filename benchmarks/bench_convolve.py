@@ -1,0 +1,137 @@
+"""fastconv.convolve (many short row pairs) against the usual alternatives.
+
+Competitors, all in this process, interleaved, medians after warm-up:
+  loop     -- the double Python loop over rows and output positions (N <= 100 only)
+  trick    -- F.conv1d(a[None], v[:, None].flip(2), padding=m-1, groups=N)
+  einsum   -- unfold of the zero-padded a, einsum with the reversed v
+  fastconv -- fastconv_ext.convolve(a, v)
+Also: the latency of an empty custom op (the floor for a call), and the memory
+floor (a, v and the output once over the copy bandwidth).
+
+    python benchmarks/bench_convolve.py [--both-allocators] [--out-dir DIR]
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    allocator_mode,
+    format_table,
+    measure_machine,
+    progress,
+    rerun_with_tuned_allocator,
+    time_interleaved,
+)
+
+import fastconv_ext  # noqa: E402
+
+
+@torch.library.custom_op("fastconv_bench::empty", mutates_args=())
+def empty_op(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """An empty custom op: the cost of calling any operator from Python."""
+    return a.new_empty(0)
+
+
+def double_loop(a, v):
+    n, m = a.shape[1], v.shape[1]
+    al, vl = a.tolist(), v.tolist()
+    out = []
+    for x, y in zip(al, vl):
+        out.append([sum(x[j] * y[i - j] for j in range(max(0, i - m + 1), min(n, i + 1)))
+                    for i in range(n + m - 1)])
+    return torch.tensor(out)
+
+
+def grouped_trick(a, v):
+    return F.conv1d(a.unsqueeze(0), v.unsqueeze(1).flip(2), padding=v.shape[1] - 1, groups=a.shape[0])[0]
+
+
+def unfold_einsum(a, v):
+    m = v.shape[1]
+    windows = F.pad(a, (m - 1, m - 1)).unfold(-1, m, 1)
+    return torch.einsum("ntk,nk->nt", windows, v.flip(-1))
+
+
+def run(N, n, m, repeats, limits, with_loop=True):
+    g = torch.Generator().manual_seed(N + n * 10 + m)
+    a, v = torch.randn(N, n, generator=g), torch.randn(N, m, generator=g)
+    ref = grouped_trick(a.double(), v.double())
+    got = fastconv_ext.convolve(a, v)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    fns = {"trick": lambda: grouped_trick(a, v), "einsum": lambda: unfold_einsum(a, v),
+           "fastconv": lambda: fastconv_ext.convolve(a, v)}
+    if with_loop and N <= 100:
+        fns["loop"] = lambda: double_loop(a, v)
+    t = time_interleaved(fns, repeats=repeats, min_seconds=0.1)
+    nbytes = 4 * N * (n + m + n + m - 1)
+    t["floor"] = nbytes / (limits.gbps * 1e9)
+    return t
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    parser.add_argument("--out-dir", default=None, help="write convolve_<allocator>.{md,json} here")
+    parser.add_argument("--both-allocators", action="store_true",
+                        help="also rerun in a child process with the tuned glibc allocator")
+    args = parser.parse_args(argv)
+    mode = allocator_mode()
+    progress(f"measuring machine limits ({mode} allocator)...")
+    limits = measure_machine(quick=True)
+    a, v = torch.randn(5, 9), torch.randn(5, 9)
+    lat = time_interleaved({"empty custom op": lambda: empty_op(a, v),
+                            "fastconv N=5": lambda: fastconv_ext.convolve(a, v),
+                            "aten.alias (C++ floor)": lambda: torch.ops.aten.alias(a)}, repeats=2000)
+    lines = [f"allocator: {mode}; threads: {limits.threads}; copy bandwidth {limits.gbps:.1f} GB/s; "
+             f"torch {torch.__version__}", "",
+             "call latency: " + ", ".join(f"{k} {v * 1e6:.2f} us" for k, v in lat.items()), ""]
+    sizes = [5, 100, 10**4] if args.quick else [5, 100, 10**4, 10**6]
+    pairs = [(2, 2), (5, 7), (9, 9), (9, 3)]
+    rows, results = [], []
+    for N in sizes:
+        for n, m in pairs:
+            progress(f"N={N} {n}x{m}")
+            t = run(N, n, m, repeats=5 if N >= 10**6 else 15, limits=limits)
+            results.append(dict(N=N, n=n, m=m, **{k: val * 1e3 for k, val in t.items()}))
+            loop = f"{t['loop'] * 1e3:.3f}" if "loop" in t else "-"
+            rows.append([str(N), f"{n}x{m}", loop, f"{t['trick'] * 1e3:.3f}", f"{t['einsum'] * 1e3:.3f}",
+                         f"{t['fastconv'] * 1e3:.3f}", f"{t['trick'] / t['fastconv']:.1f}x",
+                         f"{t['floor'] * 1e3:.3f}", f"{t['fastconv'] / t['floor']:.2f}"])
+    lines.append(format_table(["N", "n x m", "loop ms", "trick ms", "einsum ms", "fastconv ms",
+                               "vs trick", "floor ms", "x floor"], rows))
+    # Every length pair 2..9: the smallest speedup over the grouped-conv trick.
+    for N in ([10**4] if args.quick else [5, 10**4, 10**6]):
+        worst = None
+        for n, m in itertools.product(range(2, 10), repeat=2):
+            progress(f"all pairs N={N}: {n}x{m}")
+            t = run(N, n, m, repeats=3, limits=limits, with_loop=False)
+            s = t["trick"] / t["fastconv"]
+            if worst is None or s < worst[0]:
+                worst = (s, n, m)
+        lines.append(f"\nN={N}, every length pair 2..9: smallest speedup over the trick {worst[0]:.1f}x "
+                     f"(at {worst[1]}x{worst[2]})")
+        results.append(dict(N=N, all_pairs_min_speedup=worst[0], at=[worst[1], worst[2]]))
+    text = "\n".join(lines)
+    print(text, flush=True)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"convolve_{mode}.md").write_text(text + "\n")
+        (out / f"convolve_{mode}.json").write_text(json.dumps(dict(
+            latency_us={k: v * 1e6 for k, v in lat.items()}, results=results), indent=1))
+    if args.both_allocators and mode == "default":
+        print(flush=True)
+        return rerun_with_tuned_allocator([os.path.abspath(__file__)] + list(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""fastconv.convolve against scipy.signal.convolve, row by row; broadcasting, gradients, integration."""
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+import torch._dynamo.testing
+
+import fastconv_ext
+
+ops = torch.ops.fastconv
+MODES = ["full", "same", "valid"]
+
+
+def scipy_rows(a, v, mode):
+    """Reference: scipy.signal.convolve on every broadcast pair of rows, in float64."""
+    batch = torch.broadcast_shapes(a.shape[:-1], v.shape[:-1])
+    a2 = a.detach().double().cpu().expand(*batch, a.shape[-1]).reshape(-1, a.shape[-1]).numpy()
+    v2 = v.detach().double().cpu().expand(*batch, v.shape[-1]).reshape(-1, v.shape[-1]).numpy()
+    rows = [scipy.signal.convolve(x, y, mode=mode) for x, y in zip(a2, v2)]
+    length = len(scipy.signal.convolve(a2[0] if len(a2) else np.ones(a.shape[-1]),
+                                       v2[0] if len(v2) else np.ones(v.shape[-1]), mode=mode))
+    return torch.from_numpy(np.array(rows).reshape(*batch, length))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_length_pair_matches_scipy(mode, device):
+    gen = torch.Generator().manual_seed(0)
+    for n, m in itertools.product(range(1, 13), repeat=2):
+        a = torch.randn(37, n, generator=gen, dtype=torch.float64).to(device)
+        v = torch.randn(37, m, generator=gen, dtype=torch.float64).to(device)
+        out = fastconv_ext.convolve(a, v, mode)
+        torch.testing.assert_close(out.cpu(), scipy_rows(a, v, mode), msg=lambda msg: f"n={n} m={m}: {msg}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n,m", [(100, 7), (7, 100), (1000, 300), (17, 16), (16, 17), (4097, 33), (40, 40)])
+def test_long_rows_match_scipy(n, m, mode, device):
+    gen = torch.Generator().manual_seed(n * 1000 + m)
+    a = torch.randn(3, n, generator=gen, dtype=torch.float64).to(device)
+    v = torch.randn(3, m, generator=gen, dtype=torch.float64).to(device)
+    torch.testing.assert_close(fastconv_ext.convolve(a, v, mode).cpu(), scipy_rows(a, v, mode))
+
+
+BROADCAST_SHAPES = [
+    ((5,), (7,)),
+    ((4, 1, 5), (3, 9)),
+    ((5,), (2, 3, 7)),
+    ((2, 1, 3, 6), (1, 4, 1, 5)),
+    ((6, 30), (1, 20)),
+    ((0, 4), (3, 0, 5)[1:]),  # zero rows
+    # More unmergeable broadcast dimensions than the row walker holds.
+    ((2, 1, 2, 1, 2, 1, 2, 1, 3), (1, 2, 1, 2, 1, 2, 1, 2, 4)),
+]
+
+
+@pytest.mark.parametrize("a_shape,v_shape", BROADCAST_SHAPES, ids=str)
+@pytest.mark.parametrize("mode", MODES)
+def test_broadcasting(a_shape, v_shape, mode, device):
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(a_shape, generator=gen, dtype=torch.float64).to(device)
+    v = torch.randn(v_shape, generator=gen, dtype=torch.float64).to(device)
+    out = fastconv_ext.convolve(a, v, mode)
+    torch.testing.assert_close(out.cpu(), scipy_rows(a, v, mode))
+
+
+def test_strided_and_expanded_inputs(device):
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 20, generator=gen, dtype=torch.float64).to(device)
+    a = base[::2, ::3]  # strided in both dimensions
+    v = torch.randn(1, 5, generator=gen, dtype=torch.float64).to(device).expand(3, 5)  # stride 0
+    for mode in MODES:
+        torch.testing.assert_close(fastconv_ext.convolve(a, v, mode).cpu(), scipy_rows(a, v, mode))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)], ids=str)
+@pytest.mark.parametrize("n,m", [(5, 9), (9, 9), (64, 3), (3, 200)])
+def test_low_precision(dtype, tol, n, m, device):
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(50, n, generator=gen).to(device=device, dtype=dtype)
+    v = torch.randn(50, m, generator=gen).to(device=device, dtype=dtype)
+    for mode in MODES:
+        out = fastconv_ext.convolve(a, v, mode)
+        assert out.dtype == dtype
+        ref = scipy_rows(a, v, mode)
+        torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol * min(n, m) ** 0.5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("a_shape,v_shape", [((3, 5), (3, 4)), ((2, 6), (3, 1, 4)), ((4,), (2, 9)), ((2, 20), (2, 18))], ids=str)
+def test_gradcheck_gradgradcheck(a_shape, v_shape, mode, device):
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(a_shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    v = torch.randn(v_shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    fn = lambda a, v: fastconv_ext.convolve(a, v, mode)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (a, v))
+    assert torch.autograd.gradgradcheck(fn, (a, v))
+
+
+def test_gradients_match_reference():
+    """Against autograd through torch's own grouped conv1d formulation."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(8, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(8, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = fastconv_ext.convolve(a, v)
+    ref = torch.nn.functional.conv1d(a.unsqueeze(0), v.unsqueeze(1).flip(2), padding=4, groups=8)[0]
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for x, y in zip(torch.autograd.grad(out, (a, v), g), torch.autograd.grad(ref, (a, v), g)):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("args", [((3, 5), (3, 4), "full"), ((2, 6), (3, 1, 4), "same"), ((4,), (2, 20), "valid")], ids=str)
+def test_opcheck(args, device):
+    a_shape, v_shape, mode = args
+    a = torch.randn(a_shape, device=device, requires_grad=True)
+    v = torch.randn(v_shape, device=device, requires_grad=True)
+    torch.library.opcheck(ops.convolve.default, (a, v, mode))
+    torch.library.opcheck(ops._convolve_window.default, (a, v, 2, 7))
+    torch.library.opcheck(ops._convolve_window.default, (a, v, -3, 30))  # window past both ends
+
+
+def test_compile_fullgraph_dynamic():
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+
+    def f(a, v):
+        return fastconv_ext.convolve(a, v, "same").sin().sum()
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend=counter)
+    for rows, n in [(4, 5), (7, 9), (3, 12)]:
+        a = torch.randn(rows, n, requires_grad=True)
+        v = torch.randn(rows, 3, requires_grad=True)
+        out = compiled(a, v)
+        grads = torch.autograd.grad(out, (a, v))
+        ref = f(a, v)
+        torch.testing.assert_close(out, ref)
+        for g, r in zip(grads, torch.autograd.grad(ref, (a, v))):
+            torch.testing.assert_close(g, r)
+    assert counter.frame_count == 1
+
+
+def test_torchscript_script_save_load():
+    class Model(torch.nn.Module):
+        def forward(self, a, v):
+            return fastconv_ext.convolve(a, v, "valid")
+
+    scripted = torch.jit.script(Model())
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    a, v = torch.randn(4, 9, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(loaded(a, v), scipy_rows(a, v, "valid"))
+
+
+def test_every_cpu_level():
+    previous = ops._cpu_capability()
+    a, v = torch.randn(100, 9, dtype=torch.float64), torch.randn(100, 7, dtype=torch.float64)
+    af, vf = a.float(), v.float()
+    try:
+        for level in ops._cpu_capabilities():
+            ops._cpu_capability(level)
+            for mode in MODES:
+                torch.testing.assert_close(fastconv_ext.convolve(a, v, mode), scipy_rows(a, v, mode))
+                torch.testing.assert_close(fastconv_ext.convolve(af, vf, mode).double(), scipy_rows(a, v, mode),
+                                           rtol=1e-5, atol=1e-5)
+    finally:
+        ops._cpu_capability(previous)
+
+
+BAD_CALLS = [
+    ("unknown_mode", lambda: fastconv_ext.convolve(torch.randn(3), torch.randn(2), "circular"),
+     r"mode must be 'full', 'same' or 'valid', but got 'circular'"),
+    ("empty_a_rows", lambda: fastconv_ext.convolve(torch.randn(3, 0), torch.randn(3, 2)), r"rows must not be empty"),
+    ("empty_v_rows", lambda: fastconv_ext.convolve(torch.randn(3, 4), torch.randn(3, 0)), r"rows must not be empty"),
+    ("no_broadcast", lambda: fastconv_ext.convolve(torch.randn(3, 4), torch.randn(2, 4)),
+     r"leading dimensions of a \[3, 4\] and v \[2, 4\] must broadcast, but dimension 0 has sizes 3 and 2"),
+    ("integer", lambda: fastconv_ext.convolve(torch.ones(3, dtype=torch.int64), torch.ones(2, dtype=torch.int64)),
+     r"a must be float32, float64, float16 or bfloat16"),
+    ("complex", lambda: fastconv_ext.convolve(torch.ones(3, dtype=torch.complex64), torch.ones(2, dtype=torch.complex64)),
+     r"a must be float32, float64, float16 or bfloat16"),
+    ("dtype_mismatch", lambda: fastconv_ext.convolve(torch.ones(3), torch.ones(2, dtype=torch.float64)),
+     r"v must have the same dtype as a"),
+    ("scalar", lambda: fastconv_ext.convolve(torch.tensor(1.0), torch.ones(2)), r"a must have at least 1 dimension"),
+    ("negative_window", lambda: ops._convolve_window(torch.ones(3), torch.ones(2), 0, -1), r"length must be non-negative"),
+]
+
+
+@pytest.mark.parametrize("call,pattern", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises(call, pattern):
+    with pytest.raises(RuntimeError, match=pattern):
+        call()
