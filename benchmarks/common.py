@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
 import torch
@@ -60,6 +61,29 @@ class MachineLimits:
     gflops: float  # best fp32 FLOP rate PyTorch reaches here (torch.mm or a dense oneDNN conv1d), GFLOP/s
     gbps: float  # DRAM copy bandwidth (read + write), GB/s
     threads: int
+    touch_ms_per_mib: float = 0.0  # first-touch cost of a fresh 64 MiB buffer, beyond a reused one
+
+
+def measure_peak_gflops(quick: bool = False) -> float:
+    """Best fp32 FLOP rate of torch.mm and of a dense oneDNN conv1d.
+
+    With the default allocator the conv's fresh output page-faults on every call and
+    understates the peak, so then it is measured in a child process with the tuned one.
+    """
+    if allocator_mode() == "default":
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import common, torch; "
+                f"torch.set_num_threads({torch.get_num_threads()}); print(common.measure_peak_gflops({quick}))")
+        out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **TUNED_ALLOCATOR_ENV),
+                             capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+    n = 1024 if quick else 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    x, w = torch.randn(8, 128, 512), torch.randn(128, 128, 5)
+    t = time_interleaved({"mm": lambda: torch.mm(a, b, out=out),
+                          "conv": lambda: torch.nn.functional.conv1d(x, w, padding=2)},
+                         repeats=5 if quick else 10)
+    return max(2 * n**3 / t["mm"], 2 * 8 * 128 * 512 * 128 * 5 / t["conv"]) / 1e9
 
 
 def measure_machine(quick: bool = False) -> MachineLimits:
@@ -68,19 +92,16 @@ def measure_machine(quick: bool = False) -> MachineLimits:
     The peak is the better of torch.mm and a dense conv1d through oneDNN: on some
     CPUs (AMD Zen 5) MKL's sgemm reaches only half of what the FMA units do.
     """
-    n = 1024 if quick else 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
-    x, w = torch.randn(8, 128, 512), torch.randn(128, 128, 5)
-    t = time_interleaved({"mm": lambda: torch.mm(a, b, out=out),
-                          "conv": lambda: torch.nn.functional.conv1d(x, w, padding=2)},
-                         repeats=5 if quick else 10)
-    gflops = max(2 * n**3 / t["mm"], 2 * 8 * 128 * 512 * 128 * 5 / t["conv"]) / 1e9
+    gflops = measure_peak_gflops(quick)
     elems = (64 if quick else 256) * (1 << 20) // 4
     src, dst = torch.randn(elems), torch.empty(elems)
     t = time_interleaved({"copy": lambda: dst.copy_(src)}, repeats=5 if quick else 10)["copy"]
     gbps = 2 * elems * 4 / t / 1e9
-    return MachineLimits(gflops, gbps, torch.get_num_threads())
+    fresh = 64 << 20
+    t = time_interleaved({"fresh": lambda: torch.empty(fresh // 4).fill_(1.0),
+                          "reused": lambda: dst.fill_(1.0)}, repeats=5)
+    touch = max(0.0, t["fresh"] - t["reused"] * fresh / (elems * 4)) * 1e3 / 64
+    return MachineLimits(gflops, gbps, torch.get_num_threads(), touch)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

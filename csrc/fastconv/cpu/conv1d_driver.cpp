@@ -70,24 +70,6 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
   }
 }
 
-template <typename T>
-void call_forward(const ForwardTile<T>& tile) {
-  if constexpr (std::is_same_v<T, float>) {
-    kernels().forward_f32(tile);
-  } else {
-    kernels().forward_f64(tile);
-  }
-}
-
-template <typename T>
-void call_weight(const WeightTile<T>& tile) {
-  if constexpr (std::is_same_v<T, float>) {
-    kernels().weight_f32(tile);
-  } else {
-    kernels().weight_f64(tile);
-  }
-}
-
 // out = conv(in, weight) + bias; weight is [C_out][cin_g * K] in the accumulation type T.
 template <typename scalar_t>
 void forward_impl(const Geometry& g, const scalar_t* in,
@@ -124,7 +106,7 @@ void forward_impl(const Geometry& g, const scalar_t* in,
           bias ? bias + grp * cout_g : nullptr,
           kDirect ? reinterpret_cast<T*>(dst) : staged, kDirect ? g.out_length : n,
           cout_g, n};
-      call_forward(tile_args);
+      run(tile_args);
       if constexpr (!kDirect) {
         for (int64_t oc = 0; oc < cout_g; ++oc) {
           for (int64_t j = 0; j < n; ++j) {
@@ -180,7 +162,7 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
             scratch, offsets.data(), taps,
             kDirect ? reinterpret_cast<const T*>(gy) : staged, kDirect ? g.out_length : n,
             cout_g, n, acc + grp * cout_g * taps};
-        call_weight(tile_args);
+        run(tile_args);
       }
     });
   }

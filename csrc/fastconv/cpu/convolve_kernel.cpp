@@ -87,11 +87,7 @@ void small_rows(const at::Tensor& a, const at::Tensor& v, at::Tensor& out,
     cpu::ConvolveRows<T> chunk = p;
     chunk.row_begin = begin;
     chunk.row_end = end;
-    if constexpr (std::is_same_v<T, float>) {
-      cpu::kernels().convolve_f32(chunk);
-    } else {
-      cpu::kernels().convolve_f64(chunk);
-    }
+    cpu::run(chunk);
   });
 }
 

@@ -79,6 +79,14 @@ struct KernelTable {
 // by FASTCONV_CPU_CAPABILITY / set_capability.
 const KernelTable& kernels();
 
+// Runs a micro-kernel of the active table, picked by the argument's type.
+inline void run(const ForwardTile<float>& t) { kernels().forward_f32(t); }
+inline void run(const ForwardTile<double>& t) { kernels().forward_f64(t); }
+inline void run(const WeightTile<float>& t) { kernels().weight_f32(t); }
+inline void run(const WeightTile<double>& t) { kernels().weight_f64(t); }
+inline void run(const ConvolveRows<float>& t) { kernels().convolve_f32(t); }
+inline void run(const ConvolveRows<double>& t) { kernels().convolve_f64(t); }
+
 // Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();
 

@@ -94,6 +94,50 @@ void forward_block(const ForwardTile<T>& a, int64_t oc0, int64_t j0, int64_t n) 
   }
 }
 
+// One output channel, V < 4 vectors (short rows, tails): a single accumulator
+// chain per vector would wait on FMA latency at every tap, so taps are spread
+// over 4 / V independent accumulators and summed at the end.
+template <typename T, int V>
+void forward_block_narrow(const ForwardTile<T>& a, int64_t oc, int64_t j0, int64_t n) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int U = 4 / V;
+  Vec acc[U][V];
+  for (int u = 0; u < U; ++u) {
+    for (int v = 0; v < V; ++v) {
+      acc[u][v] = S::splat(u == 0 && a.bias ? a.bias[oc] : T(0));
+    }
+  }
+  const T* w = a.weight + oc * a.taps;
+  int64_t t = 0;
+  for (; t + U <= a.taps; t += U) {
+    for (int u = 0; u < U; ++u) {
+      const T* x = a.scratch + a.offsets[t + u] + j0;
+      const Vec wv = S::splat(w[t + u]);
+      for (int v = 0; v < V; ++v) {
+        acc[u][v] += wv * S::load(x + v * S::kLanes);
+      }
+    }
+  }
+  for (; t < a.taps; ++t) {
+    const T* x = a.scratch + a.offsets[t] + j0;
+    const Vec wv = S::splat(w[t]);
+    for (int v = 0; v < V; ++v) {
+      acc[0][v] += wv * S::load(x + v * S::kLanes);
+    }
+  }
+  T* o = a.out + oc * a.out_stride + j0;
+  for (int v = 0; v < V; ++v) {
+    for (int u = 1; u < U; ++u) {
+      acc[0][v] += acc[u][v];
+    }
+    const int64_t left = n - v * S::kLanes;
+    if (left > 0) {
+      S::store(o + v * S::kLanes, acc[0][v], left < S::kLanes ? left : S::kLanes);
+    }
+  }
+}
+
 // Largest V (of 8, 4, 2, 1) whose R x V accumulators, V loads and a broadcast fit the registers.
 constexpr int max_vectors(int R) {
   for (int v = 8; v > 1; v /= 2) {
@@ -108,6 +152,10 @@ constexpr int kMaxRows = kRegs >= 32 ? 8 : 4;
 
 template <typename T, int R>
 void forward_rows(const ForwardTile<T>& a, int64_t oc0, int64_t j, int V, int64_t n) {
+  if constexpr (R == 1) {
+    if (V == 1) return forward_block_narrow<T, 1>(a, oc0, j, n);
+    if (V == 2) return forward_block_narrow<T, 2>(a, oc0, j, n);
+  }
   switch (V) {
     case 8:
       if constexpr (max_vectors(R) >= 8) return forward_block<T, R, 8>(a, oc0, j, n);
