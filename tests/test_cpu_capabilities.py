@@ -48,10 +48,12 @@ def test_every_level_matches_torch(capability, dtype):
             torch.testing.assert_close(g.double(), g_ref, **t, msg=lambda m: f"{case} {capability}: {m}")
 
 
-def test_environment_variable_forces_level():
+def test_environment_variable_forces_level(tmp_path):
     code = "import torch, fastconv_ext; print(torch.ops.fastconv._cpu_capability())"
     env = dict(os.environ, FASTCONV_CPU_CAPABILITY="default")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # Run outside the checkout so the installed package, not the source folder, is imported.
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "default"
 
 
