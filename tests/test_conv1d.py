@@ -244,3 +244,14 @@ def test_many_channels(case, dtype, device):
         assert g.dtype == dtype and g.shape == g_ref.shape
         scale = g_ref.abs().max().item() + 1.0
         torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_large_output_written_with_streaming_stores(dtype):
+    """Outputs of 16 MiB and more with cache-line-aligned rows take the non-temporal store path."""
+    case = Conv1dCase(4, 1024 if dtype == torch.float32 else 512, 0, 1024, 3, padding=1)
+    case.out_channels, case.groups = case.in_channels, case.in_channels
+    x, w, b = case.tensors(dtype=dtype)
+    y = fastconv_ext.conv1d(x, w, b, **case.args())
+    assert y.numel() * y.element_size() >= 16 << 20 and y.shape[-1] * y.element_size() % 64 == 0
+    torch.testing.assert_close(y, F.conv1d(x, w, b, **case.args()))

@@ -25,6 +25,9 @@ struct ForwardTile {
   int64_t out_stride;
   int64_t out_channels;     // C_out / groups
   int64_t length;           // output positions in the tile
+  // Large outputs: write whole aligned vectors with non-temporal stores, which
+  // skip the read-for-ownership of lines that are only written.
+  bool streaming = false;
 };
 
 template <typename T>

@@ -10,6 +10,9 @@
 // one instruction set can be merged into code that runs on another.
 #include <array>
 #include <cstdint>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <utility>
 
@@ -44,6 +47,38 @@ struct Simd {
         p[i] = v[i];
       }
     }
+  }
+  // Non-temporal store of a whole vector when p is aligned to it; false if not done.
+  static bool stream(T* p, V v) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (reinterpret_cast<uintptr_t>(p) % kBytes != 0) {
+      return false;
+    }
+    if constexpr (kBytes == 64 && sizeof(T) == 4) {
+      _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m512>(v));
+    } else if constexpr (kBytes == 64) {
+      _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m512d>(v));
+    } else if constexpr (kBytes == 32 && sizeof(T) == 4) {
+      _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m256>(v));
+    } else if constexpr (kBytes == 32) {
+      _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m256d>(v));
+    } else if constexpr (sizeof(T) == 4) {
+      _mm_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m128>(v));
+    } else {
+      _mm_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m128d>(v));
+    }
+    return true;
+#else
+    (void)p;
+    (void)v;
+    return false;
+#endif
+  }
+  // Orders earlier non-temporal stores before whatever the caller does next.
+  static void fence() {
+#if defined(__x86_64__) || defined(_M_X64)
+    _mm_sfence();
+#endif
   }
   static T sum(V v) {
     T s = 0;
@@ -87,6 +122,9 @@ void forward_block(const ForwardTile<T>& a, int64_t oc0, int64_t j0, int64_t n) 
     T* o = a.out + (oc0 + r) * a.out_stride + j0;
     for (int v = 0; v < V; ++v) {
       const int64_t left = n - v * S::kLanes;
+      if (left >= S::kLanes && a.streaming && S::stream(o + v * S::kLanes, acc[r][v])) {
+        continue;
+      }
       if (left > 0) {
         S::store(o + v * S::kLanes, acc[r][v], left < S::kLanes ? left : S::kLanes);
       }
@@ -198,6 +236,9 @@ void forward_tile(const ForwardTile<T>& a) {
     for (; oc + 2 <= a.out_channels; oc += 2) forward_rows<T, 2>(a, oc, j, V, n);
     for (; oc < a.out_channels; ++oc) forward_rows<T, 1>(a, oc, j, V, n);
     j += n;
+  }
+  if (a.streaming) {
+    Simd<T>::fence();
   }
 }
 
