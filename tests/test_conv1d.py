@@ -252,6 +252,13 @@ def test_large_output_written_with_streaming_stores(dtype):
     case = Conv1dCase(4, 1024 if dtype == torch.float32 else 512, 0, 1024, 3, padding=1)
     case.out_channels, case.groups = case.in_channels, case.in_channels
     x, w, b = case.tensors(dtype=dtype)
-    y = fastconv_ext.conv1d(x, w, b, **case.args())
-    assert y.numel() * y.element_size() >= 16 << 20 and y.shape[-1] * y.element_size() % 64 == 0
-    torch.testing.assert_close(y, F.conv1d(x, w, b, **case.args()))
+    ref = F.conv1d(x, w, b, **case.args())
+    previous = torch.ops.fastconv._cpu_capability()
+    try:
+        for level in torch.ops.fastconv._cpu_capabilities():
+            torch.ops.fastconv._cpu_capability(level)
+            y = fastconv_ext.conv1d(x, w, b, **case.args())
+            assert y.numel() * y.element_size() >= 16 << 20 and y.shape[-1] * y.element_size() % 64 == 0
+            torch.testing.assert_close(y, ref, msg=lambda m: f"{level}: {m}")
+    finally:
+        torch.ops.fastconv._cpu_capability(previous)
