@@ -1,9 +1,11 @@
 // _convolve_window on CPU.
 //
-// Short rows (both at most kConvolveSmall) go to the row kernel, which puts
-// one row in each vector lane and reads broadcast operands in place through
-// strides. Longer rows are a depthwise convolution -- one group per row, the
-// shorter operand reversed as its kernel -- through the tiled conv1d driver.
+// The shorter operand is the kernel, every tap of which meets every output
+// (zeros outside the longer row), as torchaudio.functional.convolve computes
+// it. Short rows (at most kConvolveSmall) go to the row kernels, which read
+// broadcast operands in place through strides; longer rows are a depthwise
+// convolution -- one group per row, the kernel reversed -- through the tiled
+// conv1d driver.
 // 16-bit inputs are computed in float.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -92,14 +94,11 @@ void small_rows(const at::Tensor& a, const at::Tensor& v, at::Tensor& out,
 }
 
 // Long rows: out[r] = window of a_r * v_r as a depthwise convolution with one
-// group per row, the shorter operand reversed as the kernel.
+// group per row, v_r (the shorter) reversed as the kernel.
 template <typename scalar_t>
-void long_rows(at::Tensor a, at::Tensor v, at::Tensor& out, const std::vector<int64_t>& batch,
+void long_rows(const at::Tensor& a, const at::Tensor& v, at::Tensor& out, const std::vector<int64_t>& batch,
                int64_t rows, int64_t offset, int64_t length) {
   using T = at::opmath_type<scalar_t>;
-  if (a.size(-1) < v.size(-1)) {
-    std::swap(a, v);  // convolution commutes; the kernel should be the short one
-  }
   const int64_t n = a.size(-1), m = v.size(-1);
   std::vector<int64_t> shape = batch;
   shape.push_back(n);
@@ -128,11 +127,16 @@ at::Tensor convolve_window_cpu(
   if (out.numel() == 0) {
     return out;
   }
-  // Rows must be contiguous along the last dimension; leading strides stay.
-  const at::Tensor a = a_in.stride(-1) == 1 ? a_in : a_in.contiguous();
-  const at::Tensor v = v_in.stride(-1) == 1 ? v_in : v_in.contiguous();
-  const bool small = n <= cpu::kConvolveSmall && m <= cpu::kConvolveSmall &&
-      length <= 2 * cpu::kConvolveSmall;
+  // Convolution commutes: v becomes the shorter row, the kernel that meets
+  // every output (so NaN and Inf spread as in torchaudio's zero-padded
+  // convolution, on every path). Rows must be contiguous along the last
+  // dimension; leading strides stay.
+  const bool swap = m > n;
+  const at::Tensor& a_row = swap ? v_in : a_in;
+  const at::Tensor& v_row = swap ? a_in : v_in;
+  const at::Tensor a = a_row.stride(-1) == 1 ? a_row : a_row.contiguous();
+  const at::Tensor v = v_row.stride(-1) == 1 ? v_row : v_row.contiguous();
+  const bool small = std::max(n, m) <= cpu::kConvolveSmall && length <= 2 * cpu::kConvolveSmall;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "fastconv_convolve_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     if (!small) {

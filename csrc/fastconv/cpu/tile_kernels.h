@@ -55,7 +55,7 @@ struct ConvolveRows {
   const T* a;
   const T* v;
   T* out;                  // row r at out + r * length
-  int64_t n, m;            // row lengths, each <= kConvolveSmall
+  int64_t n, m;            // row lengths, m <= n <= kConvolveSmall
   int64_t offset, length;  // length <= 2 * kConvolveSmall
   int64_t row_begin, row_end;
   int ndim;

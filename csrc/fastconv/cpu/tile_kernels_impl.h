@@ -352,6 +352,8 @@ struct RowWalker {
 
 // Rows with compile-time lengths: the whole convolution of a row unrolls
 // into registers (few rows, or rows too short to fill vector lanes well).
+// Every tap of v meets every output, zero-padded a included, so NaN and Inf
+// spread exactly as in the zero-padded convolution of the long-row path.
 template <typename T, int N, int M>
 void convolve_rows_fixed(const ConvolveRows<T>& p) {
   constexpr int L = N + M - 1;
@@ -361,11 +363,14 @@ void convolve_rows_fixed(const ConvolveRows<T>& p) {
   for (int64_t r = p.row_begin; r < p.row_end; ++r, walk.next(), out += p.length) {
     const T* a = p.a + walk.a_offset;
     const T* v = p.v + walk.v_offset;
-    T full[L] = {};
-    for (int j = 0; j < N; ++j) {
+    T full[L];
+    for (int i = 0; i < L; ++i) {
+      T acc = 0;
       for (int k = 0; k < M; ++k) {
-        full[j + k] += a[j] * v[k];
+        const int j = i - k;
+        acc += v[k] * (j >= 0 && j < N ? a[j] : T(0));
       }
+      full[i] = acc;
     }
     if (whole) {
       for (int t = 0; t < L; ++t) out[t] = full[t];
@@ -378,10 +383,20 @@ void convolve_rows_fixed(const ConvolveRows<T>& p) {
   }
 }
 
+// The driver makes v the shorter row (m <= n): only those kernels exist.
+template <typename T, int N, int M>
+constexpr auto fixed_row_kernel() {
+  if constexpr (M <= N) {
+    return &convolve_rows_fixed<T, N, M>;
+  } else {
+    return static_cast<void (*)(const ConvolveRows<T>&)>(nullptr);
+  }
+}
+
 template <typename T, int N, int... Ms>
 constexpr auto fixed_row_kernels_for(std::integer_sequence<int, Ms...>) {
   return std::array<void (*)(const ConvolveRows<T>&), sizeof...(Ms)>{
-      &convolve_rows_fixed<T, N, Ms + 1>...};
+      fixed_row_kernel<T, N, Ms + 1>()...};
 }
 
 template <typename T, int... Ns>
@@ -431,12 +446,15 @@ void convolve_rows_vector(const ConvolveRows<T>& p) {
       for (int l = 0; l < W; ++l) V[k][l] = p.v[v_off[l] + k];
     }
     for (int64_t t = 0; t < p.length; ++t) {
+      // Every tap of v (the shorter row) meets every output inside the full
+      // convolution, zero-padded a included, as in convolve_rows_fixed.
       const int64_t i = t + p.offset;
-      const int64_t j_lo = i - (p.m - 1) > 0 ? i - (p.m - 1) : 0;
-      const int64_t j_hi = i < p.n - 1 ? i : p.n - 1;
       Vec acc{};
-      for (int64_t j = j_lo; j <= j_hi; ++j) {
-        acc += S::load(A[j]) * S::load(V[i - j]);
+      if (i >= 0 && i < p.n + p.m - 1) {
+        for (int64_t k = 0; k < p.m; ++k) {
+          const int64_t j = i - k;
+          acc += S::load(V[k]) * (j >= 0 && j < p.n ? S::load(A[j]) : Vec{});
+        }
       }
       S::store(O[t], acc, W);
     }

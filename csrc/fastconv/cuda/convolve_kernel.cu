@@ -31,21 +31,29 @@ __global__ void convolve_window_kernel(
     const int64_t t = idx % length;
     const int64_t r = idx / length;
     const int64_t i = t + offset;  // index into the full convolution
-    const int64_t j_lo = i - (m - 1) > 0 ? i - (m - 1) : 0;
-    const int64_t j_hi = i < n - 1 ? i : n - 1;
     const scalar_t* a_row = a + r * n;
     const scalar_t* v_row = v + r * m;
     opmath_t acc = 0;
-    for (int64_t j = j_lo; j <= j_hi; ++j) {
-      acc += static_cast<opmath_t>(a_row[j]) * static_cast<opmath_t>(v_row[i - j]);
+    if (i >= 0 && i < n + m - 1) {
+      // Every tap of v (the shorter row) meets every output, zeros outside a,
+      // so NaN and Inf spread as on the CPU.
+      for (int64_t k = 0; k < m; ++k) {
+        const int64_t j = i - k;
+        const opmath_t x = j >= 0 && j < n ? static_cast<opmath_t>(a_row[j]) : opmath_t(0);
+        acc += static_cast<opmath_t>(v_row[k]) * x;
+      }
     }
     out[idx] = static_cast<scalar_t>(acc);
   }
 }
 
 at::Tensor convolve_window_cuda(
-    const at::Tensor& a, const at::Tensor& v, c10::SymInt offset_, c10::SymInt length_) {
-  const auto d = check_convolve_window(a, v, offset_, length_);
+    const at::Tensor& a_in, const at::Tensor& v_in, c10::SymInt offset_, c10::SymInt length_) {
+  const auto d = check_convolve_window(a_in, v_in, offset_, length_);
+  // Convolution commutes: v becomes the shorter row (the kernel).
+  const bool swap = v_in.size(-1) > a_in.size(-1);
+  const at::Tensor& a = swap ? v_in : a_in;
+  const at::Tensor& v = swap ? a_in : v_in;
   c10::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty_symint(convolve_output_shape(d), a.options());
   if (out.numel() == 0) {
@@ -57,7 +65,7 @@ at::Tensor convolve_window_cuda(
     shape.push_back(s.expect_int());
     rows *= shape.back();
   }
-  const int64_t n = d.n.expect_int(), m = d.m.expect_int();
+  const int64_t n = a.size(-1), m = v.size(-1);
   shape.push_back(n);
   const at::Tensor a_rows = a.expand(shape).reshape({rows, n}).contiguous();
   shape.back() = m;
