@@ -11,8 +11,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
