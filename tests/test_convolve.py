@@ -51,6 +51,9 @@ BROADCAST_SHAPES = [
     ((5,), (2, 3, 7)),
     ((2, 1, 3, 6), (1, 4, 1, 5)),
     ((6, 30), (1, 20)),
+    ((9, 4), (3,)),  # one v row for every a row (the contiguous fast path)
+    ((9, 4), (1, 3)),
+    ((3,), (9, 4)),
     ((0, 4), (3, 0, 5)[1:]),  # zero rows
     # More unmergeable broadcast dimensions than the row walker holds.
     ((2, 1, 2, 1, 2, 1, 2, 1, 3), (1, 2, 1, 2, 1, 2, 1, 2, 4)),

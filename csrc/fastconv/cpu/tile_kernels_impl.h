@@ -357,6 +357,40 @@ struct RowWalker {
 template <typename T, int N, int M>
 void convolve_rows_fixed(const ConvolveRows<T>& p) {
   constexpr int L = N + M - 1;
+  if (p.ndim <= 1 && p.offset == 0 && p.length == L &&
+      (p.ndim == 0 || (p.a_strides[0] == N && (p.v_strides[0] == M || p.v_strides[0] == 0)))) {
+    // Contiguous rows (v possibly one broadcast row): a plain loop with
+    // compile-time strides, which the compiler vectorizes across rows.
+    const int64_t v_step = p.ndim == 1 ? p.v_strides[0] : 0;
+    const T* __restrict__ a = p.a + p.row_begin * N;
+    const T* __restrict__ v = p.v + p.row_begin * v_step;
+    T* __restrict__ out = p.out + p.row_begin * L;
+    const int64_t rows = p.row_end - p.row_begin;
+    if (v_step == 0) {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int i = 0; i < L; ++i) {
+          T acc = 0;
+          for (int k = 0; k < M; ++k) {
+            const int j = i - k;
+            acc += v[k] * (j >= 0 && j < N ? a[r * N + j] : T(0));
+          }
+          out[r * L + i] = acc;
+        }
+      }
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int i = 0; i < L; ++i) {
+          T acc = 0;
+          for (int k = 0; k < M; ++k) {
+            const int j = i - k;
+            acc += v[r * M + k] * (j >= 0 && j < N ? a[r * N + j] : T(0));
+          }
+          out[r * L + i] = acc;
+        }
+      }
+    }
+    return;
+  }
   RowWalker walk(p, p.row_begin);
   T* out = p.out + p.row_begin * p.length;
   const bool whole = p.offset == 0 && p.length == L;
