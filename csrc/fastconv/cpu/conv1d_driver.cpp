@@ -72,6 +72,27 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
   }
 }
 
+// Where work item `item` sits: batch b, group grp, output positions [l0, l0 + n).
+struct TileItem {
+  int64_t b, grp, l0, n;
+};
+
+// Decodes a work item (b, group, tile) and stages the input rows its tile
+// reads into scratch, [icg][stride phase][row_len].
+template <typename scalar_t, typename T>
+TileItem stage_tile(const Geometry& g, const scalar_t* in, int64_t item, int64_t tile,
+                    int64_t row_len, T* scratch) {
+  const int64_t tiles = (g.out_length + tile - 1) / tile;
+  const int64_t bg = item / tiles;  // b * groups + group
+  TileItem it{bg / g.groups, bg % g.groups, (item % tiles) * tile, 0};
+  it.n = std::min(tile, g.out_length - it.l0);
+  for (int64_t icg = 0; icg < g.cin_g(); ++icg) {
+    const scalar_t* row = in + (it.b * g.in_channels + it.grp * g.cin_g() + icg) * g.in_length;
+    fill_phases(g, row, it.l0, row_len, scratch + icg * g.stride * row_len);
+  }
+  return it;
+}
+
 // out = conv(in, weight) + bias; weight is [C_out][cin_g * K] in the accumulation type T.
 template <typename scalar_t>
 void forward_impl(const Geometry& g, const scalar_t* in,
@@ -97,16 +118,7 @@ void forward_impl(const Geometry& g, const scalar_t* in,
     T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
     T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t t = item % tiles;
-      const int64_t bg = item / tiles;  // b * groups + group
-      const int64_t grp = bg % g.groups;
-      const int64_t b = bg / g.groups;
-      const int64_t l0 = t * tile;
-      const int64_t n = std::min(tile, g.out_length - l0);
-      for (int64_t icg = 0; icg < cin_g; ++icg) {
-        const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
-        fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
-      }
+      const auto [b, grp, l0, n] = stage_tile(g, in, item, tile, row_len, scratch);
       scalar_t* dst = out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
       ForwardTile<T> tile_args{
           scratch, offsets.data(), taps, weight + grp * cout_g * taps,
@@ -147,16 +159,7 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
       T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
       T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t t = item % tiles;
-        const int64_t bg = item / tiles;
-        const int64_t grp = bg % g.groups;
-        const int64_t b = bg / g.groups;
-        const int64_t l0 = t * tile;
-        const int64_t n = std::min(tile, g.out_length - l0);
-        for (int64_t icg = 0; icg < cin_g; ++icg) {
-          const scalar_t* row = in + (b * g.in_channels + grp * cin_g + icg) * g.in_length;
-          fill_phases(g, row, l0, row_len, scratch + icg * g.stride * row_len);
-        }
+        const auto [b, grp, l0, n] = stage_tile(g, in, item, tile, row_len, scratch);
         const scalar_t* gy = grad_out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
         if constexpr (!kDirect) {
           for (int64_t oc = 0; oc < cout_g; ++oc) {
