@@ -6,6 +6,8 @@ torch.compile, and autograd). The Python API is a thin, typed layer over them:
 
 - :func:`conv1d` -- drop-in for :func:`torch.nn.functional.conv1d`
 - :class:`Conv1d` -- drop-in for :class:`torch.nn.Conv1d`
+- :func:`conv2d` -- drop-in for :func:`torch.nn.functional.conv2d` (im2col + GEMM)
+- :class:`Conv2d` -- drop-in for :class:`torch.nn.Conv2d`
 - :func:`convolve` -- batched per-row convolution with scipy's modes
 """
 
@@ -15,10 +17,10 @@ from fastconv_ext._loader import load_library
 
 load_library()
 
-from fastconv_ext.functional import conv1d, convolve  # noqa: E402
-from fastconv_ext.nn import Conv1d  # noqa: E402
+from fastconv_ext.functional import conv1d, conv2d, convolve  # noqa: E402
+from fastconv_ext.nn import Conv1d, Conv2d  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["conv1d", "convolve", "Conv1d", "__version__"]
+__all__ = ["conv1d", "conv2d", "convolve", "Conv1d", "Conv2d", "__version__"]
 
 del torch

@@ -10,45 +10,79 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv1d", "convolve"]
+__all__ = ["conv1d", "conv2d", "convolve"]
 
 
-def _single(value: Union[int, List[int], Tuple[int]], name: str) -> List[int]:
-    """An int or 1-sequence of ints as a 1-list; the operator checks the values."""
+_IntOrSeq = Union[int, List[int], Tuple[int], Tuple[int, int]]
+
+
+def _tuple(value: _IntOrSeq, n: int, name: str, op: str) -> List[int]:
+    """An int (repeated) or n-sequence of ints as an n-list; the operator checks the values."""
     if isinstance(value, int):
-        return [value]
+        return [value] * n
     if isinstance(value, list):
         out = value
+    elif not torch.jit.is_scripting():
+        out = list(value)
+    elif torch.jit.isinstance(value, Tuple[int]):  # TorchScript needs the tuple type spelled out
+        out = [value[0]]
+    elif torch.jit.isinstance(value, Tuple[int, int]):
+        out = [value[0], value[1]]
     else:
-        out = [value[i] for i in range(len(value))]
-    if len(out) != 1:
+        raise ValueError(f"fastconv.{op}: {name} must be an int or a sequence of {n} int for a {n}-D convolution")
+    if len(out) != n:
         raise ValueError(
-            f"fastconv.conv1d: {name} must be an int or a sequence of 1 int for a 1-D convolution, "
+            f"fastconv.{op}: {name} must be an int or a sequence of {n} int for a {n}-D convolution, "
             f"but got {len(out)} values"
         )
     return out
 
 
 def _same_padding(
-    input: Tensor, weight: Tensor, stride: List[int], dilation: List[int]
+    input: Tensor, weight: Tensor, stride: List[int], dilation: List[int], op: str
 ) -> Tuple[Tensor, List[int]]:
     """Input and symmetric padding for padding='same', as torch.nn.functional does it.
 
-    The total padding is dilation * (K - 1); when it is odd the extra zero goes on the
-    right, through a padded copy of the input.
+    Per spatial dimension the total padding is dilation * (K - 1); when it is odd the
+    extra zero goes on the right/bottom, through a padded copy of the input.
     """
-    if stride[0] != 1:
-        raise ValueError("fastconv.conv1d: padding='same' is not supported for strided convolutions")
-    if weight.dim() != 3:
-        raise ValueError(
-            f"fastconv.conv1d: expected weight to be 3-D (C_out, C_in / groups, K), but got a "
-            f"{weight.dim()}-D tensor"
-        )
-    total = dilation[0] * (weight.shape[-1] - 1)
-    left = total // 2
-    if total - left != left:
-        input = F.pad(input, [0, total - 2 * left])
-    return input, [left]
+    n = len(stride)
+    for s in stride:
+        if s != 1:
+            raise ValueError(f"fastconv.{op}: padding='same' is not supported for strided convolutions")
+    if weight.dim() != n + 2:
+        raise ValueError(f"fastconv.{op}: expected weight to be {n + 2}-D, but got a {weight.dim()}-D tensor")
+    padding: List[int] = []
+    extra: List[int] = []
+    for i in range(n):
+        total = dilation[i] * (weight.shape[2 + i] - 1)
+        padding.append(total // 2)
+        extra.append(total - 2 * (total // 2))
+    if sum(extra) > 0:
+        pad: List[int] = []  # F.pad lists the last dimension first
+        for i in range(n - 1, -1, -1):
+            pad += [0, extra[i]]
+        input = F.pad(input, pad)
+    return input, padding
+
+
+def _padding(
+    input: Tensor,
+    weight: Tensor,
+    padding: Union[str, _IntOrSeq],
+    stride: List[int],
+    dilation: List[int],
+    op: str,
+) -> Tuple[Tensor, List[int]]:
+    """The (possibly padded) input and the integer padding for an int, tuple, 'valid' or 'same'."""
+    n = len(stride)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return input, [0] * n
+        if padding == "same":
+            return _same_padding(input, weight, stride, dilation, op)
+        raise ValueError(f"fastconv.{op}: padding must be 'valid', 'same' or an int, but got '{padding}'")
+    return input, _tuple(padding, n, "padding", op)
 
 
 def conv1d(
@@ -80,20 +114,50 @@ def conv1d(
     Raises:
         RuntimeError or ValueError naming the argument and the rule on invalid input.
     """
-    stride_ = _single(stride, "stride")
-    dilation_ = _single(dilation, "dilation")
-    if isinstance(padding, str):
-        if padding == "valid":
-            padding_ = [0]
-        elif padding == "same":
-            input, padding_ = _same_padding(input, weight, stride_, dilation_)
-        else:
-            raise ValueError(
-                f"fastconv.conv1d: padding must be 'valid', 'same' or an int, but got '{padding}'"
-            )
-    else:
-        padding_ = _single(padding, "padding")
+    stride_ = _tuple(stride, 1, "stride", "conv1d")
+    dilation_ = _tuple(dilation, 1, "dilation", "conv1d")
+    input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv1d")
     return torch.ops.fastconv.conv1d(input, weight, bias, stride_, padding_, dilation_, groups)
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: Union[int, List[int], Tuple[int, int]] = 1,
+    padding: Union[str, int, List[int], Tuple[int, int]] = 0,
+    dilation: Union[int, List[int], Tuple[int, int]] = 1,
+    groups: int = 1,
+) -> Tensor:
+    r"""2-D convolution (cross-correlation) with the semantics of :func:`torch.nn.functional.conv2d`.
+
+    Computed as im2col + GEMM over tiles of output rows, so the extra memory is a
+    bounded per-thread workspace rather than a full column matrix (see the README).
+
+    Args:
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, any memory format
+            (channels_last is read through a contiguous copy); float32, float64, float16
+            or bfloat16 (16-bit types compute in float32).
+        weight: ``(C_out, C_in / groups, KH, KW)``, same dtype and device as ``input``.
+        bias: optional ``(C_out,)``.
+        stride: positive int or pair.
+        padding: non-negative int or pair of zeros added on both sides of each spatial
+            dimension, or ``'valid'`` or ``'same'`` (stride must be 1).
+        dilation: positive int or pair.
+        groups: positive int dividing both ``C_in`` and ``C_out``.
+
+    Returns:
+        ``(N, C_out, H_out, W_out)`` (or unbatched), contiguous, with
+        ``H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1``
+        and ``W_out`` likewise.
+
+    Raises:
+        RuntimeError or ValueError naming the argument and the rule on invalid input.
+    """
+    stride_ = _tuple(stride, 2, "stride", "conv2d")
+    dilation_ = _tuple(dilation, 2, "dilation", "conv2d")
+    input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv2d")
+    return torch.ops.fastconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
 
 
 def convolve(a: Tensor, v: Tensor, mode: str = "full") -> Tensor:

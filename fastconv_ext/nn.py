@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastconv_ext.functional import conv1d
+from fastconv_ext.functional import conv1d, conv2d
 
-__all__ = ["Conv1d"]
+__all__ = ["Conv1d", "Conv2d"]
 
 
 class Conv1d(nn.Conv1d):
@@ -29,3 +29,20 @@ class Conv1d(nn.Conv1d):
                 padded, weight, bias, self.stride, [0], self.dilation, self.groups
             )
         return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2d(nn.Conv2d):
+    r"""Drop-in replacement for :class:`torch.nn.Conv2d` that runs ``torch.ops.fastconv.conv2d``.
+
+    Same constructor, parameters, initialisation and ``state_dict`` as
+    :class:`torch.nn.Conv2d` (it is a subclass), with every ``padding_mode``
+    and ``padding='same'``/``'valid'``. Works with ``torch.jit.script`` and ``torch.compile``.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if self.padding_mode != "zeros":
+            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return torch.ops.fastconv.conv2d(
+                padded, weight, bias, self.stride, [0, 0], self.dilation, self.groups
+            )
+        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)

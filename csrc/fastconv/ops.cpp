@@ -24,6 +24,18 @@ TORCH_LIBRARY(fastconv, m) {
       "conv1d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
       "SymInt[1] dilation, SymInt groups) -> Tensor");
+  m.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias=None, "
+      "SymInt[2] stride=1, SymInt[2] padding=0, SymInt[2] dilation=1, "
+      "SymInt groups=1) -> Tensor");
+  m.def(
+      "conv2d_input_backward(Tensor grad_output, Tensor weight, "
+      "SymInt[2] input_size, SymInt[2] stride, SymInt[2] padding, "
+      "SymInt[2] dilation, SymInt groups) -> Tensor");
+  m.def(
+      "conv2d_weight_backward(Tensor grad_output, Tensor input, "
+      "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, "
+      "SymInt[2] dilation, SymInt groups) -> Tensor");
   m.def("convolve(Tensor a, Tensor v, str mode=\"full\") -> Tensor");
   // out[..., t] = full[..., t + offset] for t < length, zero outside the full
   // convolution: every mode of convolve, and both of its gradients.
@@ -82,6 +94,50 @@ at::Tensor conv1d_weight_backward(
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv1d_weight_backward", "")
                        .typed<decltype(conv1d_weight_backward)>();
+  return op.call(
+      grad_output, input, kernel_size, stride, padding, dilation, groups);
+}
+
+at::Tensor conv2d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv2d", "")
+                       .typed<decltype(conv2d)>();
+  return op.call(input, weight, bias, stride, padding, dilation, groups);
+}
+
+at::Tensor conv2d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv2d_input_backward", "")
+                       .typed<decltype(conv2d_input_backward)>();
+  return op.call(
+      grad_output, weight, input_size, stride, padding, dilation, groups);
+}
+
+at::Tensor conv2d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv2d_weight_backward", "")
+                       .typed<decltype(conv2d_weight_backward)>();
   return op.call(
       grad_output, input, kernel_size, stride, padding, dilation, groups);
 }

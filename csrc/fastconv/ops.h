@@ -41,6 +41,36 @@ at::Tensor conv1d_weight_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups);
 
+// Same semantics as torch::nn::functional::conv2d / at::conv2d.
+at::Tensor conv2d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias = std::nullopt,
+    c10::SymIntArrayRef stride = {c10::SymInt(1), c10::SymInt(1)},
+    c10::SymIntArrayRef padding = {c10::SymInt(0), c10::SymInt(0)},
+    c10::SymIntArrayRef dilation = {c10::SymInt(1), c10::SymInt(1)},
+    c10::SymInt groups = 1);
+
+// Gradient of conv2d with respect to its input; input_size is (H, W).
+at::Tensor conv2d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups);
+
+// Gradient of conv2d with respect to its weight; kernel_size is (KH, KW).
+at::Tensor conv2d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups);
+
 // True convolution of the rows (last dimension) of a and v, leading
 // dimensions broadcast; mode "full", "same" or "valid" as scipy.signal.convolve.
 at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view mode = "full");

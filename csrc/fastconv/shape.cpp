@@ -2,6 +2,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <sstream>
+#include <string>
+
 namespace fastconv {
 namespace {
 
@@ -33,54 +37,93 @@ void check_same_kind(
       ", but got ", t.device(), " and ", ref.device());
 }
 
-c10::SymInt single(const char* op, const char* name, c10::SymIntArrayRef v) {
+// "(C, L)" / "(C, H, W)": the layout of a signal, with or without batch.
+const char* signal_layout(int N, bool batched) {
+  if (N == 1) return batched ? "(N, C, L)" : "(C, L)";
+  return batched ? "(N, C, H, W)" : "(C, H, W)";
+}
+
+const char* weight_layout(int N) {
+  return N == 1 ? "(C_out, C_in / groups, K)" : "(C_out, C_in / groups, KH, KW)";
+}
+
+// Per-dimension values in messages: "5" in 1-D, "[5, 6]" in 2-D.
+template <int N>
+std::string values_str(const std::array<c10::SymInt, N>& v) {
+  std::ostringstream s;
+  if (N == 1) {
+    s << v[0];
+  } else {
+    s << "[" << v[0] << ", " << v[1] << "]";
+  }
+  return s.str();
+}
+
+// Spatial sizes in messages: "length 5" in 1-D, "size [5, 6]" in 2-D.
+template <int N>
+std::string spatial_str(const std::array<c10::SymInt, N>& v) {
+  return (N == 1 ? "length " : "size ") + values_str<N>(v);
+}
+
+template <int N>
+std::array<c10::SymInt, N> spatial(
+    const char* op, const char* name, c10::SymIntArrayRef v) {
   TORCH_CHECK(
-      v.size() == 1, op, ": ", name,
-      " must be a single integer or a list of 1 integer for a 1-D "
-      "convolution, but got ", v.size(), " values");
-  return v[0];
+      v.size() == N, op, ": ", name, " must be a single integer or a list of ",
+      N, " integer", N == 1 ? "" : "s", " for a ", N,
+      "-D convolution, but got ", v.size(), " values");
+  std::array<c10::SymInt, N> out;
+  std::copy(v.begin(), v.end(), out.begin());
+  return out;
 }
 
 // Fills the hyper-parameters of d and checks their ranges.
+template <int N>
 void set_hyper_params(
-    const char* op, Conv1dSymDims& d, c10::SymIntArrayRef stride,
+    const char* op, ConvDims<c10::SymInt, N>& d, c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     const c10::SymInt& groups) {
-  d.stride = single(op, "stride", stride);
-  d.padding = single(op, "padding", padding);
-  d.dilation = single(op, "dilation", dilation);
+  d.stride = spatial<N>(op, "stride", stride);
+  d.padding = spatial<N>(op, "padding", padding);
+  d.dilation = spatial<N>(op, "dilation", dilation);
   d.groups = groups;
-  TORCH_CHECK(d.stride > 0, op, ": stride must be positive, but got ", d.stride);
-  TORCH_CHECK(
-      d.padding >= 0, op, ": padding must be non-negative, but got ",
-      d.padding);
-  TORCH_CHECK(
-      d.dilation > 0, op, ": dilation must be positive, but got ", d.dilation);
+  for (int i = 0; i < N; ++i) {
+    TORCH_CHECK(d.stride[i] > 0, op, ": stride must be positive, but got ", stride);
+    TORCH_CHECK(
+        d.padding[i] >= 0, op, ": padding must be non-negative, but got ",
+        padding);
+    TORCH_CHECK(
+        d.dilation[i] > 0, op, ": dilation must be positive, but got ", dilation);
+  }
   TORCH_CHECK(d.groups > 0, op, ": groups must be positive, but got ", d.groups);
 }
 
-// Reads batch, channels and length from a (N, C, L) or (C, L) tensor.
+// Reads batch, channels and spatial sizes from a batched or unbatched signal.
+template <int N>
 void read_signal(
     const char* op, const char* name, const at::Tensor& t, c10::SymInt& batch,
-    c10::SymInt& channels, c10::SymInt& length, bool& batched) {
+    c10::SymInt& channels, std::array<c10::SymInt, N>& size, bool& batched) {
   TORCH_CHECK(
-      t.dim() == 2 || t.dim() == 3, op, ": expected ", name,
-      " to be 2-D (C, L) or 3-D (N, C, L), but got a ", t.dim(),
-      "-D tensor of shape ", t.sym_sizes());
-  batched = t.dim() == 3;
+      t.dim() == N + 1 || t.dim() == N + 2, op, ": expected ", name, " to be ",
+      N + 1, "-D ", signal_layout(N, false), " or ", N + 2, "-D ",
+      signal_layout(N, true), ", but got a ", t.dim(), "-D tensor of shape ",
+      t.sym_sizes());
+  batched = t.dim() == N + 2;
   batch = batched ? t.sym_size(0) : c10::SymInt(1);
-  channels = t.sym_size(-2);
-  length = t.sym_size(-1);
+  channels = t.sym_size(-N - 1);
+  for (int i = 0; i < N; ++i) size[i] = t.sym_size(t.dim() - N + i);
 }
 
+template <int N>
 void check_weight_rank(const char* op, const char* name, const at::Tensor& w) {
   TORCH_CHECK(
-      w.dim() == 3, op, ": expected ", name,
-      " to be 3-D (C_out, C_in / groups, K), but got a ", w.dim(),
-      "-D tensor of shape ", w.sym_sizes());
+      w.dim() == N + 2, op, ": expected ", name, " to be ", N + 2, "-D ",
+      weight_layout(N), ", but got a ", w.dim(), "-D tensor of shape ",
+      w.sym_sizes());
 }
 
-void check_channels(const char* op, const Conv1dSymDims& d) {
+template <int N>
+void check_channels(const char* op, const ConvDims<c10::SymInt, N>& d) {
   TORCH_CHECK(
       d.out_channels > 0, op, ": out_channels must be positive, but got ",
       d.out_channels);
@@ -93,74 +136,44 @@ void check_channels(const char* op, const Conv1dSymDims& d) {
   TORCH_CHECK(
       d.in_channels % d.groups == 0, op, ": in_channels (", d.in_channels,
       ") must be divisible by groups (", d.groups, ")");
-  TORCH_CHECK(
-      d.kernel_size > 0, op, ": kernel size must be positive, but got ",
-      d.kernel_size);
-}
-
-// Sets out_length from in_length; the dilated kernel must fit the padded input.
-void set_out_length(const char* op, Conv1dSymDims& d) {
-  const c10::SymInt padded = d.in_length + 2 * d.padding;
-  const c10::SymInt span = d.dilation * (d.kernel_size - 1) + 1;
-  TORCH_CHECK(
-      span <= padded, op, ": the dilated kernel (dilation * (K - 1) + 1 = ",
-      span, ") must not be longer than the padded input (L + 2 * padding = ",
-      padded, ")");
-  d.out_length = (padded - span) / d.stride + 1;
-}
-
-}  // namespace
-
-Conv1dIntDims concrete(const Conv1dSymDims& d) {
-  return Conv1dIntDims{
-      d.batch.expect_int(),       d.in_channels.expect_int(),
-      d.out_channels.expect_int(), d.groups.expect_int(),
-      d.in_length.expect_int(),   d.out_length.expect_int(),
-      d.kernel_size.expect_int(), d.stride.expect_int(),
-      d.padding.expect_int(),     d.dilation.expect_int(),
-      d.batched};
-}
-
-static std::vector<c10::SymInt> signal_shape(
-    const Conv1dSymDims& d, const c10::SymInt& channels,
-    const c10::SymInt& length) {
-  if (d.batched) {
-    return {d.batch, channels, length};
+  for (int i = 0; i < N; ++i) {
+    TORCH_CHECK(
+        d.kernel_size[i] > 0, op, ": kernel size must be positive, but got ",
+        values_str<N>(d.kernel_size));
   }
-  return {channels, length};
 }
 
-std::vector<c10::SymInt> conv1d_output_shape(const Conv1dSymDims& d) {
-  return signal_shape(d, d.out_channels, d.out_length);
+// Sets out_size from in_size; each dilated kernel extent must fit the padded input.
+template <int N>
+void set_out_size(const char* op, ConvDims<c10::SymInt, N>& d) {
+  const char* dim_names[2] = {N == 1 ? "L" : "H", "W"};
+  for (int i = 0; i < N; ++i) {
+    const c10::SymInt padded = d.in_size[i] + 2 * d.padding[i];
+    const c10::SymInt span = d.dilation[i] * (d.kernel_size[i] - 1) + 1;
+    TORCH_CHECK(
+        span <= padded, op, ": the dilated kernel (dilation * (K - 1) + 1 = ",
+        span, ") must not be longer than the padded input (", dim_names[i],
+        " + 2 * padding = ", padded, ")");
+    d.out_size[i] = (padded - span) / d.stride[i] + 1;
+  }
 }
 
-std::vector<c10::SymInt> conv1d_input_shape(const Conv1dSymDims& d) {
-  return signal_shape(d, d.in_channels, d.in_length);
-}
-
-std::vector<c10::SymInt> conv1d_weight_shape(const Conv1dSymDims& d) {
-  return {d.out_channels, d.in_channels_per_group(), d.kernel_size};
-}
-
-Conv1dSymDims check_conv1d(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
+template <int N>
+ConvDims<c10::SymInt, N> check_conv(
+    const char* op, const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     const c10::SymInt& groups) {
-  constexpr const char* op = "fastconv.conv1d";
   check_float_tensor(op, "input", input);
   check_float_tensor(op, "weight", weight);
   check_same_kind(op, "weight", weight, "input", input);
-  Conv1dSymDims d;
-  read_signal(op, "input", input, d.batch, d.in_channels, d.in_length, d.batched);
-  check_weight_rank(op, "weight", weight);
-  set_hyper_params(op, d, stride, padding, dilation, groups);
+  ConvDims<c10::SymInt, N> d;
+  read_signal<N>(op, "input", input, d.batch, d.in_channels, d.in_size, d.batched);
+  check_weight_rank<N>(op, "weight", weight);
+  set_hyper_params<N>(op, d, stride, padding, dilation, groups);
   d.out_channels = weight.sym_size(0);
-  d.kernel_size = weight.sym_size(2);
-  check_channels(op, d);
+  for (int i = 0; i < N; ++i) d.kernel_size[i] = weight.sym_size(2 + i);
+  check_channels<N>(op, d);
   TORCH_CHECK(
       weight.sym_size(1) * d.groups == d.in_channels, op,
       ": input has ", d.in_channels, " channels, but weight of shape ",
@@ -175,8 +188,136 @@ Conv1dSymDims check_conv1d(
         ": expected bias to be 1-D with out_channels = ", d.out_channels,
         " elements, but got shape ", bias->sym_sizes());
   }
-  set_out_length(op, d);
+  set_out_size<N>(op, d);
   return d;
+}
+
+template <int N>
+ConvDims<c10::SymInt, N> check_conv_input_backward(
+    const char* op, const at::Tensor& grad_output, const at::Tensor& weight,
+    const std::array<c10::SymInt, N>& input_size, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  check_float_tensor(op, "grad_output", grad_output);
+  check_float_tensor(op, "weight", weight);
+  check_same_kind(op, "weight", weight, "grad_output", grad_output);
+  ConvDims<c10::SymInt, N> d;
+  std::array<c10::SymInt, N> grad_size;
+  read_signal<N>(
+      op, "grad_output", grad_output, d.batch, d.out_channels, grad_size,
+      d.batched);
+  check_weight_rank<N>(op, "weight", weight);
+  set_hyper_params<N>(op, d, stride, padding, dilation, groups);
+  TORCH_CHECK(
+      weight.sym_size(0) == d.out_channels, op, ": grad_output has ",
+      d.out_channels, " channels but weight.size(0) is ", weight.sym_size(0));
+  d.in_channels = weight.sym_size(1) * d.groups;
+  for (int i = 0; i < N; ++i) d.kernel_size[i] = weight.sym_size(2 + i);
+  check_channels<N>(op, d);
+  for (int i = 0; i < N; ++i) {
+    TORCH_CHECK(
+        input_size[i] >= 0, op, ": input_", N == 1 ? "length" : "size",
+        " must be non-negative, but got ", spatial_str<N>(input_size));
+  }
+  d.in_size = input_size;
+  set_out_size<N>(op, d);
+  TORCH_CHECK(
+      d.out_size == grad_size, op, ": grad_output has ",
+      spatial_str<N>(grad_size), " but a convolution of an input of ",
+      spatial_str<N>(input_size), " gives ", spatial_str<N>(d.out_size));
+  return d;
+}
+
+template <int N>
+ConvDims<c10::SymInt, N> check_conv_weight_backward(
+    const char* op, const at::Tensor& grad_output, const at::Tensor& input,
+    const std::array<c10::SymInt, N>& kernel_size, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  check_float_tensor(op, "grad_output", grad_output);
+  check_float_tensor(op, "input", input);
+  check_same_kind(op, "input", input, "grad_output", grad_output);
+  ConvDims<c10::SymInt, N> d;
+  c10::SymInt grad_batch;
+  std::array<c10::SymInt, N> grad_size;
+  bool grad_batched = false;
+  read_signal<N>(
+      op, "grad_output", grad_output, grad_batch, d.out_channels, grad_size,
+      grad_batched);
+  read_signal<N>(op, "input", input, d.batch, d.in_channels, d.in_size, d.batched);
+  TORCH_CHECK(
+      grad_batched == d.batched && grad_batch == d.batch, op,
+      ": grad_output of shape ", grad_output.sym_sizes(),
+      " does not match the batch of input of shape ", input.sym_sizes());
+  set_hyper_params<N>(op, d, stride, padding, dilation, groups);
+  d.kernel_size = kernel_size;
+  check_channels<N>(op, d);
+  set_out_size<N>(op, d);
+  TORCH_CHECK(
+      d.out_size == grad_size, op, ": grad_output has ",
+      spatial_str<N>(grad_size), " but the convolution of input of ",
+      spatial_str<N>(d.in_size), " gives ", spatial_str<N>(d.out_size));
+  return d;
+}
+
+Conv1dSymDims as_conv1d(const ConvDims<c10::SymInt, 1>& d) {
+  return Conv1dSymDims{
+      d.batch,       d.in_channels, d.out_channels,  d.groups,
+      d.in_size[0],  d.out_size[0], d.kernel_size[0], d.stride[0],
+      d.padding[0],  d.dilation[0], d.batched};
+}
+
+template <int N>
+std::vector<c10::SymInt> signal_shape(
+    bool batched, const c10::SymInt& batch, const c10::SymInt& channels,
+    const std::array<c10::SymInt, N>& size) {
+  std::vector<c10::SymInt> shape;
+  if (batched) shape.push_back(batch);
+  shape.push_back(channels);
+  shape.insert(shape.end(), size.begin(), size.end());
+  return shape;
+}
+
+}  // namespace
+
+std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape) {
+  std::vector<int64_t> out;
+  for (const auto& s : shape) out.push_back(s.expect_int());
+  return out;
+}
+
+Conv1dIntDims concrete(const Conv1dSymDims& d) {
+  return Conv1dIntDims{
+      d.batch.expect_int(),       d.in_channels.expect_int(),
+      d.out_channels.expect_int(), d.groups.expect_int(),
+      d.in_length.expect_int(),   d.out_length.expect_int(),
+      d.kernel_size.expect_int(), d.stride.expect_int(),
+      d.padding.expect_int(),     d.dilation.expect_int(),
+      d.batched};
+}
+
+std::vector<c10::SymInt> conv1d_output_shape(const Conv1dSymDims& d) {
+  return signal_shape<1>(d.batched, d.batch, d.out_channels, {d.out_length});
+}
+
+std::vector<c10::SymInt> conv1d_input_shape(const Conv1dSymDims& d) {
+  return signal_shape<1>(d.batched, d.batch, d.in_channels, {d.in_length});
+}
+
+std::vector<c10::SymInt> conv1d_weight_shape(const Conv1dSymDims& d) {
+  return {d.out_channels, d.in_channels_per_group(), d.kernel_size};
+}
+
+Conv1dSymDims check_conv1d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  return as_conv1d(check_conv<1>(
+      "fastconv.conv1d", input, weight, bias, stride, padding, dilation, groups));
 }
 
 Conv1dSymDims check_conv1d_input_backward(
@@ -187,33 +328,9 @@ Conv1dSymDims check_conv1d_input_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups) {
-  constexpr const char* op = "fastconv.conv1d_input_backward";
-  check_float_tensor(op, "grad_output", grad_output);
-  check_float_tensor(op, "weight", weight);
-  check_same_kind(op, "weight", weight, "grad_output", grad_output);
-  Conv1dSymDims d;
-  c10::SymInt grad_length;
-  read_signal(
-      op, "grad_output", grad_output, d.batch, d.out_channels, grad_length,
-      d.batched);
-  check_weight_rank(op, "weight", weight);
-  set_hyper_params(op, d, stride, padding, dilation, groups);
-  TORCH_CHECK(
-      weight.sym_size(0) == d.out_channels, op, ": grad_output has ",
-      d.out_channels, " channels but weight.size(0) is ", weight.sym_size(0));
-  d.in_channels = weight.sym_size(1) * d.groups;
-  d.kernel_size = weight.sym_size(2);
-  check_channels(op, d);
-  TORCH_CHECK(
-      input_length >= 0, op, ": input_length must be non-negative, but got ",
-      input_length);
-  d.in_length = input_length;
-  set_out_length(op, d);
-  TORCH_CHECK(
-      d.out_length == grad_length, op, ": grad_output has length ",
-      grad_length, " but a convolution of an input of length ", input_length,
-      " gives length ", d.out_length);
-  return d;
+  return as_conv1d(check_conv_input_backward<1>(
+      "fastconv.conv1d_input_backward", grad_output, weight, {input_length},
+      stride, padding, dilation, groups));
 }
 
 Conv1dSymDims check_conv1d_weight_backward(
@@ -224,31 +341,80 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups) {
-  constexpr const char* op = "fastconv.conv1d_weight_backward";
-  check_float_tensor(op, "grad_output", grad_output);
-  check_float_tensor(op, "input", input);
-  check_same_kind(op, "input", input, "grad_output", grad_output);
-  Conv1dSymDims d;
-  c10::SymInt grad_batch;
-  c10::SymInt grad_length;
-  bool grad_batched = false;
-  read_signal(
-      op, "grad_output", grad_output, grad_batch, d.out_channels, grad_length,
-      grad_batched);
-  read_signal(op, "input", input, d.batch, d.in_channels, d.in_length, d.batched);
-  TORCH_CHECK(
-      grad_batched == d.batched && grad_batch == d.batch, op,
-      ": grad_output of shape ", grad_output.sym_sizes(),
-      " does not match the batch of input of shape ", input.sym_sizes());
-  set_hyper_params(op, d, stride, padding, dilation, groups);
-  d.kernel_size = kernel_size;
-  check_channels(op, d);
-  set_out_length(op, d);
-  TORCH_CHECK(
-      d.out_length == grad_length, op, ": grad_output has length ",
-      grad_length, " but the convolution of input of length ", d.in_length,
-      " gives length ", d.out_length);
-  return d;
+  return as_conv1d(check_conv_weight_backward<1>(
+      "fastconv.conv1d_weight_backward", grad_output, input, {kernel_size},
+      stride, padding, dilation, groups));
+}
+
+Conv2dIntDims concrete(const Conv2dSymDims& d) {
+  Conv2dIntDims out;
+  out.batch = d.batch.expect_int();
+  out.in_channels = d.in_channels.expect_int();
+  out.out_channels = d.out_channels.expect_int();
+  out.groups = d.groups.expect_int();
+  out.batched = d.batched;
+  for (int i = 0; i < 2; ++i) {
+    out.in_size[i] = d.in_size[i].expect_int();
+    out.out_size[i] = d.out_size[i].expect_int();
+    out.kernel_size[i] = d.kernel_size[i].expect_int();
+    out.stride[i] = d.stride[i].expect_int();
+    out.padding[i] = d.padding[i].expect_int();
+    out.dilation[i] = d.dilation[i].expect_int();
+  }
+  return out;
+}
+
+std::vector<c10::SymInt> conv2d_output_shape(const Conv2dSymDims& d) {
+  return signal_shape<2>(d.batched, d.batch, d.out_channels, d.out_size);
+}
+
+std::vector<c10::SymInt> conv2d_input_shape(const Conv2dSymDims& d) {
+  return signal_shape<2>(d.batched, d.batch, d.in_channels, d.in_size);
+}
+
+std::vector<c10::SymInt> conv2d_weight_shape(const Conv2dSymDims& d) {
+  return {d.out_channels, d.in_channels_per_group(), d.kernel_size[0],
+          d.kernel_size[1]};
+}
+
+Conv2dSymDims check_conv2d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  return check_conv<2>(
+      "fastconv.conv2d", input, weight, bias, stride, padding, dilation, groups);
+}
+
+Conv2dSymDims check_conv2d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  constexpr const char* op = "fastconv.conv2d_input_backward";
+  return check_conv_input_backward<2>(
+      op, grad_output, weight, spatial<2>(op, "input_size", input_size), stride,
+      padding, dilation, groups);
+}
+
+Conv2dSymDims check_conv2d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups) {
+  constexpr const char* op = "fastconv.conv2d_weight_backward";
+  return check_conv_weight_backward<2>(
+      op, grad_output, input, spatial<2>(op, "kernel_size", kernel_size),
+      stride, padding, dilation, groups);
 }
 
 namespace {

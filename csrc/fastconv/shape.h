@@ -12,12 +12,35 @@
 
 #include <c10/util/string_view.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <utility>
 #include <vector>
 
 namespace fastconv {
+
+// Sizes of an N-d convolution (N = 1 or 2): the form every check produces.
+template <typename Int, int N>
+struct ConvDims {
+  Int batch;         // 1 for unbatched input
+  Int in_channels;   // C_in (all groups)
+  Int out_channels;  // C_out (all groups)
+  Int groups;
+  std::array<Int, N> in_size;
+  std::array<Int, N> out_size;
+  std::array<Int, N> kernel_size;
+  std::array<Int, N> stride;
+  std::array<Int, N> padding;
+  std::array<Int, N> dilation;
+  bool batched;  // (N, C, *spatial) rather than (C, *spatial)
+
+  Int in_channels_per_group() const { return in_channels / groups; }
+  Int out_channels_per_group() const { return out_channels / groups; }
+};
+
+using Conv2dSymDims = ConvDims<c10::SymInt, 2>;
+using Conv2dIntDims = ConvDims<int64_t, 2>;
 
 template <typename Int>
 struct Conv1dDims {
@@ -42,6 +65,7 @@ using Conv1dIntDims = Conv1dDims<int64_t>;
 
 // Sizes as plain integers, for kernels running on real tensors.
 Conv1dIntDims concrete(const Conv1dSymDims& d);
+std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape);
 
 // Output shape, (N, C_out, L_out) or (C_out, L_out).
 std::vector<c10::SymInt> conv1d_output_shape(const Conv1dSymDims& d);
@@ -76,6 +100,43 @@ Conv1dSymDims check_conv1d_weight_backward(
     const at::Tensor& grad_output,
     const at::Tensor& input,
     const c10::SymInt& kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups);
+
+// ---- conv2d: the same three operators in two spatial dimensions.
+
+Conv2dIntDims concrete(const Conv2dSymDims& d);
+// (N, C_out, H_out, W_out) or (C_out, H_out, W_out).
+std::vector<c10::SymInt> conv2d_output_shape(const Conv2dSymDims& d);
+// (N, C_in, H, W) or (C_in, H, W).
+std::vector<c10::SymInt> conv2d_input_shape(const Conv2dSymDims& d);
+// (C_out, C_in / groups, KH, KW).
+std::vector<c10::SymInt> conv2d_weight_shape(const Conv2dSymDims& d);
+
+Conv2dSymDims check_conv2d(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups);
+
+Conv2dSymDims check_conv2d_input_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    const c10::SymInt& groups);
+
+Conv2dSymDims check_conv2d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,

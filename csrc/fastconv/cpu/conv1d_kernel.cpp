@@ -44,12 +44,6 @@ bool onednn_weight_grad_is_faster(const Conv1dIntDims& d, at::ScalarType dtype) 
       d.in_channels_per_group() >= 32 && d.out_channels_per_group() >= 32;
 }
 
-std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape) {
-  std::vector<int64_t> out;
-  for (const auto& s : shape) out.push_back(s.expect_int());
-  return out;
-}
-
 Geometry forward_geometry(const Conv1dIntDims& d) {
   return Geometry{d.batch, d.groups, d.in_channels, d.in_length, d.out_channels,
                   d.out_length, d.kernel_size, d.stride, d.dilation, d.padding};

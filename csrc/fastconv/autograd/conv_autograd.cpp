@@ -1,15 +1,18 @@
-// Autograd for the conv1d family, registered at the Autograd key so that
-// Python, TorchScript and C++ callers all get gradients.
+// Autograd for the conv1d and conv2d families, registered at the Autograd key
+// so that Python, TorchScript and C++ callers all get gradients.
 //
-// The three operators are bilinear and each one's gradients are the other
-// two (or itself), so backward calls fastconv operators and every order of
-// derivative works:
-//   y  = conv1d(x, w)               dx = input_backward(gy, w)
+// The three operators of each family are bilinear and each one's gradients
+// are the other two (or itself), so backward calls fastconv operators and
+// every order of derivative works:
+//   y  = conv(x, w)                 dx = input_backward(gy, w)
 //                                   dw = weight_backward(gy, x)
-//   gx = input_backward(gy, w)      d(gy) = conv1d(g, w),  dw = weight_backward(gy, g)
-//   gw = weight_backward(gy, x)     d(gy) = conv1d(x, g),  dx = input_backward(gy, g)
+//   gx = input_backward(gy, w)      d(gy) = conv(g, w),  dw = weight_backward(gy, g)
+//   gw = weight_backward(gy, x)     d(gy) = conv(x, g),  dx = input_backward(gy, g)
+// One template serves both families; Ops names the family's operators.
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include <numeric>
 
 #include "fastconv/ops.h"
 
@@ -19,7 +22,13 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Hyper-parameters shared by the three operators, kept in saved_data.
+struct HyperParams {
+  std::vector<c10::SymInt> stride;
+  std::vector<c10::SymInt> padding;
+  std::vector<c10::SymInt> dilation;
+  c10::SymInt groups;
+};
+
 void save_hyper_params(
     AutogradContext* ctx, c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
@@ -30,13 +39,6 @@ void save_hyper_params(
   ctx->saved_data["groups"] = groups;
 }
 
-struct HyperParams {
-  std::vector<c10::SymInt> stride;
-  std::vector<c10::SymInt> padding;
-  std::vector<c10::SymInt> dilation;
-  c10::SymInt groups;
-};
-
 HyperParams load_hyper_params(AutogradContext* ctx) {
   return HyperParams{
       ctx->saved_data["stride"].toSymIntVector(),
@@ -45,7 +47,43 @@ HyperParams load_hyper_params(AutogradContext* ctx) {
       ctx->saved_data["groups"].toSymInt()};
 }
 
-class Conv1dFunction : public torch::autograd::Function<Conv1dFunction> {
+// The trailing spatial sizes of t: input length / (H, W), or kernel size.
+std::vector<c10::SymInt> spatial_sizes(const at::Tensor& t, int64_t n) {
+  const auto sizes = t.sym_sizes();
+  return std::vector<c10::SymInt>(sizes.end() - n, sizes.end());
+}
+
+struct Conv1dOps {
+  using Size = c10::SymInt;  // how the backward operators take a size
+  static constexpr int64_t kDims = 1;
+  static constexpr auto forward = &conv1d;
+  static constexpr auto input_backward = &conv1d_input_backward;
+  static constexpr auto weight_backward = &conv1d_weight_backward;
+  static Size size_of(const at::Tensor& t) { return t.sym_size(-1); }
+};
+
+struct Conv2dOps {
+  using Size = c10::SymIntArrayRef;
+  static constexpr int64_t kDims = 2;
+  static constexpr auto forward = &conv2d;
+  static constexpr auto input_backward = &conv2d_input_backward;
+  static constexpr auto weight_backward = &conv2d_weight_backward;
+  static std::vector<c10::SymInt> size_of(const at::Tensor& t) {
+    return spatial_sizes(t, kDims);
+  }
+};
+
+// Sum of grad_output over every dimension but channels.
+at::Tensor bias_grad(const at::Tensor& grad, int64_t spatial_dims) {
+  const bool batched = grad.dim() == spatial_dims + 2;
+  std::vector<int64_t> dims(grad.dim());
+  std::iota(dims.begin(), dims.end(), 0);
+  dims.erase(dims.begin() + (batched ? 1 : 0));
+  return grad.sum(dims);
+}
+
+template <class Ops>
+class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
@@ -56,7 +94,7 @@ class Conv1dFunction : public torch::autograd::Function<Conv1dFunction> {
     ctx->save_for_backward({input, weight});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     save_hyper_params(ctx, stride, padding, dilation, groups);
-    return conv1d(input, weight, bias, stride, padding, dilation, groups);
+    return Ops::forward(input, weight, bias, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -67,36 +105,37 @@ class Conv1dFunction : public torch::autograd::Function<Conv1dFunction> {
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_input = conv1d_input_backward(
-          grad, weight, input.sym_size(-1), p.stride, p.padding, p.dilation,
+      grad_input = Ops::input_backward(
+          grad, weight, Ops::size_of(input), p.stride, p.padding, p.dilation,
           p.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = conv1d_weight_backward(
-          grad, input, weight.sym_size(-1), p.stride, p.padding, p.dilation,
+      grad_weight = Ops::weight_backward(
+          grad, input, Ops::size_of(weight), p.stride, p.padding, p.dilation,
           p.groups);
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      grad_bias = grad.dim() == 3 ? grad.sum({0, 2}) : grad.sum(1);
+      grad_bias = bias_grad(grad, Ops::kDims);
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }
 };
 
-class Conv1dInputBackwardFunction
-    : public torch::autograd::Function<Conv1dInputBackwardFunction> {
+template <class Ops>
+class InputBackwardFunction
+    : public torch::autograd::Function<InputBackwardFunction<Ops>> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& grad_output,
-      const at::Tensor& weight, const c10::SymInt& input_length,
+      const at::Tensor& weight, typename Ops::Size input_size,
       c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
       c10::SymIntArrayRef dilation, const c10::SymInt& groups) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, weight});
     save_hyper_params(ctx, stride, padding, dilation, groups);
-    return conv1d_input_backward(
-        grad_output, weight, input_length, stride, padding, dilation, groups);
+    return Ops::input_backward(
+        grad_output, weight, input_size, stride, padding, dilation, groups);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -107,31 +146,32 @@ class Conv1dInputBackwardFunction
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor d_grad_output, d_weight;
     if (ctx->needs_input_grad(0)) {
-      d_grad_output = conv1d(
+      d_grad_output = Ops::forward(
           g, weight, std::nullopt, p.stride, p.padding, p.dilation, p.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      d_weight = conv1d_weight_backward(
-          grad_output, g, weight.sym_size(-1), p.stride, p.padding, p.dilation,
-          p.groups);
+      d_weight = Ops::weight_backward(
+          grad_output, g, Ops::size_of(weight), p.stride, p.padding,
+          p.dilation, p.groups);
     }
     return {d_grad_output, d_weight, at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};
   }
 };
 
-class Conv1dWeightBackwardFunction
-    : public torch::autograd::Function<Conv1dWeightBackwardFunction> {
+template <class Ops>
+class WeightBackwardFunction
+    : public torch::autograd::Function<WeightBackwardFunction<Ops>> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& grad_output,
-      const at::Tensor& input, const c10::SymInt& kernel_size,
+      const at::Tensor& input, typename Ops::Size kernel_size,
       c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
       c10::SymIntArrayRef dilation, const c10::SymInt& groups) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, input});
     save_hyper_params(ctx, stride, padding, dilation, groups);
-    return conv1d_weight_backward(
+    return Ops::weight_backward(
         grad_output, input, kernel_size, stride, padding, dilation, groups);
   }
 
@@ -143,12 +183,12 @@ class Conv1dWeightBackwardFunction
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor d_grad_output, d_input;
     if (ctx->needs_input_grad(0)) {
-      d_grad_output = conv1d(
+      d_grad_output = Ops::forward(
           input, g, std::nullopt, p.stride, p.padding, p.dilation, p.groups);
     }
     if (ctx->needs_input_grad(1)) {
-      d_input = conv1d_input_backward(
-          grad_output, g, input.sym_size(-1), p.stride, p.padding, p.dilation,
+      d_input = Ops::input_backward(
+          grad_output, g, Ops::size_of(input), p.stride, p.padding, p.dilation,
           p.groups);
     }
     return {d_grad_output, d_input, at::Tensor(), at::Tensor(), at::Tensor(),
@@ -156,39 +196,46 @@ class Conv1dWeightBackwardFunction
   }
 };
 
-at::Tensor conv1d_autograd(
+// Autograd-key kernels with the operators' own signatures.
+template <class Ops>
+at::Tensor conv_autograd(
     const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return Conv1dFunction::apply(
+  return ConvFunction<Ops>::apply(
       input, weight, bias, stride, padding, dilation, groups);
 }
 
-at::Tensor conv1d_input_backward_autograd(
+template <class Ops>
+at::Tensor input_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& weight,
-    c10::SymInt input_length, c10::SymIntArrayRef stride,
+    typename Ops::Size input_size, c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return Conv1dInputBackwardFunction::apply(
-      grad_output, weight, input_length, stride, padding, dilation, groups);
+  return InputBackwardFunction<Ops>::apply(
+      grad_output, weight, input_size, stride, padding, dilation, groups);
 }
 
-at::Tensor conv1d_weight_backward_autograd(
+template <class Ops>
+at::Tensor weight_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input,
-    c10::SymInt kernel_size, c10::SymIntArrayRef stride,
+    typename Ops::Size kernel_size, c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return Conv1dWeightBackwardFunction::apply(
+  return WeightBackwardFunction<Ops>::apply(
       grad_output, input, kernel_size, stride, padding, dilation, groups);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
-  m.impl("conv1d", &conv1d_autograd);
-  m.impl("conv1d_input_backward", &conv1d_input_backward_autograd);
-  m.impl("conv1d_weight_backward", &conv1d_weight_backward_autograd);
+  m.impl("conv1d", &conv_autograd<Conv1dOps>);
+  m.impl("conv1d_input_backward", &input_backward_autograd<Conv1dOps>);
+  m.impl("conv1d_weight_backward", &weight_backward_autograd<Conv1dOps>);
+  m.impl("conv2d", &conv_autograd<Conv2dOps>);
+  m.impl("conv2d_input_backward", &input_backward_autograd<Conv2dOps>);
+  m.impl("conv2d_weight_backward", &weight_backward_autograd<Conv2dOps>);
 }
 
 }  // namespace fastconv

@@ -46,12 +46,54 @@ at::Tensor conv1d_weight_backward_meta(
   return input.new_empty_symint(conv1d_weight_shape(d));
 }
 
+at::Tensor conv2d_meta(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  const auto d =
+      check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+  return input.new_empty_symint(conv2d_output_shape(d));
+}
+
+at::Tensor conv2d_input_backward_meta(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  const auto d = check_conv2d_input_backward(
+      grad_output, weight, input_size, stride, padding, dilation, groups);
+  return grad_output.new_empty_symint(conv2d_input_shape(d));
+}
+
+at::Tensor conv2d_weight_backward_meta(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  const auto d = check_conv2d_weight_backward(
+      grad_output, input, kernel_size, stride, padding, dilation, groups);
+  return input.new_empty_symint(conv2d_weight_shape(d));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, Meta, m) {
   m.impl("conv1d", &conv1d_meta);
   m.impl("conv1d_input_backward", &conv1d_input_backward_meta);
   m.impl("conv1d_weight_backward", &conv1d_weight_backward_meta);
+  m.impl("conv2d", &conv2d_meta);
+  m.impl("conv2d_input_backward", &conv2d_input_backward_meta);
+  m.impl("conv2d_weight_backward", &conv2d_weight_backward_meta);
 }
 
 }  // namespace fastconv
