@@ -54,6 +54,8 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
 }
 
+int64_t link_anchor() { return 0; }
+
 at::Tensor conv1d(
     const at::Tensor& input,
     const at::Tensor& weight,

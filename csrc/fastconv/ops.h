@@ -11,6 +11,15 @@
 
 namespace fastconv {
 
+// Keeps libfastconv linked into programs that include this header but use the
+// operators only through TorchScript or the dispatcher: its registrations are
+// static initialisers, and a linker with --as-needed drops a library none of
+// whose symbols is referenced.
+int64_t link_anchor();
+namespace detail {
+[[maybe_unused]] inline const int64_t kLinkAnchor = link_anchor();
+}  // namespace detail
+
 // Same semantics as torch::nn::functional::conv1d / at::conv1d.
 at::Tensor conv1d(
     const at::Tensor& input,

@@ -1,0 +1,167 @@
+"""fastconv.conv2d (im2col + GEMM) against torch.nn.functional.conv2d on this machine.
+
+Competitors, same process, interleaved, medians after warm-up:
+  F.conv2d   -- PyTorch (oneDNN on CPU, cuDNN on CUDA)
+  unfold     -- the seed report's F.unfold + einsum (+ view back to an image)
+  fastconv   -- fastconv_ext.conv2d
+For each: forward, and forward + backward (input, weight and bias gradients).
+Achieved GFLOP/s is reported against the machine's measured fp32 peak.
+
+    python benchmarks/bench_conv2d.py [--quick] [--both-allocators] [--out-dir DIR] [--device cuda]
+
+On CUDA, --tf32 also runs every shape with torch.backends.cuda.matmul.allow_tf32 and
+torch.backends.cudnn.allow_tf32 on (the first governs fastconv's GEMMs, the second F.conv2d).
+"""
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import (  # noqa: E402
+    allocator_mode,
+    format_table,
+    measure_machine,
+    progress,
+    rerun_with_tuned_allocator,
+    time_interleaved,
+)
+
+import fastconv_ext  # noqa: E402
+
+
+@dataclass
+class Shape:
+    name: str
+    input: tuple  # (N, C, H, W)
+    weight: tuple  # (C_out, C_in, KH, KW)
+    stride: int = 1
+    padding: int = 0
+    quick: bool = False
+
+    def flops(self) -> float:
+        n, _, h, w = self.input
+        co, ci, kh, kw = self.weight
+        oh = (h + 2 * self.padding - kh) // self.stride + 1
+        ow = (w + 2 * self.padding - kw) // self.stride + 1
+        return 2.0 * n * co * ci * kh * kw * oh * ow
+
+
+SHAPES = [
+    Shape("seed 3->16 3x3 1024^2", (1, 3, 1024, 1024), (16, 3, 3, 3), padding=1, quick=True),
+    Shape("resnet 64->64 3x3 56^2", (32, 64, 56, 56), (64, 64, 3, 3), padding=1, quick=True),
+    Shape("resnet 128->128 3x3 28^2", (32, 128, 28, 28), (128, 128, 3, 3), padding=1),
+    Shape("resnet 256->256 3x3 14^2", (8, 256, 14, 14), (256, 256, 3, 3), padding=1),
+    Shape("resnet 64->256 1x1 56^2", (32, 64, 56, 56), (256, 64, 1, 1)),
+    Shape("resnet 64->128 3x3 s2", (32, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
+]
+
+
+def unfold_einsum(x, w, b, stride, padding):
+    n, _, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (wd + 2 * padding - kw) // stride + 1
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)
+    y = torch.einsum("ok,nkl->nol", w.reshape(co, -1), cols).reshape(n, co, oh, ow)
+    return y + b.view(1, -1, 1, 1)
+
+
+def run_shape(shape, device, backward, repeats, peak):
+    torch.manual_seed(0)
+    x = torch.randn(shape.input, device=device, requires_grad=backward)
+    w = torch.randn(shape.weight, device=device, requires_grad=backward)
+    b = torch.randn(shape.weight[0], device=device, requires_grad=backward)
+    kw = dict(stride=shape.stride, padding=shape.padding)
+    impls = {
+        "F.conv2d": lambda: F.conv2d(x, w, b, **kw),
+        "unfold": lambda: unfold_einsum(x, w, b, **kw),
+        "fastconv": lambda: fastconv_ext.conv2d(x, w, b, **kw),
+    }
+    gy = impls["F.conv2d"]().detach().normal_()
+    torch.testing.assert_close(impls["fastconv"](), impls["F.conv2d"](), rtol=1e-3, atol=1e-3)
+
+    def timed(fn):
+        def call():
+            y = fn()
+            if backward:
+                torch.autograd.grad(y, (x, w, b), gy)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        return call
+
+    t = time_interleaved({k: timed(f) for k, f in impls.items()}, repeats=repeats)
+    flops = shape.flops() * (3 if backward else 1)
+    return dict(shape=shape.name, mode="fwd+bwd" if backward else "fwd", **{f"{k}_ms": v * 1e3 for k, v in t.items()},
+                speedup=t["F.conv2d"] / t["fastconv"], vs_unfold=t["unfold"] / t["fastconv"],
+                gflops=flops / t["fastconv"] / 1e9, peak_fraction=flops / t["fastconv"] / 1e9 / peak)
+
+
+def report(results, header):
+    rows = [[r["shape"], r["mode"], f"{r['F.conv2d_ms']:.2f}", f"{r['unfold_ms']:.2f}", f"{r['fastconv_ms']:.2f}",
+             f"{r['speedup']:.2f}x", f"{r['vs_unfold']:.2f}x", f"{r['gflops']:.0f}", f"{100 * r['peak_fraction']:.0f}%"]
+            for r in results]
+    return header + "\n\n" + format_table(
+        ["shape", "mode", "F.conv2d ms", "unfold+einsum ms", "fastconv ms", "vs F.conv2d", "vs unfold",
+         "fastconv GFLOP/s", "of peak"], rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="two shapes, forward only")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--tf32", action="store_true", help="CUDA: also run with TF32 allowed")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 11; quick 5)")
+    parser.add_argument("--out-dir", default=None, help="write conv2d_<device>_<allocator>.{md,json} here")
+    parser.add_argument("--both-allocators", action="store_true",
+                        help="also rerun in a child process with the tuned glibc allocator")
+    args = parser.parse_args(argv)
+    shapes = [s for s in SHAPES if s.quick or not args.quick]
+    modes = [False] if args.quick else [False, True]
+    repeats = args.repeats or (5 if args.quick else 11)
+    mode = allocator_mode()
+    if args.device == "cuda":
+        peak = float("nan")
+        header = f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+    else:
+        progress(f"measuring machine limits ({mode} allocator)...")
+        limits = measure_machine(quick=args.quick)
+        peak = limits.gflops
+        header = (f"allocator: {mode}; {limits.threads} threads; fp32 peak {limits.gflops:.0f} GFLOP/s, "
+                  f"copy {limits.gbps:.0f} GB/s, first touch {limits.touch_ms_per_mib:.2f} ms/MiB")
+    settings = [False, True] if args.tf32 else [False]
+    results = []
+    for tf32 in settings:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        for backward in modes:
+            for shape in shapes:
+                progress(f"[{len(results) + 1}/{len(shapes) * len(modes) * len(settings)}] {shape.name} "
+                         f"{'fwd+bwd' if backward else 'fwd'}{' tf32' if tf32 else ''}")
+                r = run_shape(shape, args.device, backward, repeats, peak)
+                r["tf32"] = tf32
+                if tf32:
+                    r["mode"] += " tf32"
+                results.append(r)
+    text = report(results, header)
+    print(text, flush=True)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"conv2d_{args.device}_{mode}"
+        (out / f"{stem}.md").write_text(text + "\n")
+        (out / f"{stem}.json").write_text(json.dumps(dict(header=header, results=results), indent=1))
+    if args.both_allocators and mode == "default" and args.device == "cpu":
+        print(flush=True)
+        return rerun_with_tuned_allocator([os.path.abspath(__file__)] + list(argv if argv is not None else sys.argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
