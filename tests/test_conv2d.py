@@ -127,6 +127,7 @@ def test_low_precision_matches_float64_reference(case, dtype, device):
         Conv2dCase(2, 4, 6, (7, 6), (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
         Conv2dCase(None, 3, 2, (5, 5), (2, 2), padding=(1, 1)),
         Conv2dCase(1, 3, 3, (6, 5), (3, 3), stride=(3, 2), groups=3, bias=False),
+        Conv2dCase(2, 4, 6, (5, 7), (1, 1), groups=2),  # pointwise: its own paths
     ],
     ids=str,
 )
@@ -268,6 +269,18 @@ def test_large_image_tiles_cross_samples_and_threads():
     assert torch.equal(again[0], results[-1][0])
     for g, g_prev in zip(again[1], results[-1][1]):
         assert torch.equal(g, g_prev)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pointwise_float32_large(groups, device):
+    """1x1 convolutions read the input in place and get grad_input as a convolution."""
+    case = Conv2dCase(3, 8, 6, (37, 29), (1, 1), groups=groups)
+    x, w, b = case.tensors(dtype=torch.float32, device=device, requires_grad=True)
+    y, grads = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
+    y_ref, grads_ref = forward_and_grads(F.conv2d, case, x, w, b)
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
 def test_large_output_on_huge_pages_is_correct():

@@ -55,7 +55,9 @@ struct TilePlan {
 TilePlan plan_tiles(const Conv2dIntDims& d, int64_t min_rows) {
   const int64_t total_rows = d.batch * d.out_size[0];
   const int64_t taps = d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
-  int64_t rows = std::max<int64_t>(1, kColumnBudget / (taps * d.out_size[1]));
+  // The column matrix and the output tile (C_out/g x cols) share the budget.
+  const int64_t per_row = (taps + d.out_channels_per_group()) * d.out_size[1];
+  int64_t rows = std::max<int64_t>(1, kColumnBudget / per_row);
   // Enough tiles to keep every thread busy, when the image allows it.
   const int64_t want_tiles = (4 * at::get_num_threads() + d.groups - 1) / d.groups;
   rows = std::min(rows, std::max<int64_t>(1, total_rows / want_tiles));
@@ -89,6 +91,12 @@ void matmul(
   } else {
     at::mm_out(c, a, b);
   }
+}
+
+// 1x1 kernel, no stride, no padding: the column matrix is the input itself.
+bool is_pointwise(const Conv2dIntDims& d) {
+  return d.kernel_size[0] == 1 && d.kernel_size[1] == 1 && d.stride[0] == 1 && d.stride[1] == 1 &&
+      d.padding[0] == 0 && d.padding[1] == 0;
 }
 
 // Weights in the accumulation type, per group: (groups, C_out/g, Kc), or
@@ -133,9 +141,8 @@ at::Tensor conv2d_cpu(
   at::Tensor y = cpu::empty_output(concrete_shape(conv2d_output_shape(sym)), input.options());
   const int64_t taps = taps_per_group(d), cout_g = d.out_channels_per_group();
   const int64_t OH = d.out_size[0], P = OH * d.out_size[1];
-  // A 1x1 convolution without stride or padding reads its columns in place.
-  const bool pointwise = d.kernel_size[0] == 1 && d.kernel_size[1] == 1 && d.stride[0] == 1 &&
-      d.stride[1] == 1 && d.padding[0] == 0 && d.padding[1] == 0;
+  // A pointwise convolution reads its columns in place.
+  const bool pointwise = is_pointwise(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     constexpr bool same_type = std::is_same_v<scalar_t, T>;
@@ -216,6 +223,14 @@ at::Tensor conv2d_input_backward_cpu(
   const auto sym = check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto d = concrete(sym);
+  if (is_pointwise(d)) {
+    // Then grad_input is the pointwise convolution of grad_output with the
+    // transposed weights (C_in, C_out/g, 1, 1): no col2im, no zeroing.
+    const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group()})
+                               .transpose(1, 2)
+                               .reshape({d.in_channels, d.out_channels_per_group(), 1, 1});
+    return conv2d_cpu(grad_output, w_t, std::nullopt, stride, padding, dilation, groups);
+  }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor wt = grouped_weight(weight, d, true);
   // Accumulates in the op-math type: a float copy for 16-bit tensors.

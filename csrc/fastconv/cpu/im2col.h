@@ -77,30 +77,39 @@ void copy_output_tile(
     std::conditional_t<kToTile, T, const T>* tile, const T* bias,
     bool transposed = false) {
   const int64_t cout_g = d.out_channels_per_group();
-  const int64_t OH = d.out_size[0], OW = d.out_size[1];
+  const int64_t OH = d.out_size[0], OW = d.out_size[1], P = OH * OW;
   const int64_t cols = rows * OW;
-  for (int64_t oc = 0; oc < cout_g; ++oc) {
-    const int64_t channel = group * cout_g + oc;
-    const T b = bias ? bias[channel] : T(0);
-    for (int64_t q = 0; q < rows;) {
-      // The tile's rows of one sample are contiguous in y.
-      const int64_t n = (row0 + q) / OH, oh = (row0 + q) % OH;
-      const int64_t run = std::min(rows - q, OH - oh) * OW;
-      Y* y_run = y + ((n * d.out_channels + channel) * OH + oh) * OW;
-      if constexpr (kToTile) {
-        if (transposed) {
-          T* t_run = tile + q * OW * cout_g + oc;
-          for (int64_t i = 0; i < run; ++i) t_run[i * cout_g] = static_cast<T>(y_run[i]);
-        } else {
-          T* t_run = tile + oc * cols + q * OW;
-          for (int64_t i = 0; i < run; ++i) t_run[i] = static_cast<T>(y_run[i]);
+  for (int64_t q = 0; q < rows;) {
+    // The tile's rows of one sample are contiguous in each channel of y.
+    const int64_t n = (row0 + q) / OH, oh = (row0 + q) % OH;
+    const int64_t run = std::min(rows - q, OH - oh) * OW;
+    Y* y_run = y + ((n * d.out_channels + group * cout_g) * OH + oh) * OW;
+    if constexpr (kToTile) {
+      if (transposed) {
+        // 16 pixels at a time, so the 16-value pieces of every channel's row
+        // stay in L1 while the writes run along channels.
+        T* t_run = tile + q * OW * cout_g;
+        for (int64_t i0 = 0; i0 < run; i0 += 16) {
+          for (int64_t i = i0; i < std::min(run, i0 + 16); ++i) {
+            for (int64_t oc = 0; oc < cout_g; ++oc) {
+              t_run[i * cout_g + oc] = static_cast<T>(y_run[oc * P + i]);
+            }
+          }
         }
       } else {
-        const T* t_run = tile + oc * cols + q * OW;
-        for (int64_t i = 0; i < run; ++i) y_run[i] = static_cast<Y>(t_run[i] + b);
+        for (int64_t oc = 0; oc < cout_g; ++oc) {
+          T* t_run = tile + oc * cols + q * OW;
+          for (int64_t i = 0; i < run; ++i) t_run[i] = static_cast<T>(y_run[oc * P + i]);
+        }
       }
-      q += run / OW;
+    } else {
+      for (int64_t oc = 0; oc < cout_g; ++oc) {
+        const T b = bias ? bias[group * cout_g + oc] : T(0);
+        const T* t_run = tile + oc * cols + q * OW;
+        for (int64_t i = 0; i < run; ++i) y_run[oc * P + i] = static_cast<Y>(t_run[i] + b);
+      }
     }
+    q += run / OW;
   }
 }
 
