@@ -55,9 +55,7 @@ struct TilePlan {
 TilePlan plan_tiles(const Conv2dIntDims& d, int64_t min_rows) {
   const int64_t total_rows = d.batch * d.out_size[0];
   const int64_t taps = d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
-  // The column matrix and the output tile (C_out/g x cols) share the budget.
-  const int64_t per_row = (taps + d.out_channels_per_group()) * d.out_size[1];
-  int64_t rows = std::max<int64_t>(1, kColumnBudget / per_row);
+  int64_t rows = std::max<int64_t>(1, kColumnBudget / (taps * d.out_size[1]));
   // Enough tiles to keep every thread busy, when the image allows it.
   const int64_t want_tiles = (4 * at::get_num_threads() + d.groups - 1) / d.groups;
   rows = std::min(rows, std::max<int64_t>(1, total_rows / want_tiles));
