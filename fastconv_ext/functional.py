@@ -93,8 +93,15 @@ def conv1d(
     padding: Union[str, int, List[int], Tuple[int]] = 0,
     dilation: Union[int, List[int], Tuple[int]] = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> Tensor:
     r"""1-D convolution (cross-correlation) with the semantics of :func:`torch.nn.functional.conv1d`.
+
+    Two algorithms compute it: ``'direct'`` (tiled SIMD kernels) and ``'fft'`` (ATen's FFT,
+    overlap-save for long signals, a complex matmul per frequency for channel mixing).
+    ``'auto'`` picks the one a cost model predicts faster for the shape, dtype, device and
+    thread count; its constants come from ``python -m fastconv_ext.calibrate`` (a per-machine
+    profile) or built-in defaults. The gradients use the same algorithm.
 
     Args:
         input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``; float32, float64, float16 or
@@ -106,6 +113,7 @@ def conv1d(
             (no padding) or ``'same'`` (output as long as the input; stride must be 1).
         dilation: positive int or 1-tuple, spacing between kernel taps.
         groups: positive int dividing both ``C_in`` and ``C_out``.
+        algorithm: ``'auto'`` (default), ``'direct'`` or ``'fft'``.
 
     Returns:
         ``(N, C_out, L_out)`` (or ``(C_out, L_out)``) with
@@ -117,7 +125,7 @@ def conv1d(
     stride_ = _tuple(stride, 1, "stride", "conv1d")
     dilation_ = _tuple(dilation, 1, "dilation", "conv1d")
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv1d")
-    return torch.ops.fastconv.conv1d(input, weight, bias, stride_, padding_, dilation_, groups)
+    return torch.ops.fastconv.conv1d(input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
 
 
 def conv2d(

@@ -20,15 +20,24 @@ class Conv1d(nn.Conv1d):
     ``padding='same'``/``'valid'``. Works with ``torch.jit.script`` and ``torch.compile``.
 
     To convert a trained layer: ``fast = Conv1d(...same args...); fast.load_state_dict(layer.state_dict())``.
+
+    ``algorithm`` (keyword only: ``'auto'``, ``'direct'`` or ``'fft'``) is passed to
+    :func:`fastconv_ext.conv1d`; it is a plain attribute, not part of the ``state_dict``.
     """
+
+    def __init__(self, *args, algorithm: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if algorithm not in ("auto", "direct", "fft"):
+            raise ValueError(f"fastconv.Conv1d: algorithm must be 'auto', 'direct' or 'fft', but got '{algorithm}'")
+        self.algorithm = algorithm
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return torch.ops.fastconv.conv1d(
-                padded, weight, bias, self.stride, [0], self.dilation, self.groups
+                padded, weight, bias, self.stride, [0], self.dilation, self.groups, self.algorithm
             )
-        return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
 
 
 class Conv2d(nn.Conv2d):

@@ -7,7 +7,9 @@
 #include <optional>
 #include <string>
 
+#include "fastconv/algorithm.h"
 #include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/shape.h"
 
 namespace fastconv {
 
@@ -15,15 +17,15 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "conv1d(Tensor input, Tensor weight, Tensor? bias=None, "
       "SymInt[1] stride=1, SymInt[1] padding=0, SymInt[1] dilation=1, "
-      "SymInt groups=1) -> Tensor");
+      "SymInt groups=1, str algorithm=\"auto\") -> Tensor");
   m.def(
       "conv1d_input_backward(Tensor grad_output, Tensor weight, "
       "SymInt input_length, SymInt[1] stride, SymInt[1] padding, "
-      "SymInt[1] dilation, SymInt groups) -> Tensor");
+      "SymInt[1] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
   m.def(
       "conv1d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
-      "SymInt[1] dilation, SymInt groups) -> Tensor");
+      "SymInt[1] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias=None, "
       "SymInt[2] stride=1, SymInt[2] padding=0, SymInt[2] dilation=1, "
@@ -50,6 +52,38 @@ TORCH_LIBRARY(fastconv, m) {
         return capability ? cpu::set_capability(*capability)
                           : std::string(cpu::kernels().name);
       });
+  // The algorithm conv1d (and its gradients) would run for these arguments.
+  m.def(
+      "_conv1d_algorithm(Tensor input, Tensor weight, SymInt[1] stride=1, "
+      "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1, "
+      "str algorithm=\"auto\") -> str",
+      [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+         c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+         c10::string_view algorithm) -> std::string {
+        const auto d = concrete(
+            check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm));
+        return choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft
+            ? "fft"
+            : "direct";
+      });
+  // The cost model's predicted seconds of conv1d for these arguments:
+  // [direct, fft], with the profile in use for the input's device.
+  m.def(
+      "_conv1d_cost(Tensor input, Tensor weight, SymInt[1] stride=1, "
+      "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1) -> float[]",
+      [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+         c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups) {
+        const auto d = concrete(
+            check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, "auto"));
+        const auto [profile, threads] = cost_profile_for(input.device().type());
+        return std::vector<double>{direct_seconds(d, profile, threads), fft_seconds(d, profile, threads)};
+      });
+  // The CPU cost model's constants (see algorithm.h), after replacing them
+  // with `values` when given. For calibration and tests.
+  m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {
+    if (values) set_cpu_cost_profile(CostProfile::from_vector(*values));
+    return cpu_cost_profile().to_vector();
+  });
   // Instruction sets usable on this CPU, best first.
   m.def("_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
 }
@@ -63,11 +97,12 @@ at::Tensor conv1d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv1d", "")
                        .typed<decltype(conv1d)>();
-  return op.call(input, weight, bias, stride, padding, dilation, groups);
+  return op.call(input, weight, bias, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv1d_input_backward(
@@ -77,12 +112,13 @@ at::Tensor conv1d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv1d_input_backward", "")
                        .typed<decltype(conv1d_input_backward)>();
   return op.call(
-      grad_output, weight, input_length, stride, padding, dilation, groups);
+      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv1d_weight_backward(
@@ -92,12 +128,13 @@ at::Tensor conv1d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv1d_weight_backward", "")
                        .typed<decltype(conv1d_weight_backward)>();
   return op.call(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv2d(

@@ -20,7 +20,8 @@ namespace detail {
 [[maybe_unused]] inline const int64_t kLinkAnchor = link_anchor();
 }  // namespace detail
 
-// Same semantics as torch::nn::functional::conv1d / at::conv1d.
+// Same semantics as torch::nn::functional::conv1d / at::conv1d. algorithm:
+// "direct", "fft", or "auto" (the one the cost model predicts faster).
 at::Tensor conv1d(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -28,7 +29,8 @@ at::Tensor conv1d(
     c10::SymIntArrayRef stride = c10::SymInt(1),
     c10::SymIntArrayRef padding = c10::SymInt(0),
     c10::SymIntArrayRef dilation = c10::SymInt(1),
-    c10::SymInt groups = 1);
+    c10::SymInt groups = 1,
+    c10::string_view algorithm = "auto");
 
 // Gradient of conv1d with respect to its input (a transposed convolution).
 at::Tensor conv1d_input_backward(
@@ -38,7 +40,8 @@ at::Tensor conv1d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups);
+    c10::SymInt groups,
+    c10::string_view algorithm = "auto");
 
 // Gradient of conv1d with respect to its weight.
 at::Tensor conv1d_weight_backward(
@@ -48,7 +51,8 @@ at::Tensor conv1d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups);
+    c10::SymInt groups,
+    c10::string_view algorithm = "auto");
 
 // Same semantics as torch::nn::functional::conv2d / at::conv2d.
 at::Tensor conv2d(

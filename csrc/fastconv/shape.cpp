@@ -280,6 +280,12 @@ std::vector<c10::SymInt> signal_shape(
 
 }  // namespace
 
+void check_algorithm(const char* op, c10::string_view algorithm) {
+  TORCH_CHECK(
+      algorithm == "auto" || algorithm == "direct" || algorithm == "fft", op,
+      ": algorithm must be 'auto', 'direct' or 'fft', but got '", std::string(algorithm), "'");
+}
+
 std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape) {
   std::vector<int64_t> out;
   for (const auto& s : shape) out.push_back(s.expect_int());
@@ -315,7 +321,9 @@ Conv1dSymDims check_conv1d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
+  check_algorithm("fastconv.conv1d", algorithm);
   return as_conv1d(check_conv<1>(
       "fastconv.conv1d", input, weight, bias, stride, padding, dilation, groups));
 }
@@ -327,7 +335,9 @@ Conv1dSymDims check_conv1d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
+  check_algorithm("fastconv.conv1d_input_backward", algorithm);
   return as_conv1d(check_conv_input_backward<1>(
       "fastconv.conv1d_input_backward", grad_output, weight, {input_length},
       stride, padding, dilation, groups));
@@ -340,7 +350,9 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
+  check_algorithm("fastconv.conv1d_weight_backward", algorithm);
   return as_conv1d(check_conv_weight_backward<1>(
       "fastconv.conv1d_weight_backward", grad_output, input, {kernel_size},
       stride, padding, dilation, groups));

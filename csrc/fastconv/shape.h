@@ -74,6 +74,9 @@ std::vector<c10::SymInt> conv1d_input_shape(const Conv1dSymDims& d);
 // Weight shape, (C_out, C_in / groups, K).
 std::vector<c10::SymInt> conv1d_weight_shape(const Conv1dSymDims& d);
 
+// algorithm: "auto", "direct" or "fft"; anything else raises, naming the op.
+void check_algorithm(const char* op, c10::string_view algorithm);
+
 // fastconv::conv1d(input, weight, bias, ...).
 Conv1dSymDims check_conv1d(
     const at::Tensor& input,
@@ -82,7 +85,8 @@ Conv1dSymDims check_conv1d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 // fastconv::conv1d_input_backward(grad_output, weight, input_length, ...):
 // the transposed convolution that maps grad_output back to the input.
@@ -93,7 +97,8 @@ Conv1dSymDims check_conv1d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 // fastconv::conv1d_weight_backward(grad_output, input, kernel_size, ...).
 Conv1dSymDims check_conv1d_weight_backward(
@@ -103,7 +108,8 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 // ---- conv2d: the same three operators in two spatial dimensions.
 

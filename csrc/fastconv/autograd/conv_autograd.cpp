@@ -8,11 +8,14 @@
 //                                   dw = weight_backward(gy, x)
 //   gx = input_backward(gy, w)      d(gy) = conv(g, w),  dw = weight_backward(gy, g)
 //   gw = weight_backward(gy, x)     d(gy) = conv(x, g),  dx = input_backward(gy, g)
-// One template serves both families; Ops names the family's operators.
+// One template serves both families; Ops names the family's operators. A
+// conv1d algorithm chosen by the caller ("direct", "fft") applies to every
+// derivative too.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <numeric>
+#include <string>
 
 #include "fastconv/ops.h"
 
@@ -27,16 +30,22 @@ struct HyperParams {
   std::vector<c10::SymInt> padding;
   std::vector<c10::SymInt> dilation;
   c10::SymInt groups;
+  std::string algorithm;  // conv1d only
 };
 
-void save_hyper_params(
-    AutogradContext* ctx, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
-  ctx->saved_data["stride"] = stride;
-  ctx->saved_data["padding"] = padding;
-  ctx->saved_data["dilation"] = dilation;
-  ctx->saved_data["groups"] = groups;
+HyperParams make_hyper_params(
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation, const c10::SymInt& groups,
+    c10::string_view algorithm = "auto") {
+  return HyperParams{stride.vec(), padding.vec(), dilation.vec(), groups, std::string(algorithm)};
+}
+
+void save_hyper_params(AutogradContext* ctx, const HyperParams& p) {
+  ctx->saved_data["stride"] = p.stride;
+  ctx->saved_data["padding"] = p.padding;
+  ctx->saved_data["dilation"] = p.dilation;
+  ctx->saved_data["groups"] = p.groups;
+  ctx->saved_data["algorithm"] = p.algorithm;
 }
 
 HyperParams load_hyper_params(AutogradContext* ctx) {
@@ -44,32 +53,46 @@ HyperParams load_hyper_params(AutogradContext* ctx) {
       ctx->saved_data["stride"].toSymIntVector(),
       ctx->saved_data["padding"].toSymIntVector(),
       ctx->saved_data["dilation"].toSymIntVector(),
-      ctx->saved_data["groups"].toSymInt()};
-}
-
-// The trailing spatial sizes of t: input length / (H, W), or kernel size.
-std::vector<c10::SymInt> spatial_sizes(const at::Tensor& t, int64_t n) {
-  const auto sizes = t.sym_sizes();
-  return std::vector<c10::SymInt>(sizes.end() - n, sizes.end());
+      ctx->saved_data["groups"].toSymInt(),
+      ctx->saved_data["algorithm"].toStringRef()};
 }
 
 struct Conv1dOps {
   using Size = c10::SymInt;  // how the backward operators take a size
   static constexpr int64_t kDims = 1;
-  static constexpr auto forward = &conv1d;
-  static constexpr auto input_backward = &conv1d_input_backward;
-  static constexpr auto weight_backward = &conv1d_weight_backward;
+  static at::Tensor forward(const at::Tensor& x, const at::Tensor& w,
+                            const std::optional<at::Tensor>& b, const HyperParams& p) {
+    return conv1d(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
+  }
+  static at::Tensor input_backward(const at::Tensor& gy, const at::Tensor& w, const Size& size,
+                                   const HyperParams& p) {
+    return conv1d_input_backward(gy, w, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
+  }
+  static at::Tensor weight_backward(const at::Tensor& gy, const at::Tensor& x, const Size& size,
+                                    const HyperParams& p) {
+    return conv1d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
+  }
   static Size size_of(const at::Tensor& t) { return t.sym_size(-1); }
 };
 
 struct Conv2dOps {
-  using Size = c10::SymIntArrayRef;
+  using Size = std::vector<c10::SymInt>;
   static constexpr int64_t kDims = 2;
-  static constexpr auto forward = &conv2d;
-  static constexpr auto input_backward = &conv2d_input_backward;
-  static constexpr auto weight_backward = &conv2d_weight_backward;
-  static std::vector<c10::SymInt> size_of(const at::Tensor& t) {
-    return spatial_sizes(t, kDims);
+  static at::Tensor forward(const at::Tensor& x, const at::Tensor& w,
+                            const std::optional<at::Tensor>& b, const HyperParams& p) {
+    return conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups);
+  }
+  static at::Tensor input_backward(const at::Tensor& gy, const at::Tensor& w, const Size& size,
+                                   const HyperParams& p) {
+    return conv2d_input_backward(gy, w, size, p.stride, p.padding, p.dilation, p.groups);
+  }
+  static at::Tensor weight_backward(const at::Tensor& gy, const at::Tensor& x, const Size& size,
+                                    const HyperParams& p) {
+    return conv2d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups);
+  }
+  static Size size_of(const at::Tensor& t) {
+    const auto sizes = t.sym_sizes();
+    return Size(sizes.end() - kDims, sizes.end());
   }
 };
 
@@ -87,14 +110,12 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-      const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
-      c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-      const c10::SymInt& groups) {
+      const std::optional<at::Tensor>& bias, const HyperParams& p) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({input, weight});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    save_hyper_params(ctx, stride, padding, dilation, groups);
-    return Ops::forward(input, weight, bias, stride, padding, dilation, groups);
+    save_hyper_params(ctx, p);
+    return Ops::forward(input, weight, bias, p);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -105,20 +126,15 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_input = Ops::input_backward(
-          grad, weight, Ops::size_of(input), p.stride, p.padding, p.dilation,
-          p.groups);
+      grad_input = Ops::input_backward(grad, weight, Ops::size_of(input), p);
     }
     if (ctx->needs_input_grad(1)) {
-      grad_weight = Ops::weight_backward(
-          grad, input, Ops::size_of(weight), p.stride, p.padding, p.dilation,
-          p.groups);
+      grad_weight = Ops::weight_backward(grad, input, Ops::size_of(weight), p);
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = bias_grad(grad, Ops::kDims);
     }
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {grad_input, grad_weight, grad_bias, at::Tensor()};
   }
 };
 
@@ -128,14 +144,11 @@ class InputBackwardFunction
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& grad_output,
-      const at::Tensor& weight, typename Ops::Size input_size,
-      c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-      c10::SymIntArrayRef dilation, const c10::SymInt& groups) {
+      const at::Tensor& weight, const typename Ops::Size& input_size, const HyperParams& p) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, weight});
-    save_hyper_params(ctx, stride, padding, dilation, groups);
-    return Ops::input_backward(
-        grad_output, weight, input_size, stride, padding, dilation, groups);
+    save_hyper_params(ctx, p);
+    return Ops::input_backward(grad_output, weight, input_size, p);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -146,16 +159,12 @@ class InputBackwardFunction
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor d_grad_output, d_weight;
     if (ctx->needs_input_grad(0)) {
-      d_grad_output = Ops::forward(
-          g, weight, std::nullopt, p.stride, p.padding, p.dilation, p.groups);
+      d_grad_output = Ops::forward(g, weight, std::nullopt, p);
     }
     if (ctx->needs_input_grad(1)) {
-      d_weight = Ops::weight_backward(
-          grad_output, g, Ops::size_of(weight), p.stride, p.padding,
-          p.dilation, p.groups);
+      d_weight = Ops::weight_backward(grad_output, g, Ops::size_of(weight), p);
     }
-    return {d_grad_output, d_weight, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {d_grad_output, d_weight, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -165,14 +174,11 @@ class WeightBackwardFunction
  public:
   static at::Tensor forward(
       AutogradContext* ctx, const at::Tensor& grad_output,
-      const at::Tensor& input, typename Ops::Size kernel_size,
-      c10::SymIntArrayRef stride, c10::SymIntArrayRef padding,
-      c10::SymIntArrayRef dilation, const c10::SymInt& groups) {
+      const at::Tensor& input, const typename Ops::Size& kernel_size, const HyperParams& p) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, input});
-    save_hyper_params(ctx, stride, padding, dilation, groups);
-    return Ops::weight_backward(
-        grad_output, input, kernel_size, stride, padding, dilation, groups);
+    save_hyper_params(ctx, p);
+    return Ops::weight_backward(grad_output, input, kernel_size, p);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -183,59 +189,74 @@ class WeightBackwardFunction
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor d_grad_output, d_input;
     if (ctx->needs_input_grad(0)) {
-      d_grad_output = Ops::forward(
-          input, g, std::nullopt, p.stride, p.padding, p.dilation, p.groups);
+      d_grad_output = Ops::forward(input, g, std::nullopt, p);
     }
     if (ctx->needs_input_grad(1)) {
-      d_input = Ops::input_backward(
-          grad_output, g, Ops::size_of(input), p.stride, p.padding, p.dilation,
-          p.groups);
+      d_input = Ops::input_backward(grad_output, g, Ops::size_of(input), p);
     }
-    return {d_grad_output, d_input, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {d_grad_output, d_input, at::Tensor(), at::Tensor()};
   }
 };
 
 // Autograd-key kernels with the operators' own signatures.
-template <class Ops>
-at::Tensor conv_autograd(
-    const at::Tensor& input, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  return ConvFunction<Ops>::apply(
-      input, weight, bias, stride, padding, dilation, groups);
+
+at::Tensor conv1d_autograd(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups, c10::string_view algorithm) {
+  return ConvFunction<Conv1dOps>::apply(
+      input, weight, bias, make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
-template <class Ops>
-at::Tensor input_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& weight,
-    typename Ops::Size input_size, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  return InputBackwardFunction<Ops>::apply(
-      grad_output, weight, input_size, stride, padding, dilation, groups);
+at::Tensor conv1d_input_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& weight, c10::SymInt input_length,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups, c10::string_view algorithm) {
+  return InputBackwardFunction<Conv1dOps>::apply(
+      grad_output, weight, input_length, make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
-template <class Ops>
-at::Tensor weight_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input,
-    typename Ops::Size kernel_size, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+at::Tensor conv1d_weight_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups, c10::string_view algorithm) {
+  return WeightBackwardFunction<Conv1dOps>::apply(
+      grad_output, input, kernel_size, make_hyper_params(stride, padding, dilation, groups, algorithm));
+}
+
+at::Tensor conv2d_autograd(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return WeightBackwardFunction<Ops>::apply(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+  return ConvFunction<Conv2dOps>::apply(
+      input, weight, bias, make_hyper_params(stride, padding, dilation, groups));
+}
+
+at::Tensor conv2d_input_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  return InputBackwardFunction<Conv2dOps>::apply(
+      grad_output, weight, input_size.vec(), make_hyper_params(stride, padding, dilation, groups));
+}
+
+at::Tensor conv2d_weight_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef kernel_size,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups) {
+  return WeightBackwardFunction<Conv2dOps>::apply(
+      grad_output, input, kernel_size.vec(), make_hyper_params(stride, padding, dilation, groups));
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
-  m.impl("conv1d", &conv_autograd<Conv1dOps>);
-  m.impl("conv1d_input_backward", &input_backward_autograd<Conv1dOps>);
-  m.impl("conv1d_weight_backward", &weight_backward_autograd<Conv1dOps>);
-  m.impl("conv2d", &conv_autograd<Conv2dOps>);
-  m.impl("conv2d_input_backward", &input_backward_autograd<Conv2dOps>);
-  m.impl("conv2d_weight_backward", &weight_backward_autograd<Conv2dOps>);
+  m.impl("conv1d", &conv1d_autograd);
+  m.impl("conv1d_input_backward", &conv1d_input_backward_autograd);
+  m.impl("conv1d_weight_backward", &conv1d_weight_backward_autograd);
+  m.impl("conv2d", &conv2d_autograd);
+  m.impl("conv2d_input_backward", &conv2d_input_backward_autograd);
+  m.impl("conv2d_weight_backward", &conv2d_weight_backward_autograd);
 }
 
 }  // namespace fastconv

@@ -14,7 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastconv/algorithm.h"
 #include "fastconv/cpu/conv1d_driver.h"
+#include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -56,9 +58,13 @@ at::Tensor conv1d_cpu(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  const auto sym = check_conv1d(input, weight, bias, stride, padding, dilation, groups);
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto sym = check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_forward(input, weight, bias, d);
+  }
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
@@ -81,10 +87,14 @@ at::Tensor conv1d_input_backward_cpu(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv1d_input_backward(
-      grad_output, weight, input_length, stride, padding, dilation, groups);
+      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, grad_output.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_input_backward(grad_output, weight, d);
+  }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
   at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
@@ -120,10 +130,14 @@ at::Tensor conv1d_weight_backward_cpu(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_weight_backward(grad_output, input, d);
+  }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
   if (onednn_weight_grad_is_faster(d, x.scalar_type())) {

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 
+#include "fastconv/algorithm.h"
+#include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -137,10 +139,14 @@ at::Tensor conv1d_cuda(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym =
-      check_conv1d(input, weight, bias, stride, padding, dilation, groups);
+      check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_forward(input, weight, bias, d);
+  }
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
@@ -169,10 +175,14 @@ at::Tensor conv1d_input_backward_cuda(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv1d_input_backward(
-      grad_output, weight, input_length, stride, padding, dilation, groups);
+      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, grad_output.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_input_backward(grad_output, weight, d);
+  }
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
@@ -199,10 +209,14 @@ at::Tensor conv1d_weight_backward_cuda(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+    return fft::conv1d_weight_backward(grad_output, input, d);
+  }
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();

@@ -14,9 +14,10 @@ at::Tensor conv1d_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d =
-      check_conv1d(input, weight, bias, stride, padding, dilation, groups);
+      check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   return input.new_empty_symint(conv1d_output_shape(d));
 }
 
@@ -27,9 +28,10 @@ at::Tensor conv1d_input_backward_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d = check_conv1d_input_backward(
-      grad_output, weight, input_length, stride, padding, dilation, groups);
+      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
   return grad_output.new_empty_symint(conv1d_input_shape(d));
 }
 
@@ -40,9 +42,10 @@ at::Tensor conv1d_weight_backward_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   return input.new_empty_symint(conv1d_weight_shape(d));
 }
 

@@ -1,0 +1,140 @@
+#include "fastconv/algorithm.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+
+#include "fastconv/fft/fft_conv1d.h"
+
+namespace fastconv {
+namespace {
+
+// Measured on the development machine (AMD Zen 5, 2 threads, fp32) with
+// python -m fastconv_ext.calibrate.
+constexpr CostProfile kDefaultCpuProfile{
+    /*direct_small=*/1.6e-11, /*direct_dense=*/2.6e-12, /*direct_call=*/4e-6,
+    /*fft_nlogn=*/6e-10,      /*fft_cmac=*/1.5e-10,     /*fft_call=*/4e-5,
+    /*threads=*/2};
+
+// No GPU has measured these: cuFFT against the one-thread-per-output kernel,
+// as rough rates of an H100-class device.
+constexpr CostProfile kCudaProfile{
+    /*direct_small=*/2e-13, /*direct_dense=*/1e-13, /*direct_call=*/1e-5,
+    /*fft_nlogn=*/2e-12,    /*fft_cmac=*/1e-12,     /*fft_call=*/4e-5,
+    /*threads=*/1};
+
+const char* kKeys[] = {"direct_small", "direct_dense", "direct_call", "fft_nlogn",
+                       "fft_cmac",     "fft_call",     "threads"};
+constexpr size_t kNumKeys = sizeof(kKeys) / sizeof(kKeys[0]);
+
+std::mutex profile_mutex;
+std::optional<CostProfile> active_profile;
+
+// "key value" lines; unknown keys and comments (#) are ignored, missing keys
+// keep their defaults.
+CostProfile read_profile_file(const std::string& path) {
+  std::vector<double> values = kDefaultCpuProfile.to_vector();
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    double value = 0;
+    if (!(fields >> key >> value) || key.empty() || key[0] == '#') continue;
+    for (size_t i = 0; i < kNumKeys; ++i) {
+      if (key == kKeys[i] && std::isfinite(value) && value > 0) values[i] = value;
+    }
+  }
+  return CostProfile::from_vector(values);
+}
+
+double interpolate_direct_rate(const CostProfile& p, int64_t pairs) {
+  // Seconds per MAC falls from direct_small (1 channel pair) to direct_dense
+  // (256 and more), geometrically in the number of pairs.
+  const double t = std::clamp(std::log2(double(std::max<int64_t>(pairs, 1))) / 8.0, 0.0, 1.0);
+  return p.direct_small * std::pow(p.direct_dense / p.direct_small, t);
+}
+
+}  // namespace
+
+std::vector<double> CostProfile::to_vector() const {
+  return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call, threads};
+}
+
+CostProfile CostProfile::from_vector(const std::vector<double>& v) {
+  TORCH_CHECK(v.size() == kNumKeys, "fastconv: a cost profile has ", kNumKeys, " values (",
+              "direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call, threads), but got ",
+              v.size());
+  for (double x : v) {
+    TORCH_CHECK(std::isfinite(x) && x > 0, "fastconv: cost profile values must be positive, but got ", x);
+  }
+  return CostProfile{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+}
+
+std::string cpu_profile_path() {
+  if (const char* path = std::getenv("FASTCONV_PROFILE")) return path;
+  std::string base;
+  if (const char* cache = std::getenv("XDG_CACHE_HOME")) {
+    base = cache;
+  } else if (const char* home = std::getenv("HOME")) {
+    base = std::string(home) + "/.cache";
+  } else {
+    return "";
+  }
+  return base + "/fastconv/cpu_profile.txt";
+}
+
+CostProfile cpu_cost_profile() {
+  std::lock_guard<std::mutex> lock(profile_mutex);
+  if (!active_profile) {
+    const std::string path = cpu_profile_path();
+    active_profile = path.empty() ? kDefaultCpuProfile : read_profile_file(path);
+  }
+  return *active_profile;
+}
+
+void set_cpu_cost_profile(const CostProfile& profile) {
+  std::lock_guard<std::mutex> lock(profile_mutex);
+  active_profile = profile;
+}
+
+double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
+  const double macs = double(d.batch) * d.out_channels * d.out_length * d.in_channels_per_group() *
+      d.kernel_size;
+  const double rate = interpolate_direct_rate(p, d.in_channels_per_group() * d.out_channels_per_group());
+  return p.direct_call + macs * rate * p.threads / threads;
+}
+
+double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
+  const int64_t padded = d.in_length + 2 * d.padding;
+  const int64_t kernel = d.dilation * (d.kernel_size - 1) + 1;
+  const int64_t outputs = (d.out_length - 1) * d.stride + 1;
+  const fft::FftPlan plan = fft::plan_correlation(padded, kernel, outputs);
+  const double n = double(plan.size), spectrum = n / 2 + 1;
+  const double transforms = double(plan.segments) * d.batch * (d.in_channels + d.out_channels) +
+      double(d.out_channels) * d.in_channels_per_group();
+  const double cmacs = double(plan.segments) * d.batch * d.out_channels * d.in_channels_per_group() * spectrum;
+  return p.fft_call + (transforms * n * std::log2(n + 1) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
+}
+
+std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device) {
+  if (device == c10::DeviceType::CUDA) return {kCudaProfile, 1};
+  return {cpu_cost_profile(), at::get_num_threads()};
+}
+
+Conv1dAlgorithm choose_conv1d_algorithm(
+    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
+  if (algorithm == "direct") return Conv1dAlgorithm::kDirect;
+  if (algorithm == "fft") return Conv1dAlgorithm::kFft;
+  const auto [p, threads] = cost_profile_for(device);
+  return fft_seconds(d, p, threads) < direct_seconds(d, p, threads) ? Conv1dAlgorithm::kFft
+                                                                     : Conv1dAlgorithm::kDirect;
+}
+
+}  // namespace fastconv

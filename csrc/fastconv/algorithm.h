@@ -1,0 +1,52 @@
+// The choice between direct and FFT conv1d: a cost model whose constants are
+// measured on the machine (python -m fastconv_ext.calibrate writes them to a
+// profile file, read once per process), with built-in defaults otherwise.
+#pragma once
+
+#include <c10/core/DeviceType.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fastconv/shape.h"
+
+namespace fastconv {
+
+enum class Conv1dAlgorithm { kDirect, kFft };
+
+// Seconds = fixed cost + work / rate, for each algorithm. Per-thread-count:
+// work terms were measured with `threads` threads and scale inversely.
+struct CostProfile {
+  double direct_small;  // seconds per multiply-add, one channel per group mixing
+  double direct_dense;  // seconds per multiply-add, >= 256 channel pairs per group
+  double direct_call;   // seconds per call
+  double fft_nlogn;     // seconds per n * log2(n) of one real transform
+  double fft_cmac;      // seconds per complex multiply-add of channel mixing
+  double fft_call;      // seconds per call
+  double threads;       // thread count the work terms were measured with
+
+  std::vector<double> to_vector() const;
+  static CostProfile from_vector(const std::vector<double>& v);
+};
+
+// The CPU profile in use: set_cost_profile's, else the profile file
+// ($FASTCONV_PROFILE, default ~/.cache/fastconv/cpu_profile.txt), else defaults.
+CostProfile cpu_cost_profile();
+void set_cpu_cost_profile(const CostProfile& profile);
+std::string cpu_profile_path();
+
+// The profile and thread count the model uses on `device`.
+std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device);
+
+// Predicted seconds of the forward convolution on `device` with each algorithm.
+double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
+double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
+
+// The algorithm `algorithm` names, or the one the model predicts faster for
+// "auto". The gradients use the forward's choice (same work, same sizes).
+Conv1dAlgorithm choose_conv1d_algorithm(
+    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device);
+
+}  // namespace fastconv

@@ -1,0 +1,169 @@
+// FFT convolution: every operation reduces to one grouped correlation
+//   y[n, o, l] = sum_{c in group(o), k} w[o, c, k] * x[n, c, l * s + k]
+// computed as irfft(rfft(x) * conj(rfft(w))) per frequency, with the channel
+// mixing a complex matmul per frequency. Long signals are cut into overlapping
+// segments (overlap-save), so the transforms stay a few kernel lengths long
+// and the spectra a bounded multiple of the input.
+//   forward          x zero-padded, w dilated (zeros between taps)
+//   grad_input       the full convolution of grad_output (upsampled by the
+//                    stride) with w: a correlation with the flipped,
+//                    per-group transposed kernel
+//   grad_weight      a correlation of x with grad_output, channels and batch
+//                    swapped so the batch is the reduced dimension
+#include "fastconv/fft/fft_conv1d.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace fastconv::fft {
+namespace {
+
+at::ScalarType compute_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// w (O, Cg, K) with dilation - 1 zeros between taps: (O, Cg, dilation * (K - 1) + 1).
+at::Tensor dilate(const at::Tensor& w, int64_t dilation) {
+  if (dilation == 1) return w;
+  const int64_t K = w.size(-1);
+  at::Tensor out = at::zeros({w.size(0), w.size(1), dilation * (K - 1) + 1}, w.options());
+  out.slice(-1, 0, c10::nullopt, dilation).copy_(w);
+  return out;
+}
+
+// x (N, C, L) with stride - 1 zeros after each sample but the last.
+at::Tensor upsample(const at::Tensor& x, int64_t stride) {
+  if (stride == 1) return x;
+  const int64_t L = x.size(-1);
+  at::Tensor out = at::zeros({x.size(0), x.size(1), std::max<int64_t>(0, (L - 1) * stride + 1)}, x.options());
+  out.slice(-1, 0, c10::nullopt, stride).copy_(x);
+  return out;
+}
+
+// The grouped correlation above for l < outputs, x (N, C, L), w (O, C/G, K),
+// both already in the compute type; the stride-1 result is subsampled.
+at::Tensor correlate(const at::Tensor& x, const at::Tensor& w, int64_t groups, int64_t stride,
+                     int64_t outputs) {
+  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+  const int64_t O = w.size(0), Cg = w.size(1), K = w.size(2), Og = O / groups;
+  const int64_t needed = (outputs - 1) * stride + 1;  // stride-1 outputs
+  if (N == 0 || outputs <= 0) return at::zeros({N, O, std::max<int64_t>(outputs, 0)}, x.options());
+  const FftPlan plan = plan_correlation(L, K, needed);
+  const int64_t n = plan.size, hop = n - K + 1;
+  // Segment s covers x[s * hop, s * hop + n); zero-extend x to cover the last.
+  const int64_t span = (plan.segments - 1) * hop + n;
+  at::Tensor xs = x.narrow(-1, 0, std::min(L, span));
+  if (xs.size(-1) < span) xs = at::constant_pad_nd(xs, {0, span - xs.size(-1)});
+  const at::Tensor segments = xs.unfold(-1, n, hop);  // (N, C, S, n), a view
+  const at::Tensor X = at::fft_rfft(segments, n);      // (N, C, S, F)
+  // conj_physical, not a lazy conj view: inside a compiled graph the
+  // dispatcher may run without the Conjugate key that resolves the view.
+  const at::Tensor W = at::conj_physical(at::fft_rfft(w, n));  // (O, Cg, F)
+  const int64_t S = plan.segments, F = X.size(-1);
+  at::Tensor Y;
+  if (Cg == 1 && Og == 1) {  // one input channel per output: elementwise
+    Y = X * W.view({1, O, 1, F});
+  } else {
+    Y = at::einsum("ngcsf,gocf->ngosf", {X.view({N, groups, Cg, S, F}), W.view({groups, Og, Cg, F})})
+            .reshape({N, O, S, F});
+  }
+  const at::Tensor y = at::fft_irfft(Y, n).narrow(-1, 0, hop).reshape({N, O, S * hop});
+  return y.narrow(-1, 0, needed).slice(-1, 0, c10::nullopt, stride);
+}
+
+}  // namespace
+
+int64_t fast_length(int64_t target) {
+  int64_t best = std::numeric_limits<int64_t>::max();
+  for (int64_t p5 = 1; p5 < best; p5 *= 5) {
+    for (int64_t p35 = p5; p35 < best; p35 *= 3) {
+      int64_t v = p35;
+      while (v < target) v *= 2;
+      best = std::min(best, v);
+    }
+  }
+  return std::max<int64_t>(best, 1);
+}
+
+FftPlan plan_correlation(int64_t length, int64_t kernel, int64_t outputs) {
+  // One transform of the whole signal, or segments of a few kernel lengths:
+  // choose the cheaper in n log n per useful output.
+  const int64_t whole = fast_length(std::max<int64_t>(1, kernel - 1 + outputs));
+  FftPlan best{whole, 1};
+  double best_cost = whole * std::log2(double(whole) + 1);
+  for (int64_t factor : {2, 4, 8, 16}) {
+    const int64_t n = fast_length(std::max<int64_t>(factor * kernel, 256));
+    if (n >= whole) break;
+    const int64_t hop = n - kernel + 1;
+    const int64_t segments = (outputs + hop - 1) / hop;
+    const double cost = double(segments) * n * std::log2(double(n) + 1);
+    if (cost < best_cost) {
+      best = FftPlan{n, segments};
+      best_cost = cost;
+    }
+  }
+  (void)length;
+  return best;
+}
+
+at::Tensor conv1d_forward(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const Conv1dIntDims& d) {
+  const auto ct = compute_type(input.scalar_type());
+  at::Tensor x = input.to(ct);
+  if (!d.batched) x = x.unsqueeze(0);
+  x = at::constant_pad_nd(x, {d.padding, d.padding});
+  at::Tensor y = correlate(x, dilate(weight.to(ct), d.dilation), d.groups, d.stride, d.out_length);
+  if (bias.has_value() && bias->defined()) y = y + bias->to(ct).view({1, -1, 1});
+  if (!d.batched) y = y.squeeze(0);
+  return y.to(input.scalar_type()).contiguous();
+}
+
+at::Tensor conv1d_input_backward(
+    const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d) {
+  const auto ct = compute_type(grad_output.scalar_type());
+  at::Tensor gy = grad_output.to(ct);
+  if (!d.batched) gy = gy.unsqueeze(0);
+  const int64_t G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
+  // The flipped kernel with in and out channels swapped per group: (C_in, Og, Kd).
+  const at::Tensor wd = dilate(weight.to(ct), d.dilation);
+  const int64_t Kd = wd.size(-1);
+  const at::Tensor wt = wd.view({G, Og, Cg, Kd}).transpose(1, 2).reshape({G * Cg, Og, Kd}).flip(-1);
+  // Full convolution of the upsampled grad_output: positions of the padded input.
+  const at::Tensor up = at::constant_pad_nd(upsample(gy, d.stride), {Kd - 1, Kd - 1});
+  const int64_t full = up.size(-1) - Kd + 1;
+  at::Tensor gxp = correlate(up, wt, G, 1, full);
+  // Padded-input positions [padding, padding + L); those past `full` get nothing.
+  const int64_t end = d.padding + d.in_length;
+  if (end > full) gxp = at::constant_pad_nd(gxp, {0, end - full});
+  at::Tensor gx = gxp.narrow(-1, d.padding, d.in_length);
+  if (!d.batched) gx = gx.squeeze(0);
+  return gx.to(grad_output.scalar_type()).contiguous();
+}
+
+at::Tensor conv1d_weight_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d) {
+  const auto ct = compute_type(input.scalar_type());
+  at::Tensor x = input.to(ct), gy = grad_output.to(ct);
+  if (!d.batched) x = x.unsqueeze(0), gy = gy.unsqueeze(0);
+  const int64_t B = d.batch, G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
+  const at::Tensor xp = at::constant_pad_nd(x, {d.padding, d.padding});
+  const at::Tensor up = upsample(gy, d.stride);
+  const int64_t Kd = d.dilation * (d.kernel_size - 1) + 1;
+  // Batch as channels: signals (Cg, G * B, Lp), kernels (G * Og, B, Lu).
+  const at::Tensor signals = xp.view({B, G, Cg, -1}).permute({2, 1, 0, 3}).reshape({Cg, G * B, -1});
+  const at::Tensor kernels = up.view({B, G, Og, -1}).permute({1, 2, 0, 3}).reshape({G * Og, B, -1});
+  at::Tensor r;
+  if (B == 0 || kernels.size(-1) == 0) {
+    r = at::zeros({Cg, G * Og, Kd}, x.options());
+  } else {
+    r = correlate(signals, kernels, G, 1, Kd);  // (Cg, O, Kd)
+  }
+  const at::Tensor gw = r.permute({1, 0, 2}).slice(-1, 0, c10::nullopt, d.dilation);
+  return gw.to(input.scalar_type()).contiguous();
+}
+
+}  // namespace fastconv::fft

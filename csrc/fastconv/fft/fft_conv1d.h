@@ -1,0 +1,35 @@
+// conv1d and its two gradients through the FFT (at::fft_rfft / irfft: pocketfft
+// or MKL on CPU, cuFFT on CUDA), for any device. 16-bit tensors compute in
+// float and return their own dtype.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "fastconv/shape.h"
+
+namespace fastconv::fft {
+
+at::Tensor conv1d_forward(
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const Conv1dIntDims& d);
+
+at::Tensor conv1d_input_backward(
+    const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d);
+
+at::Tensor conv1d_weight_backward(
+    const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d);
+
+// The FFT length the correlation of a signal of `length` with a kernel of
+// `kernel` taps uses per segment, and how many segments (overlap-save).
+struct FftPlan {
+  int64_t size;      // transform length n (2^a 3^b 5^c)
+  int64_t segments;  // 1 without overlap-save
+};
+FftPlan plan_correlation(int64_t length, int64_t kernel, int64_t outputs);
+
+// Smallest n >= target of the form 2^a 3^b 5^c.
+int64_t fast_length(int64_t target);
+
+}  // namespace fastconv::fft

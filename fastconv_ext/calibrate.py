@@ -1,0 +1,123 @@
+"""Measures this machine's constants for conv1d's automatic choice between the direct and
+the FFT algorithm, and writes them to the profile file the operator library reads.
+
+    python -m fastconv_ext.calibrate [--out PATH] [--repeats N]
+
+The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
+work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
+group, one with 256 and more, geometric in between), n log2 n per real transform and
+complex multiply-adds for the FFT path. Each constant is fitted here from timings of the
+operator itself with the algorithm forced, using the current thread count. The profile
+goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once per
+process (at the first conv1d with algorithm='auto'); without one, built-in defaults
+measured on the development machine apply.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
+
+ops = torch.ops.fastconv
+KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_call", "threads"]
+TINY = 1e-30
+
+
+def default_path() -> Path:
+    if os.environ.get("FASTCONV_PROFILE"):
+        return Path(os.environ["FASTCONV_PROFILE"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "fastconv" / "cpu_profile.txt"
+
+
+def median_seconds(fn, repeats: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Case:
+    def __init__(self, batch, cin, cout, length, kernel, groups=1):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, cin, length, generator=g)
+        self.w = torch.randn(cout, cin // groups, kernel, generator=g)
+        self.groups = groups
+
+    def time(self, algorithm: str, repeats: int) -> float:
+        return median_seconds(
+            lambda: ops.conv1d(self.x, self.w, None, [1], [0], [1], self.groups, algorithm), repeats)
+
+    def model(self, profile: Sequence[float]) -> List[float]:
+        """[direct, fft] seconds predicted with `profile` (the model is linear in it)."""
+        ops._cost_profile(list(profile))
+        return ops._conv1d_cost(self.x, self.w, [1], [0], [1], self.groups)
+
+
+def unit(key: str, threads: float) -> List[float]:
+    values = [TINY] * len(KEYS)
+    values[KEYS.index(key)] = 1.0
+    values[KEYS.index("threads")] = threads
+    return values
+
+
+def calibrate(repeats: int, log=print) -> List[float]:
+    threads = float(torch.get_num_threads())
+    previous = ops._cost_profile()
+    try:
+        log(f"calibrating with {int(threads)} threads ...")
+        tiny = Case(1, 1, 1, 64, 3)
+        direct_call = tiny.time("direct", repeats * 20)
+        fft_call = tiny.time("fft", repeats * 5)
+        small = Case(2, 8, 8, 1 << 16, 64, groups=8)  # one channel pair per group
+        dense = Case(2, 64, 64, 8192, 16)  # 4096 pairs
+        direct_small = (small.time("direct", repeats) - direct_call) / small.model(unit("direct_small", threads))[0]
+        direct_dense = (dense.time("direct", repeats) - direct_call) / dense.model(unit("direct_dense", threads))[0]
+        # Two FFT shapes, one dominated by transforms, one by channel mixing: a 2x2 system.
+        f1, f2 = Case(1, 1, 1, 1 << 18, 4096), Case(4, 32, 32, 8192, 512)
+        a = [[c.model(unit(k, threads))[1] for k in ("fft_nlogn", "fft_cmac")] for c in (f1, f2)]
+        t = [c.time("fft", repeats) - fft_call for c in (f1, f2)]
+        det = a[0][0] * a[1][1] - a[0][1] * a[1][0]
+        fft_nlogn = (t[0] * a[1][1] - t[1] * a[0][1]) / det
+        fft_cmac = (a[0][0] * t[1] - a[1][0] * t[0]) / det
+        if fft_nlogn <= 0 or fft_cmac <= 0:  # noisy timings: attribute all to transforms
+            fft_nlogn, fft_cmac = t[0] / (a[0][0] + a[0][1]), t[0] / (a[0][0] + a[0][1])
+        values = [max(v, TINY * 1e10) for v in
+                  (direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call)] + [threads]
+    finally:
+        ops._cost_profile(previous)
+    return values
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help=f"profile file (default {default_path()})")
+    parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
+    args = parser.parse_args(argv)
+    values = calibrate(args.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    out = Path(args.out) if args.out else default_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# fastconv cost profile: {platform.node()}, {platform.processor() or platform.machine()}, "
+             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}"]
+    lines += [f"{k} {v:.6g}" for k, v in zip(KEYS, values)]
+    out.write_text("\n".join(lines) + "\n")
+    ops._cost_profile(values)
+    print("\n".join(lines))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

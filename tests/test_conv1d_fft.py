@@ -1,0 +1,180 @@
+"""conv1d's FFT algorithm and the automatic, cost-model choice between it and the direct one."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Conv1dCase, random_cases
+
+import fastconv_ext
+
+ops = torch.ops.fastconv
+ALGORITHMS = ["direct", "fft", "auto"]
+
+
+def forward_and_grads(case, x, w, b, algorithm=None, seed=7):
+    if algorithm is None:
+        y = F.conv1d(x, w, b, **case.args())
+    else:
+        y = fastconv_ext.conv1d(x, w, b, **case.args(), algorithm=algorithm)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(y)
+    inputs = [t for t in (x, w, b) if t is not None]
+    return y, torch.autograd.grad(y, inputs, gy)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", random_cases(50, seed=4321), ids=str)
+def test_every_algorithm_matches_torch(case, algorithm, device):
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    y, grads = forward_and_grads(case, x, w, b, algorithm)
+    y_ref, grads_ref = forward_and_grads(case, x, w, b)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        Conv1dCase(2, 4, 6, 23, 5, stride=3, padding=4, dilation=2, groups=2),
+        Conv1dCase(None, 3, 2, 17, 9, padding=2),
+        Conv1dCase(1, 2, 2, 40, 31, groups=2, bias=False, padding=30),
+    ],
+    ids=str,
+)
+def test_fft_gradcheck_and_gradgradcheck(case, device):
+    x, w, b = case.tensors(device=device, requires_grad=True)
+
+    def f(x, w, b):
+        return fastconv_ext.conv1d(x, w, b, **case.args(), algorithm="fft")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+LONG_CASES = [
+    Conv1dCase(1, 1, 1, 20000, 1500, padding=749),  # long kernel: one transform
+    Conv1dCase(2, 2, 3, 100000, 64, padding=5),  # long signal, short kernel: overlap-save segments
+    Conv1dCase(1, 4, 4, 30000, 513, groups=4, stride=2, dilation=3),
+    Conv1dCase(2, 8, 8, 9000, 300, groups=2, padding=100),
+]
+
+
+@pytest.mark.parametrize("case", LONG_CASES, ids=str)
+def test_long_kernels_float32_within_1e5_of_float64(case, device):
+    x, w, b = case.tensors(dtype=torch.float32, device=device, requires_grad=True)
+    y, grads = forward_and_grads(case, x, w, b, "fft")
+    ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    y_ref, grads_ref = forward_and_grads(case, *ref)
+    assert y.dtype == torch.float32
+    for got, want in [(y, y_ref), *zip(grads, grads_ref)]:
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < 1e-5, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_fft_16bit_computes_in_float32(dtype, device):
+    case = Conv1dCase(2, 3, 4, 3000, 200, padding=50)
+    x, w, b = case.tensors(dtype=dtype, device=device, requires_grad=True)
+    y, grads = forward_and_grads(case, x, w, b, "fft")
+    assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+    ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    y_ref, grads_ref = forward_and_grads(case, *ref)
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    for got, want in [(y, y_ref), *zip(grads, grads_ref)]:
+        assert (got.double() - want).abs().max() / want.abs().max() < tol
+
+
+@pytest.fixture
+def restore_profile():
+    saved = ops._cost_profile()
+    yield
+    ops._cost_profile(saved)
+
+
+def test_auto_choice_follows_the_profile_deterministically(restore_profile):
+    long_kernel = (torch.randn(1, 1, 1 << 16), torch.randn(1, 1, 2048))
+    short_kernel = (torch.randn(4, 16, 4096), torch.randn(16, 1, 3))
+    # The built-in / measured profile: long kernels go to the FFT, short ones stay direct.
+    assert ops._conv1d_algorithm(*long_kernel) == "fft"
+    assert ops._conv1d_algorithm(*short_kernel, groups=16) == "direct"
+    choices = {ops._conv1d_algorithm(*long_kernel) for _ in range(20)}
+    assert choices == {"fft"}
+    # A profile where the FFT is absurdly expensive never picks it, and the reverse.
+    profile = ops._cost_profile()
+    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0] + profile[6:])
+    assert ops._conv1d_algorithm(*long_kernel) == "direct"
+    ops._cost_profile([1.0, 1.0, 1.0] + profile[3:])
+    assert ops._conv1d_algorithm(*short_kernel, groups=16) == "fft"
+    # Forced algorithms ignore the profile; the cost op reports both predictions.
+    assert ops._conv1d_algorithm(*short_kernel, groups=16, algorithm="direct") == "direct"
+    direct, fft = ops._conv1d_cost(*long_kernel)
+    assert direct > 0 and fft > 0
+
+
+def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
+    path = tmp_path / "profile.txt"
+    path.write_text("# test\ndirect_small 1e-9\ndirect_dense 2e-9\nfft_call 0.5\nunknown 3\nthreads 4\n")
+    code = "import torch, fastconv_ext; print(torch.ops.fastconv._cost_profile())"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTCONV_PROFILE=str(path)),
+                         capture_output=True, text=True, check=True).stdout
+    values = eval(out)
+    assert values[0] == 1e-9 and values[1] == 2e-9 and values[5] == 0.5 and values[6] == 4
+    with pytest.raises(RuntimeError, match=r"cost profile values must be positive"):
+        ops._cost_profile([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(RuntimeError, match=r"a cost profile has 7 values"):
+        ops._cost_profile([1.0])
+
+
+def test_calibrate_writes_a_profile(tmp_path, restore_profile):
+    out = tmp_path / "cpu_profile.txt"
+    subprocess.run([sys.executable, "-m", "fastconv_ext.calibrate", "--out", str(out), "--repeats", "1"],
+                   check=True, capture_output=True, text=True)
+    lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
+    keys = [k for k, _ in lines]
+    assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_call", "threads"]
+    assert all(float(v) > 0 for _, v in lines)
+
+
+def test_bad_algorithm_raises():
+    x, w = torch.randn(1, 1, 8), torch.randn(1, 1, 3)
+    with pytest.raises(RuntimeError, match=r"algorithm must be 'auto', 'direct' or 'fft', but got 'fast'"):
+        fastconv_ext.conv1d(x, w, algorithm="fast")
+    with pytest.raises(RuntimeError, match=r"conv1d_input_backward: algorithm must be"):
+        ops.conv1d_input_backward(torch.randn(1, 1, 6), w, 8, [1], [0], [1], 1, "x")
+    with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'direct' or 'fft'"):
+        fastconv_ext.Conv1d(1, 1, 3, algorithm="slow")
+
+
+@pytest.mark.parametrize("algorithm", ["fft", "direct"])
+def test_opcheck_with_forced_algorithm(algorithm, device):
+    case = Conv1dCase(2, 4, 6, 40, 7, stride=2, padding=3, dilation=2, groups=2)
+    x, w, b = case.tensors(device=device, requires_grad=True)
+    hp = ([case.stride], [case.padding], [case.dilation], case.groups, algorithm)
+    torch.library.opcheck(ops.conv1d.default, (x, w, b, *hp))
+    gy = F.conv1d(x.detach(), w.detach(), None, **case.args()).requires_grad_()
+    torch.library.opcheck(ops.conv1d_input_backward.default, (gy, w, case.length, *hp))
+    torch.library.opcheck(ops.conv1d_weight_backward.default, (gy, x, case.kernel_size, *hp))
+
+
+def test_compile_and_torchscript_with_algorithm():
+    torch._dynamo.reset()
+    w = torch.randn(2, 1, 301, requires_grad=True)
+
+    def f(x, w):
+        return fastconv_ext.conv1d(x, w, padding=150, algorithm="fft").square().sum()
+
+    x = torch.randn(3, 1, 5000, requires_grad=True)
+    out = torch.compile(f, fullgraph=True, dynamic=True)(x, w)
+    torch.testing.assert_close(out, F.conv1d(x, w, padding=150).square().sum(), rtol=1e-4, atol=1e-3)
+    out.backward()
+
+    m = fastconv_ext.Conv1d(2, 2, 129, padding=64, algorithm="fft").double()
+    scripted = torch.jit.script(m)
+    x = torch.randn(1, 2, 700, dtype=torch.float64)
+    torch.testing.assert_close(scripted(x), torch.nn.functional.conv1d(x, m.weight, m.bias, padding=64))
+    assert scripted.algorithm == "fft"
