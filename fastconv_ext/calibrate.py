@@ -5,9 +5,10 @@ the FFT algorithm, and writes them to the profile file the operator library read
 
 The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
-group, one with 256 and more, geometric in between), n log2 n per real transform and
+group, one with 16 and more, geometric in between), n log2 n per real transform and
 complex multiply-adds for the FFT path. Each constant is fitted here from timings of the
-operator itself with the algorithm forced, using the current thread count. The profile
+operator itself with the algorithm forced, using the current thread count, by least
+squares on relative error over shapes from a few microseconds to tens of milliseconds. The profile
 goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once per
 process (at the first conv1d with algorithm='auto'); without one, built-in defaults
 measured on the development machine apply.
@@ -73,28 +74,47 @@ def unit(key: str, threads: float) -> List[float]:
     return values
 
 
+def fit_relative(rows: List[List[float]], times: List[float]) -> List[float]:
+    """Non-negative coefficients c minimising sum(((rows @ c) - t) / t)^2: the model must be
+    right in ratio (which algorithm is faster), at small and large sizes alike."""
+    a = torch.tensor(rows, dtype=torch.float64)
+    t = torch.tensor(times, dtype=torch.float64)
+    scaled, ones = a / t[:, None], torch.ones_like(t)
+    active = list(range(a.shape[1]))
+    while True:  # least squares, dropping any coefficient that comes out negative
+        coef = torch.linalg.lstsq(scaled[:, active], ones[:, None]).solution[:, 0]
+        if (coef > 0).all() or len(active) == 1:
+            out = [0.0] * a.shape[1]
+            for i, c in zip(active, coef.tolist()):
+                out[i] = max(c, 0.0)
+            return out
+        active = [i for i, c in zip(active, coef.tolist()) if c > 0]
+
+
 def calibrate(repeats: int, log=print) -> List[float]:
     threads = float(torch.get_num_threads())
     previous = ops._cost_profile()
     try:
         log(f"calibrating with {int(threads)} threads ...")
-        tiny = Case(1, 1, 1, 64, 3)
-        direct_call = tiny.time("direct", repeats * 20)
-        fft_call = tiny.time("fft", repeats * 5)
-        small = Case(2, 8, 8, 1 << 16, 64, groups=8)  # one channel pair per group
-        dense = Case(2, 64, 64, 8192, 16)  # 4096 pairs
-        direct_small = (small.time("direct", repeats) - direct_call) / small.model(unit("direct_small", threads))[0]
-        direct_dense = (dense.time("direct", repeats) - direct_call) / dense.model(unit("direct_dense", threads))[0]
-        # Two FFT shapes, one dominated by transforms, one by channel mixing: a 2x2 system.
-        f1, f2 = Case(1, 1, 1, 1 << 18, 4096), Case(4, 32, 32, 8192, 512)
-        a = [[c.model(unit(k, threads))[1] for k in ("fft_nlogn", "fft_cmac")] for c in (f1, f2)]
-        t = [c.time("fft", repeats) - fft_call for c in (f1, f2)]
-        det = a[0][0] * a[1][1] - a[0][1] * a[1][0]
-        fft_nlogn = (t[0] * a[1][1] - t[1] * a[0][1]) / det
-        fft_cmac = (a[0][0] * t[1] - a[1][0] * t[0]) / det
-        if fft_nlogn <= 0 or fft_cmac <= 0:  # noisy timings: attribute all to transforms
-            fft_nlogn, fft_cmac = t[0] / (a[0][0] + a[0][1]), t[0] / (a[0][0] + a[0][1])
-        values = [max(v, TINY * 1e10) for v in
+        # Direct: one channel pair per group, then many; t = call + MACs * rate.
+        small = [Case(1, 1, 1, 64, 3), Case(1, 1, 1, 4096, 512), Case(1, 1, 1, 65536, 64),
+                 Case(2, 8, 8, 1 << 16, 64, groups=8), Case(4, 4, 4, 16384, 16, groups=4)]
+        t_small = [c.time("direct", repeats) for c in small]
+        direct_call, direct_small = fit_relative(
+            [[1.0, c.model(unit("direct_small", threads))[0]] for c in small], t_small)
+        dense = [Case(2, 64, 64, 8192, 16), Case(1, 32, 32, 4096, 64)]
+        t_dense = [c.time("direct", repeats) - direct_call for c in dense]
+        direct_dense = sum(t / c.model(unit("direct_dense", threads))[0] for c, t in zip(dense, t_dense)) / 2
+        # FFT: t = call + a * (n log2 n work) + b * (complex multiply-adds), over shapes from
+        # small transforms to large ones, with and without channel mixing.
+        ffts = [Case(1, 1, 1, 64, 3), Case(1, 1, 1, 4096, 512), Case(1, 1, 1, 4096, 2048),
+                Case(1, 1, 1, 65536, 1024), Case(1, 1, 1, 1 << 18, 4096), Case(1, 4, 4, 65536, 512),
+                Case(1, 16, 16, 4096, 256), Case(4, 32, 32, 8192, 512)]
+        t_fft = [c.time("fft", repeats) for c in ffts]
+        rows = [[1.0] + [c.model(unit(k, threads))[1] for k in ("fft_nlogn", "fft_cmac")] for c in ffts]
+        fft_call, fft_nlogn, fft_cmac = fit_relative(rows, t_fft)
+        floor = 1e-15
+        values = [max(v, floor) for v in
                   (direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call)] + [threads]
     finally:
         ops._cost_profile(previous)

@@ -16,10 +16,10 @@ namespace fastconv {
 namespace {
 
 // Measured on the development machine (AMD Zen 5, 2 threads, fp32) with
-// python -m fastconv_ext.calibrate.
+// python -m fastconv_ext.calibrate (median of three runs).
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.6e-11, /*direct_dense=*/2.6e-12, /*direct_call=*/4e-6,
-    /*fft_nlogn=*/6e-10,      /*fft_cmac=*/1.5e-10,     /*fft_call=*/4e-5,
+    /*direct_small=*/1.2e-11, /*direct_dense=*/5.1e-12, /*direct_call=*/5.6e-6,
+    /*fft_nlogn=*/5.85e-11,   /*fft_cmac=*/2.0e-10,    /*fft_call=*/2.0e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the one-thread-per-output kernel,
@@ -56,8 +56,8 @@ CostProfile read_profile_file(const std::string& path) {
 
 double interpolate_direct_rate(const CostProfile& p, int64_t pairs) {
   // Seconds per MAC falls from direct_small (1 channel pair) to direct_dense
-  // (256 and more), geometrically in the number of pairs.
-  const double t = std::clamp(std::log2(double(std::max<int64_t>(pairs, 1))) / 8.0, 0.0, 1.0);
+  // (16 and more: the register blocks are full), geometrically in the pairs.
+  const double t = std::clamp(std::log2(double(std::max<int64_t>(pairs, 1))) / 4.0, 0.0, 1.0);
   return p.direct_small * std::pow(p.direct_dense / p.direct_small, t);
 }
 

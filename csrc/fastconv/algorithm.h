@@ -20,7 +20,7 @@ enum class Conv1dAlgorithm { kDirect, kFft };
 // work terms were measured with `threads` threads and scale inversely.
 struct CostProfile {
   double direct_small;  // seconds per multiply-add, one channel per group mixing
-  double direct_dense;  // seconds per multiply-add, >= 256 channel pairs per group
+  double direct_dense;  // seconds per multiply-add, >= 16 channel pairs per group
   double direct_call;   // seconds per call
   double fft_nlogn;     // seconds per n * log2(n) of one real transform
   double fft_cmac;      // seconds per complex multiply-add of channel mixing
