@@ -5,8 +5,8 @@ the FFT algorithm, and writes them to the profile file the operator library read
 
 The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
-group, one with 16 and more, geometric in between), n log2 n per real transform and
-complex multiply-adds for the FFT path. Each constant is fitted here from timings of the
+group, one with 16 and more, geometric in between); n log2 n per real transform, complex
+multiply-adds and bytes of spectra (fresh memory is faulted in) for the FFT path. Each constant is fitted here from timings of the
 operator itself with the algorithm forced, using the current thread count, by least
 squares on relative error over shapes from a few microseconds to tens of milliseconds. The profile
 goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once per
@@ -28,7 +28,7 @@ import torch
 import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
 
 ops = torch.ops.fastconv
-KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_call", "threads"]
+KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads"]
 TINY = 1e-30
 
 
@@ -105,17 +105,20 @@ def calibrate(repeats: int, log=print) -> List[float]:
         dense = [Case(2, 64, 64, 8192, 16), Case(1, 32, 32, 4096, 64)]
         t_dense = [c.time("direct", repeats) - direct_call for c in dense]
         direct_dense = sum(t / c.model(unit("direct_dense", threads))[0] for c, t in zip(dense, t_dense)) / 2
-        # FFT: t = call + a * (n log2 n work) + b * (complex multiply-adds), over shapes from
-        # small transforms to large ones, with and without channel mixing.
+        # FFT: t = call + a * (n log2 n work) + b * (complex multiply-adds) + c * (bytes of
+        # spectra), over shapes from small transforms to ones of hundreds of MB, with and
+        # without channel mixing.
         ffts = [Case(1, 1, 1, 64, 3), Case(1, 1, 1, 4096, 512), Case(1, 1, 1, 4096, 2048),
                 Case(1, 1, 1, 65536, 1024), Case(1, 1, 1, 1 << 18, 4096), Case(1, 4, 4, 65536, 512),
-                Case(1, 16, 16, 4096, 256), Case(4, 32, 32, 8192, 512)]
+                Case(1, 16, 16, 4096, 256), Case(4, 32, 32, 8192, 512), Case(1, 4, 4, 1 << 20, 128),
+                Case(1, 16, 16, 1 << 20, 64)]
         t_fft = [c.time("fft", repeats) for c in ffts]
-        rows = [[1.0] + [c.model(unit(k, threads))[1] for k in ("fft_nlogn", "fft_cmac")] for c in ffts]
-        fft_call, fft_nlogn, fft_cmac = fit_relative(rows, t_fft)
+        terms = ("fft_nlogn", "fft_cmac", "fft_byte")
+        rows = [[1.0] + [c.model(unit(k, threads))[1] for k in terms] for c in ffts]
+        fft_call, fft_nlogn, fft_cmac, fft_byte = fit_relative(rows, t_fft)
         floor = 1e-15
         values = [max(v, floor) for v in
-                  (direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call)] + [threads]
+                  (direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call)] + [threads]
     finally:
         ops._cost_profile(previous)
     return values

@@ -1,3 +1,4 @@
+import io
 import random
 from dataclasses import dataclass, field
 from typing import Optional
@@ -101,3 +102,11 @@ def random_cases(count: int, seed: int, long_fraction: float = 0.2):
             Conv1dCase(batch, cin, cout, length, kernel, stride, padding, dilation, groups, rng.random() < 0.7)
         )
     return cases
+
+
+def roundtrip(scripted):
+    """A scripted module after torch.jit.save and torch.jit.load."""
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    buf.seek(0)
+    return torch.jit.load(buf)

@@ -106,7 +106,7 @@ def test_auto_choice_follows_the_profile_deterministically(restore_profile):
     assert choices == {"fft"}
     # A profile where the FFT is absurdly expensive never picks it, and the reverse.
     profile = ops._cost_profile()
-    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0] + profile[6:])
+    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0, 1.0] + profile[7:])
     assert ops._conv1d_algorithm(*long_kernel) == "direct"
     ops._cost_profile([1.0, 1.0, 1.0] + profile[3:])
     assert ops._conv1d_algorithm(*short_kernel, groups=16) == "fft"
@@ -123,10 +123,10 @@ def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTCONV_PROFILE=str(path)),
                          capture_output=True, text=True, check=True).stdout
     values = eval(out)
-    assert values[0] == 1e-9 and values[1] == 2e-9 and values[5] == 0.5 and values[6] == 4
+    assert values[0] == 1e-9 and values[1] == 2e-9 and values[6] == 0.5 and values[7] == 4
     with pytest.raises(RuntimeError, match=r"cost profile values must be positive"):
-        ops._cost_profile([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-    with pytest.raises(RuntimeError, match=r"a cost profile has 7 values"):
+        ops._cost_profile([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(RuntimeError, match=r"a cost profile has 8 values"):
         ops._cost_profile([1.0])
 
 
@@ -136,7 +136,8 @@ def test_calibrate_writes_a_profile(tmp_path, restore_profile):
                    check=True, capture_output=True, text=True)
     lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
     keys = [k for k, _ in lines]
-    assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_call", "threads"]
+    assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call",
+                    "threads"]
     assert all(float(v) > 0 for _, v in lines)
 
 

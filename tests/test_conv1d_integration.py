@@ -1,12 +1,11 @@
 """conv1d inside the PyTorch stack: opcheck, torch.compile, TorchScript, nn.Module drop-in."""
 
-import io
 
 import pytest
 import torch
 import torch._dynamo.testing
 import torch.nn.functional as F
-from conftest import Conv1dCase, random_cases
+from conftest import Conv1dCase, random_cases, roundtrip
 from torch import nn
 
 import fastconv_ext
@@ -75,13 +74,6 @@ def test_compile_module_with_padding_mode():
     for length in (16, 31):
         x = torch.randn(2, 4, length)
         torch.testing.assert_close(compiled(x), ref(x))
-
-
-def roundtrip(scripted):
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return torch.jit.load(buf)
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])

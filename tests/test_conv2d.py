@@ -1,7 +1,6 @@
 """fastconv.conv2d against torch.nn.functional.conv2d: forward, every gradient, and the
 operator inside the PyTorch stack (opcheck, torch.compile, TorchScript, nn.Conv2d drop-in)."""
 
-import io
 import random
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastconv_ext
+from conftest import roundtrip
 
 ops = torch.ops.fastconv
 
@@ -368,13 +368,6 @@ def test_compile_fullgraph_dynamic_forward_backward():
     out = torch.compile(f, fullgraph=True, dynamic=True)(x, w, b)
     torch.testing.assert_close(out, F.conv2d(x, w, b, stride=(2, 1), padding=1, groups=2).tanh().sum())
     out.backward()
-
-
-def roundtrip(scripted):
-    buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
-    buf.seek(0)
-    return torch.jit.load(buf)
 
 
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])

@@ -15,22 +15,24 @@
 namespace fastconv {
 namespace {
 
-// Measured on the development machine (AMD Zen 5, 2 threads, fp32) with
-// python -m fastconv_ext.calibrate (median of three runs).
+// Measured on the development machine (AMD Zen 5, 2 threads, fp32, default
+// glibc allocator) with python -m fastconv_ext.calibrate (median of runs).
+// The fit puts the transforms' cost on the bytes they write (fresh memory
+// dominates here), so the n log n rate comes out at its floor.
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.2e-11, /*direct_dense=*/5.1e-12, /*direct_call=*/5.6e-6,
-    /*fft_nlogn=*/5.85e-11,   /*fft_cmac=*/2.0e-10,    /*fft_call=*/2.0e-5,
+    /*direct_small=*/1.2e-11, /*direct_dense=*/5.45e-12, /*direct_call=*/5.2e-6,
+    /*fft_nlogn=*/1e-15,      /*fft_cmac=*/6.9e-10,    /*fft_byte=*/9.7e-11, /*fft_call=*/2.2e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the one-thread-per-output kernel,
 // as rough rates of an H100-class device.
 constexpr CostProfile kCudaProfile{
     /*direct_small=*/2e-13, /*direct_dense=*/1e-13, /*direct_call=*/1e-5,
-    /*fft_nlogn=*/2e-12,    /*fft_cmac=*/1e-12,     /*fft_call=*/4e-5,
+    /*fft_nlogn=*/2e-12,    /*fft_cmac=*/1e-12,     /*fft_byte=*/5e-13, /*fft_call=*/4e-5,
     /*threads=*/1};
 
 const char* kKeys[] = {"direct_small", "direct_dense", "direct_call", "fft_nlogn",
-                       "fft_cmac",     "fft_call",     "threads"};
+                       "fft_cmac",     "fft_byte",     "fft_call",    "threads"};
 constexpr size_t kNumKeys = sizeof(kKeys) / sizeof(kKeys[0]);
 
 std::mutex profile_mutex;
@@ -64,17 +66,17 @@ double interpolate_direct_rate(const CostProfile& p, int64_t pairs) {
 }  // namespace
 
 std::vector<double> CostProfile::to_vector() const {
-  return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call, threads};
+  return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call, threads};
 }
 
 CostProfile CostProfile::from_vector(const std::vector<double>& v) {
   TORCH_CHECK(v.size() == kNumKeys, "fastconv: a cost profile has ", kNumKeys, " values (",
-              "direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_call, threads), but got ",
+              "direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call, threads), but got ",
               v.size());
   for (double x : v) {
     TORCH_CHECK(std::isfinite(x) && x > 0, "fastconv: cost profile values must be positive, but got ", x);
   }
-  return CostProfile{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+  return CostProfile{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
 }
 
 std::string cpu_profile_path() {
@@ -120,7 +122,13 @@ double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
   const double transforms = double(plan.segments) * d.batch * (d.in_channels + d.out_channels) +
       double(d.out_channels) * d.in_channels_per_group();
   const double cmacs = double(plan.segments) * d.batch * d.out_channels * d.in_channels_per_group() * spectrum;
-  return p.fft_call + (transforms * n * std::log2(n + 1) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
+  // Complex spectra of inputs and outputs and the kernels', and the real
+  // segment results, in float: large ones are fresh memory, faulted in.
+  const double bytes = 8 * spectrum * (double(plan.segments) * d.batch * (d.in_channels + d.out_channels) +
+                                       double(d.out_channels) * d.in_channels_per_group()) +
+      4 * n * double(plan.segments) * d.batch * d.out_channels;
+  return p.fft_call + bytes * p.fft_byte +
+      (transforms * n * std::log2(n + 1) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
 }
 
 std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device) {

@@ -24,6 +24,7 @@ struct CostProfile {
   double direct_call;   // seconds per call
   double fft_nlogn;     // seconds per n * log2(n) of one real transform
   double fft_cmac;      // seconds per complex multiply-add of channel mixing
+  double fft_byte;      // seconds per byte of spectra and results written (fresh memory)
   double fft_call;      // seconds per call
   double threads;       // thread count the work terms were measured with
 
