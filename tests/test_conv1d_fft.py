@@ -120,8 +120,9 @@ def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
     path = tmp_path / "profile.txt"
     path.write_text("# test\ndirect_small 1e-9\ndirect_dense 2e-9\nfft_call 0.5\nunknown 3\nthreads 4\n")
     code = "import torch, fastconv_ext; print(torch.ops.fastconv._cost_profile())"
+    # cwd: import the installed package, not the unbuilt source tree.
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTCONV_PROFILE=str(path)),
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     values = eval(out)
     assert values[0] == 1e-9 and values[1] == 2e-9 and values[6] == 0.5 and values[7] == 4
     with pytest.raises(RuntimeError, match=r"cost profile values must be positive"):
@@ -133,7 +134,7 @@ def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
 def test_calibrate_writes_a_profile(tmp_path, restore_profile):
     out = tmp_path / "cpu_profile.txt"
     subprocess.run([sys.executable, "-m", "fastconv_ext.calibrate", "--out", str(out), "--repeats", "1"],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True, cwd=tmp_path)
     lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
     keys = [k for k, _ in lines]
     assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call",
