@@ -16,12 +16,10 @@ namespace fastconv {
 namespace {
 
 // Measured on the development machine (AMD Zen 5, 2 threads, fp32, default
-// glibc allocator) with python -m fastconv_ext.calibrate (median of runs).
-// The fit puts the transforms' cost on the bytes they write (fresh memory
-// dominates here), so the n log n rate comes out at its floor.
+// glibc allocator) with python -m fastconv_ext.calibrate (median of 3 runs).
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.2e-11, /*direct_dense=*/5.45e-12, /*direct_call=*/5.2e-6,
-    /*fft_nlogn=*/1e-15,      /*fft_cmac=*/6.9e-10,    /*fft_byte=*/9.7e-11, /*fft_call=*/2.2e-5,
+    /*direct_small=*/1.2e-11, /*direct_dense=*/5.33e-12, /*direct_call=*/5.47e-6,
+    /*fft_nlogn=*/9.4e-12,    /*fft_cmac=*/6.25e-10,   /*fft_byte=*/8.7e-11, /*fft_call=*/2.2e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the one-thread-per-output kernel,

@@ -23,6 +23,10 @@
 namespace fastconv::fft {
 namespace {
 
+// Spectra per chunk of segments: below glibc's largest mmap threshold, so
+// the buffers are recycled from one chunk to the next.
+constexpr int64_t kChunkBytes = int64_t(16) << 20;
+
 at::ScalarType compute_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -82,21 +86,26 @@ at::Tensor correlate(const at::Tensor& x, const at::Tensor& w, int64_t groups, i
   at::Tensor xs = x.narrow(-1, 0, std::min(L, span));
   if (xs.size(-1) < span) xs = at::constant_pad_nd(xs, {0, span - xs.size(-1)});
   const at::Tensor segments = xs.unfold(-1, n, hop);  // (N, C, S, n), a view
-  const at::Tensor X = at::fft_rfft(segments, n);      // (N, C, S, F)
   // Correlating with w is convolving with w reversed: spectrum products need
   // no conjugate (the lazy conj view is also not resolved inside compiled
   // graphs, and a physical one costs a pass over O * Cg * F values), and a
   // segment's outputs are its circular convolution at [K - 1, n).
   const at::Tensor W = at::fft_rfft(w.flip(-1), n);  // (O, Cg, F)
-  const int64_t S = plan.segments, F = X.size(-1);
-  at::Tensor Y;
-  if (Cg == 1 && Og == 1) {  // one input channel per output: elementwise
-    Y = X * W.view({1, O, 1, F});
-  } else {
-    Y = mix_channels(X, W, groups);
+  const int64_t S = plan.segments, F = W.size(-1);
+  // Segments go through in chunks whose spectra fit kChunkBytes: the
+  // temporaries stay bounded, and being small they are reused by the
+  // allocator instead of page-faulted in afresh (the largest cost otherwise).
+  const int64_t per_segment = N * ((C + O) * F * 2 * 8 + O * n * 4);
+  const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_segment, 1), 1, S);
+  at::Tensor y = at::empty({N, O, S, hop}, x.options());
+  for (int64_t s0 = 0; s0 < S; s0 += chunk) {
+    const int64_t count = std::min(chunk, S - s0);
+    const at::Tensor X = at::fft_rfft(segments.narrow(2, s0, count), n);  // (N, C, count, F)
+    const at::Tensor Y = Cg == 1 && Og == 1 ? X * W.view({1, O, 1, F})  // one input per output
+                                            : mix_channels(X, W, groups);
+    y.narrow(2, s0, count).copy_(at::fft_irfft(Y, n).narrow(-1, K - 1, hop));
   }
-  const at::Tensor y = at::fft_irfft(Y, n).narrow(-1, K - 1, hop).reshape({N, O, S * hop});
-  return y.narrow(-1, 0, needed).slice(-1, 0, c10::nullopt, stride);
+  return y.view({N, O, S * hop}).narrow(-1, 0, needed).slice(-1, 0, c10::nullopt, stride);
 }
 
 }  // namespace
