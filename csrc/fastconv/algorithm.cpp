@@ -112,10 +112,9 @@ double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads)
 }
 
 double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
-  const int64_t padded = d.in_length + 2 * d.padding;
   const int64_t kernel = d.dilation * (d.kernel_size - 1) + 1;
   const int64_t outputs = (d.out_length - 1) * d.stride + 1;
-  const fft::FftPlan plan = fft::plan_correlation(padded, kernel, outputs);
+  const fft::FftPlan plan = fft::plan_correlation(kernel, outputs);
   const double n = double(plan.size), spectrum = n / 2 + 1;
   const double transforms = double(plan.segments) * d.batch * (d.in_channels + d.out_channels) +
       double(d.out_channels) * d.in_channels_per_group();

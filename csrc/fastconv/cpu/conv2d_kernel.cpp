@@ -39,12 +39,13 @@ using cpu::im2col_tile;
 // machine's 1 MiB L2 next to the GEMM's output tile.
 constexpr int64_t kColumnBudget = int64_t(1) << 17;
 
+int64_t taps_per_group(const Conv2dIntDims& d) {
+  return d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
+}
+
 struct TilePlan {
   int64_t rows;   // output rows per tile
   int64_t tiles;  // tiles per group
-  int64_t cols(int64_t tile, const Conv2dIntDims& d) const {
-    return tile_rows(tile, d) * d.out_size[1];
-  }
   int64_t tile_rows(int64_t tile, const Conv2dIntDims& d) const {
     return std::min(rows, d.batch * d.out_size[0] - tile * rows);
   }
@@ -54,17 +55,12 @@ struct TilePlan {
 // touch disjoint input rows).
 TilePlan plan_tiles(const Conv2dIntDims& d, int64_t min_rows) {
   const int64_t total_rows = d.batch * d.out_size[0];
-  const int64_t taps = d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
-  int64_t rows = std::max<int64_t>(1, kColumnBudget / (taps * d.out_size[1]));
+  int64_t rows = std::max<int64_t>(1, kColumnBudget / (taps_per_group(d) * d.out_size[1]));
   // Enough tiles to keep every thread busy, when the image allows it.
   const int64_t want_tiles = (4 * at::get_num_threads() + d.groups - 1) / d.groups;
   rows = std::min(rows, std::max<int64_t>(1, total_rows / want_tiles));
   rows = std::clamp<int64_t>(std::max(rows, min_rows), 1, std::max<int64_t>(total_rows, 1));
   return TilePlan{rows, (total_rows + rows - 1) / rows};
-}
-
-int64_t taps_per_group(const Conv2dIntDims& d) {
-  return d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
 }
 
 // C[M x N] = A[M x K] @ B[K x N] (+ C when accumulate); row-major matrices

@@ -118,7 +118,7 @@ int64_t taps_per_group(const Conv2dIntDims& d) {
   return d.in_channels / d.groups * d.kernel_size[0] * d.kernel_size[1];
 }
 
-// Output rows per chunk; col2im needs none, the others no minimum either.
+// Output rows per chunk: as many as kColumnBudget allows, at least one.
 int64_t chunk_rows(const Conv2dIntDims& d) {
   const int64_t per_row = taps_per_group(d) * d.out_size[1];
   return std::clamp<int64_t>(kColumnBudget / per_row, 1, std::max<int64_t>(1, d.batch * d.out_size[0]));

@@ -79,7 +79,7 @@ at::Tensor correlate(const at::Tensor& x, const at::Tensor& w, int64_t groups, i
   const int64_t O = w.size(0), Cg = w.size(1), K = w.size(2), Og = O / groups;
   const int64_t needed = (outputs - 1) * stride + 1;  // stride-1 outputs
   if (N == 0 || outputs <= 0) return at::zeros({N, O, std::max<int64_t>(outputs, 0)}, x.options());
-  const FftPlan plan = plan_correlation(L, K, needed);
+  const FftPlan plan = plan_correlation(K, needed);
   const int64_t n = plan.size, hop = n - K + 1;
   // Segment s covers x[s * hop, s * hop + n); zero-extend x to cover the last.
   const int64_t span = (plan.segments - 1) * hop + n;
@@ -122,7 +122,7 @@ int64_t fast_length(int64_t target) {
   return std::max<int64_t>(best, 1);
 }
 
-FftPlan plan_correlation(int64_t length, int64_t kernel, int64_t outputs) {
+FftPlan plan_correlation(int64_t kernel, int64_t outputs) {
   // One transform of the whole signal, or segments of a few kernel lengths:
   // choose the cheaper in n log n per useful output.
   const int64_t whole = fast_length(std::max<int64_t>(1, kernel - 1 + outputs));
@@ -139,7 +139,6 @@ FftPlan plan_correlation(int64_t length, int64_t kernel, int64_t outputs) {
       best_cost = cost;
     }
   }
-  (void)length;
   return best;
 }
 

@@ -21,13 +21,13 @@ at::Tensor conv1d_input_backward(
 at::Tensor conv1d_weight_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d);
 
-// The FFT length the correlation of a signal of `length` with a kernel of
+// The FFT length a correlation producing `outputs` values with a kernel of
 // `kernel` taps uses per segment, and how many segments (overlap-save).
 struct FftPlan {
   int64_t size;      // transform length n (2^a 3^b 5^c)
   int64_t segments;  // 1 without overlap-save
 };
-FftPlan plan_correlation(int64_t length, int64_t kernel, int64_t outputs);
+FftPlan plan_correlation(int64_t kernel, int64_t outputs);
 
 // Smallest n >= target of the form 2^a 3^b 5^c.
 int64_t fast_length(int64_t target);
