@@ -54,17 +54,21 @@ class Conv2dCase:
                 f"-g{self.groups}-{'b' if self.bias else 'nb'}").replace(" ", "")
 
 
-def random_cases(count, seed, large_fraction=0.15):
+def random_cases(count, seed, large_fraction=0.15, wide=False):
+    """wide: 16-40 channels per group at stride 1, the CPU's shifted-GEMM path
+    (forward, and grad_input as a convolution)."""
     rng = random.Random(seed)
     cases = []
     while len(cases) < count:
         groups = rng.choice([1, 1, 1, 2, 3])
-        if rng.random() < 0.15:  # depthwise
+        if wide:
+            cin, cout = groups * rng.randint(16, 40), groups * rng.randint(12, 40)
+        elif rng.random() < 0.15:  # depthwise
             cin = cout = groups = rng.randint(1, 4)
         else:
             cin, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
         kernel = (rng.choice([1, 2, 3, 5]), rng.choice([1, 2, 3, 4]))
-        stride = (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2]))
+        stride = (1, 1) if wide else (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2]))
         dilation = (rng.choice([1, 1, 2]), rng.choice([1, 1, 3]))
         padding = (rng.randint(0, 2), rng.randint(0, 3))
         big = rng.random() < large_fraction
@@ -86,7 +90,7 @@ def forward_and_grads(fn, case, x, w, b, seed=99):
     return y, torch.autograd.grad(y, inputs, gy)
 
 
-@pytest.mark.parametrize("case", random_cases(120, seed=2024), ids=str)
+@pytest.mark.parametrize("case", random_cases(120, seed=2024) + random_cases(40, seed=7, wide=True), ids=str)
 def test_random_float64_matches_torch(case, device):
     x, w, b = case.tensors(device=device, requires_grad=True)
     y, grads = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
@@ -105,7 +109,8 @@ TOL = {
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("case", random_cases(16, seed=31, large_fraction=0.4), ids=str)
+@pytest.mark.parametrize(
+    "case", random_cases(16, seed=31, large_fraction=0.4) + random_cases(8, seed=5, wide=True), ids=str)
 def test_low_precision_matches_float64_reference(case, dtype, device):
     x, w, b = case.tensors(dtype=dtype, device=device, requires_grad=True)
     y, grads = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
@@ -247,9 +252,13 @@ def test_string_padding(padding, kernel, dilation, device):
         torch.testing.assert_close(g, g_ref)
 
 
-def test_large_image_tiles_cross_samples_and_threads():
+@pytest.mark.parametrize("case", [
+    Conv2dCase(3, 5, 7, (67, 45), (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1)),
+    Conv2dCase(3, 40, 36, (45, 38), (3, 3), padding=(1, 1), dilation=(2, 1)),  # shifted GEMM
+    Conv2dCase(2, 64, 48, (29, 31), (5, 3), padding=(0, 2), groups=2),  # shifted GEMM
+], ids=str)
+def test_large_image_tiles_cross_samples_and_threads(case):
     """Tiles span several samples and threads; results match and do not depend on the thread count."""
-    case = Conv2dCase(3, 5, 7, (67, 45), (3, 5), stride=(1, 2), padding=(2, 1), dilation=(2, 1))
     x, w, b = case.tensors(dtype=torch.float32, requires_grad=True)
     threads = torch.get_num_threads()
     results = []
@@ -259,11 +268,11 @@ def test_large_image_tiles_cross_samples_and_threads():
             results.append(forward_and_grads(fastconv_ext.conv2d, case, x, w, b))
     finally:
         torch.set_num_threads(threads)
-    y_ref, grads_ref = forward_and_grads(F.conv2d, case, x, w, b)
+    # float32 sums of up to thousands of terms, against float64.
+    y_ref, grads_ref = forward_and_grads(F.conv2d, case, *(t.detach().double().requires_grad_() for t in (x, w, b)))
     for y, grads in results:
-        torch.testing.assert_close(y, y_ref)
-        for g, g_ref in zip(grads, grads_ref):
-            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+        for got, ref in zip((y, *grads), (y_ref, *grads_ref)):
+            torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     # Deterministic run to run at a fixed thread count.
     again = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
     assert torch.equal(again[0], results[-1][0])
@@ -281,6 +290,41 @@ def test_pointwise_float32_large(groups, device):
     torch.testing.assert_close(y, y_ref)
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(520, 1024), (517, 1021)], ids=["aligned", "ragged"])
+def test_large_output_streamed_is_correct(size):
+    """Forward outputs of 16 MiB and more are written with non-temporal stores where rows are aligned."""
+    x = torch.randn(1, 3, *size)
+    w = torch.randn(16, 3, 3, 3)
+    b = torch.randn(16)
+    y = fastconv_ext.conv2d(x, w, b, padding=1)
+    assert y.nbytes >= 16 << 20
+    torch.testing.assert_close(y, F.conv2d(x, w, b, padding=1), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    Conv2dCase(2, 32, 24, (9, 11), (3, 3), padding=(1, 1)),  # shifted GEMM
+    Conv2dCase(2, 4, 6, (9, 11), (3, 3), padding=(1, 1)),  # im2col
+], ids=str)
+def test_non_finite_values_propagate_like_torch(case):
+    """Inf and NaN in the input and grad_output land where F.conv2d puts them, in every result."""
+    x, w, b = case.tensors()
+    x[0, 1, 0, 0] = float("inf")  # a corner: some taps never see it
+    x[1, 2, 4, 5] = float("nan")
+    x[1, 0, 8, 10] = -float("inf")
+    results = []
+    for fn in (fastconv_ext.conv2d, F.conv2d):
+        xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+        y = fn(xg, wg, bg, **case.args())
+        gy = torch.ones_like(y)
+        gy[0, 0, 3, 3] = float("inf")
+        results.append([y] + list(torch.autograd.grad(y, (xg, wg, bg), gy)))
+    for name, got, ref in zip(("output", "input", "weight", "bias"), *results):
+        assert torch.equal(got.isnan(), ref.isnan()), name
+        assert torch.equal(got.isinf(), ref.isinf()), name
+        finite = ref.isfinite()
+        torch.testing.assert_close(got[finite], ref[finite])
 
 
 def test_large_output_on_huge_pages_is_correct():

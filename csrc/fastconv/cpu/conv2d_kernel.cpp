@@ -17,16 +17,20 @@
 #include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/im2col.h"
+#include "fastconv/cpu/streaming_store.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -38,6 +42,8 @@ using cpu::im2col_tile;
 // Column-matrix elements per thread: 128 Ki floats (512 KiB) fits this
 // machine's 1 MiB L2 next to the GEMM's output tile.
 constexpr int64_t kColumnBudget = int64_t(1) << 17;
+// Outputs from which forward streams its stores past the caches.
+constexpr int64_t kStreamingBytes = int64_t(16) << 20;
 
 int64_t taps_per_group(const Conv2dIntDims& d) {
   return d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
@@ -118,6 +124,132 @@ void for_each_tile(
   });
 }
 
+// Stride-1 layers with enough input channels skip im2col ("shifted GEMM").
+// A tile's input rows are staged pixel-major (stage_padded_rows) at a row
+// stride of S = W + pw pixels, so tile pixel j = q * S + ow (output row q,
+// column ow) reads tap (kh, kw) at pixel j + kh * dh * S + kw * dw: every tap
+// is one GEMM acc[cols, C_out/g] += rows[shifted, C_in/g] @ W_tap[C_in/g,
+// C_out/g] on a shifted view of the same staged rows. The S - W_out extra
+// pixels of each row are computed and dropped. Staging writes KH * KW times
+// less than im2col; the GEMMs' K is C_in/g, and their N, C_out/g, is the
+// dimension oneDNN vectorizes (ragged pixel counts would cost 10-15%).
+constexpr int64_t kShiftedMinChannels = 16;
+
+bool use_shifted_gemm(const Conv2dIntDims& d) {
+  // padding <= dw * (KW - 1) keeps W_out <= S: rows do not overlap.
+  const int64_t stride = d.in_size[1] + d.padding[1];
+  return d.stride[0] == 1 && d.stride[1] == 1 && !is_pointwise(d) &&
+      d.padding[1] <= d.dilation[1] * (d.kernel_size[1] - 1) &&
+      d.in_channels_per_group() >= kShiftedMinChannels && 4 * d.out_size[1] >= 3 * stride;
+}
+
+struct ShiftedPlan {
+  int64_t width;  // S = W + pw, the staged row stride in pixels
+  int64_t pad;    // pw: zero pixels after the last staged row
+  int64_t halo;   // dh * (KH - 1): input rows a tile reads past its own
+  int64_t out_width;
+  int64_t rows;   // output rows per tile
+  int64_t tiles;  // tiles per (sample, group)
+  int64_t cols(int64_t r) const { return (r - 1) * width + out_width; }  // pixels of a tile of r rows
+  int64_t stage_pixels() const { return (rows + halo) * width + pad; }
+};
+
+// Staged rows and the accumulator share the per-thread column budget.
+ShiftedPlan plan_shifted(const Conv2dIntDims& d) {
+  const int64_t width = d.in_size[1] + d.padding[1], OH = d.out_size[0];
+  const int64_t halo = d.dilation[0] * (d.kernel_size[0] - 1);
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  int64_t rows = (kColumnBudget / width - cin_g * halo) / (cin_g + cout_g);
+  // Enough tiles to keep every thread busy, when the image allows it.
+  const int64_t images = d.batch * d.groups;
+  const int64_t want = (4 * at::get_num_threads() + images - 1) / images;
+  rows = std::clamp<int64_t>(std::min(rows, (OH + want - 1) / want), 1, std::max<int64_t>(OH, 1));
+  return ShiftedPlan{width, d.padding[1], halo, d.out_size[1], rows, (OH + rows - 1) / rows};
+}
+
+// Work items are (sample, group, tile); each thread stages the tile's input
+// rows in its own buffer and calls
+// f(n, g, oh0, rows, stage, buffer, shift) with a buffer of buffer_size values
+// and shift(tap), the offset of tap (kh, kw) in the staged rows (in values).
+template <typename T, typename X, typename F>
+void for_each_shifted_tile(const Conv2dIntDims& d, const ShiftedPlan& plan, const X* x, int64_t buffer_size, F f) {
+  const int64_t KW = d.kernel_size[1], cin_g = d.in_channels_per_group();
+  const auto shift = [&](int64_t tap) {
+    return (tap / KW * d.dilation[0] * plan.width + tap % KW * d.dilation[1]) * cin_g;
+  };
+  at::parallel_for(0, d.batch * d.groups * plan.tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> stage(cin_g * plan.stage_pixels()), buffer(buffer_size);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item % plan.tiles, g = item / plan.tiles % d.groups, n = item / plan.tiles / d.groups;
+      const int64_t oh0 = t * plan.rows, rows = std::min(plan.rows, d.out_size[0] - oh0);
+      cpu::stage_padded_rows(d, n, g, oh0 - d.padding[0], rows + plan.halo, x, stage.data());
+      f(n, g, oh0, rows, stage.data(), buffer.data(), shift);
+    }
+  });
+}
+
+template <typename scalar_t, typename T>
+void conv2d_shifted(
+    const Conv2dIntDims& d, const scalar_t* x, const at::Tensor& weight, const T* bias, scalar_t* y) {
+  const ShiftedPlan plan = plan_shifted(d);
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
+  const int64_t OH = d.out_size[0], OW = d.out_size[1], S = plan.width;
+  // Weights per tap: (groups, KH * KW, C_in/g, C_out/g).
+  const at::Tensor w = weight.to(c10::CppTypeToScalarType<T>::value)
+                           .reshape({d.groups, cout_g, cin_g, taps})
+                           .permute({0, 3, 2, 1})
+                           .contiguous();
+  const T* wp = w.const_data_ptr<T>();
+  const int64_t buffer = plan.cols(plan.rows) * cout_g;
+  for_each_shifted_tile<T>(d, plan, x, buffer, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows,
+                                                   const T* stage, T* acc, auto shift) {
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      matmul(plan.cols(rows), cout_g, cin_g, stage + shift(tap), cin_g, wp + (g * taps + tap) * cin_g * cout_g,
+             cout_g, acc, cout_g, tap > 0);
+    }
+    scalar_t* y_g = y + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW;
+    const T* b = bias ? bias + g * cout_g : nullptr;
+    for (int64_t q = 0; q < rows; ++q) {
+      cpu::transpose(acc + q * S * cout_g, cout_g, y_g + q * OW, OH * OW, OW, cout_g, b);
+    }
+  });
+}
+
+// grad_weight on the same staged rows: per tap,
+//   gw_tap[C_out/g, C_in/g] += gy_tile[C_out/g, cols] @ rows[shifted, C_in/g]
+// where gy_tile holds grad_output at the staged row stride S, with zeros in
+// the dropped pixels (so their inputs are multiplied by zero: callers make
+// sure the input is finite). Per-thread partial sums, (groups, KH*KW,
+// C_out/g, C_in/g) each, are added in a fixed order: deterministic.
+template <typename scalar_t, typename T>
+at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t* gy, const scalar_t* x) {
+  const ShiftedPlan plan = plan_shifted(d);
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
+  const int64_t OH = d.out_size[0], OW = d.out_size[1], S = plan.width;
+  const int64_t ld = plan.cols(plan.rows);
+  const at::Tensor partial = at::zeros(
+      {at::get_num_threads(), d.groups, taps, cout_g, cin_g}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  for_each_shifted_tile<T>(d, plan, x, cout_g * ld, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows,
+                                                        const T* stage, T* gy_tile, auto shift) {
+    const int64_t cols = plan.cols(rows);
+    for (int64_t oc = 0; oc < cout_g; ++oc) {
+      const scalar_t* gy_c = gy + ((n * d.out_channels + g * cout_g + oc) * OH + oh0) * OW;
+      T* t = gy_tile + oc * ld;
+      for (int64_t q = 0; q < rows; ++q) {
+        std::copy(gy_c + q * OW, gy_c + (q + 1) * OW, t + q * S);
+        std::fill(t + q * S + OW, t + std::min((q + 1) * S, cols), T(0));
+      }
+    }
+    T* gw = partial.mutable_data_ptr<T>() + (at::get_thread_num() * d.groups + g) * taps * cout_g * cin_g;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      matmul(cout_g, cin_g, cols, gy_tile, ld, stage + shift(tap), cin_g, gw + tap * cout_g * cin_g, cin_g, true);
+    }
+  });
+  return partial.sum(0).permute({0, 2, 3, 1}).reshape({d.out_channels, cin_g, d.kernel_size[0], d.kernel_size[1]});
+}
+
 at::Tensor conv2d_cpu(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -142,6 +274,11 @@ at::Tensor conv2d_cpu(
     constexpr bool same_type = std::is_same_v<scalar_t, T>;
     const T* wp = w.const_data_ptr<T>();
     const T* bp = has_bias ? b.const_data_ptr<T>() : nullptr;
+    const bool streaming = y.nbytes() >= kStreamingBytes;
+    if (use_shifted_gemm(d)) {
+      conv2d_shifted<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), weight, bp, y.mutable_data_ptr<scalar_t>());
+      return;
+    }
     for_each_tile<T>(d, plan_tiles(d, 1), 0, 1, [&](int64_t g, int64_t row0, int64_t rows, T* col, T* acc) {
       const int64_t cols = rows * d.out_size[1];
       const int64_t n = row0 / OH, first = row0 % OH * d.out_size[1];
@@ -158,7 +295,14 @@ at::Tensor conv2d_cpu(
       if (columns == col) {
         im2col_tile<false, const scalar_t, T>(d, g, row0, rows, x.const_data_ptr<scalar_t>(), col);
       }
-      if (same_type && one_sample) {
+      if (same_type && one_sample && streaming) {
+        // Through the L2-resident tile, then streamed to y.
+        T* out = reinterpret_cast<T*>(y.mutable_data_ptr<scalar_t>()) + (n * d.out_channels + g * cout_g) * P + first;
+        matmul(cout_g, cols, taps, wp + g * cout_g * taps, taps, columns, ld_columns, acc, cols, false);
+        for (int64_t oc = 0; oc < cout_g; ++oc) {
+          cpu::store_row(out + oc * P, acc + oc * cols, cols, bp ? bp[g * cout_g + oc] : T(0), true);
+        }
+      } else if (same_type && one_sample) {
         T* out = reinterpret_cast<T*>(y.mutable_data_ptr<scalar_t>()) + (n * d.out_channels + g * cout_g) * P + first;
         matmul(cout_g, cols, taps, wp + g * cout_g * taps, taps, columns, ld_columns, out, P, false);
         for (int64_t oc = 0; bp && oc < cout_g; ++oc) {
@@ -170,6 +314,7 @@ at::Tensor conv2d_cpu(
         copy_output_tile<false, scalar_t, T>(d, g, row0, rows, y.mutable_data_ptr<scalar_t>(), acc, bp);
       }
     });
+    cpu::stream_fence();
   });
   return y;
 }
@@ -187,6 +332,15 @@ at::Tensor conv2d_weight_backward_cpu(
   const auto d = concrete(sym);
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
+  // Inputs must be finite for the shifted GEMM (Inf * 0 is NaN).
+  if (use_shifted_gemm(d) && at::isfinite(x).all().item<bool>()) {
+    at::Tensor gw;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
+      gw = conv2d_weight_backward_shifted<scalar_t, at::opmath_type<scalar_t>>(
+          d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>());
+    });
+    return gw.view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
+  }
   const auto opmath = at::toOpMathType(x.scalar_type());
   const int64_t taps = taps_per_group(d), cout_g = d.out_channels_per_group();
   // Per-thread partial sums of gw^T (groups, Kc, C_out/g), added in a fixed
@@ -206,6 +360,25 @@ at::Tensor conv2d_weight_backward_cpu(
   return partial.sum(0).transpose(1, 2).contiguous().view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
 }
 
+// Stride 1 with padding <= dilation * (K - 1): grad_input is then a
+// convolution with padding dilation * (K - 1) - padding.
+std::optional<std::array<int64_t, 2>> transposed_padding(const Conv2dIntDims& d) {
+  std::array<int64_t, 2> padding{};
+  for (int i = 0; i < 2; ++i) {
+    padding[i] = d.dilation[i] * (d.kernel_size[i] - 1) - d.padding[i];
+    if (d.stride[i] != 1 || padding[i] < 0) return std::nullopt;
+  }
+  return padding;
+}
+
+// The dimensions of that convolution (grad_output -> grad_input).
+Conv2dIntDims transposed(Conv2dIntDims d, const std::array<int64_t, 2>& padding) {
+  std::swap(d.in_channels, d.out_channels);
+  std::swap(d.in_size, d.out_size);
+  d.padding = padding;
+  return d;
+}
+
 at::Tensor conv2d_input_backward_cpu(
     const at::Tensor& grad_output,
     const at::Tensor& weight,
@@ -217,13 +390,17 @@ at::Tensor conv2d_input_backward_cpu(
   const auto sym = check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto d = concrete(sym);
-  if (is_pointwise(d)) {
-    // Then grad_input is the pointwise convolution of grad_output with the
-    // transposed weights (C_in, C_out/g, 1, 1): no col2im, no zeroing.
-    const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group()})
+  if (auto padding_t = transposed_padding(d); padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)))) {
+    // Then grad_input is the stride-1 convolution of grad_output with the
+    // flipped, transposed weights (C_in, C_out/g, KH, KW): no col2im.
+    const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group(),
+                                           d.kernel_size[0], d.kernel_size[1]})
                                .transpose(1, 2)
-                               .reshape({d.in_channels, d.out_channels_per_group(), 1, 1});
-    return conv2d_cpu(grad_output, w_t, std::nullopt, stride, padding, dilation, groups);
+                               .flip({3, 4})
+                               .reshape({d.in_channels, d.out_channels_per_group(), d.kernel_size[0],
+                                         d.kernel_size[1]});
+    const std::vector<c10::SymInt> pad(padding_t->begin(), padding_t->end());
+    return conv2d_cpu(grad_output, w_t, std::nullopt, stride, pad, dilation, groups);
   }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor wt = grouped_weight(weight, d, true);

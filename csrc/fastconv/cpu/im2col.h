@@ -58,13 +58,57 @@ void im2col_tile(
             for (int64_t ow = lo; ow < hi; ++ow) x_row[ow * sw] += seg[ow];
           } else {
             std::fill(seg, seg + lo, T(0));
-            for (int64_t ow = lo; ow < hi; ++ow) seg[ow] = static_cast<T>(x_row[ow * sw]);
+            if (sw == 1) {  // memmove where the types match: glibc's widest vectors
+              std::copy(x_row + lo, x_row + hi, seg + lo);
+            } else {
+              for (int64_t ow = lo; ow < hi; ++ow) seg[ow] = static_cast<T>(x_row[ow * sw]);
+            }
             std::fill(seg + hi, seg + OW, T(0));
           }
         }
       }
     }
   }
+}
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] (+ add[j]) for i < m, j < n,
+// converted, in 16 x 16 blocks so that both sides run along cache lines.
+template <typename S, typename D, typename T>
+void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int64_t m, int64_t n, const T* add = nullptr) {
+  for (int64_t i0 = 0; i0 < m; i0 += 16) {
+    const int64_t i1 = std::min(m, i0 + 16);
+    for (int64_t j0 = 0; j0 < n; j0 += 16) {
+      for (int64_t j = j0; j < std::min(n, j0 + 16); ++j) {
+        const T a = add ? add[j] : T(0);
+        for (int64_t i = i0; i < i1; ++i) dst[j * ld_dst + i] = static_cast<D>(static_cast<T>(src[i * ld_src + j]) + a);
+      }
+    }
+  }
+}
+
+// Input rows [ih0, ih0 + rows) of one sample and group, pixel-major and
+// converted to T, at a row stride of S = W + pw pixels, with pw zero pixels
+// before each row and after the last (rows outside the image are zeros). The
+// zeros before row r + 1 are also row r's right padding:
+//   stage[(r * S + pw + iw) * C_in/g + c] = x[n, g * C_in/groups + c, ih0 + r, iw]
+// This is the layout of the stride-1 "shifted GEMM" in conv2d_kernel.cpp.
+template <typename X, typename T>
+void stage_padded_rows(
+    const Conv2dIntDims& d, int64_t n, int64_t group, int64_t ih0, int64_t rows, const X* x, T* stage) {
+  const int64_t cin_g = d.in_channels_per_group();
+  const int64_t H = d.in_size[0], W = d.in_size[1], pw = d.padding[1], S = W + pw;
+  const X* x_g = x + (n * d.in_channels + group * cin_g) * H * W;
+  for (int64_t r = 0; r < rows; ++r) {
+    T* dst = stage + r * S * cin_g;
+    const int64_t ih = ih0 + r;
+    if (ih < 0 || ih >= H) {
+      std::fill(dst, dst + S * cin_g, T(0));
+      continue;
+    }
+    std::fill(dst, dst + pw * cin_g, T(0));
+    transpose<X, T, T>(x_g + ih * W, H * W, dst + pw * cin_g, cin_g, cin_g, W);
+  }
+  std::fill(stage + rows * S * cin_g, stage + (rows * S + pw) * cin_g, T(0));
 }
 
 // Moves a tile of output-shaped data (channels of one group, the tile's rows)
