@@ -5,7 +5,8 @@ the FFT algorithm, and writes them to the profile file the operator library read
 
 The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
-group, one with 16 and more, geometric in between); n log2 n per real transform, complex
+group, one with 16 and more, geometric in between); n log2 n per real transform (1.3x for
+lengths with factors 3 or 5), complex
 multiply-adds and bytes of spectra (fresh memory is faulted in) for the FFT path. Each constant is fitted here from timings of the
 operator itself with the algorithm forced, using the current thread count, by least
 squares on relative error over shapes from a few microseconds to tens of milliseconds. The profile

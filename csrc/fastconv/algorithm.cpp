@@ -125,7 +125,7 @@ double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
                                        double(d.out_channels) * d.in_channels_per_group()) +
       4 * n * double(plan.segments) * d.batch * d.out_channels;
   return p.fft_call + bytes * p.fft_byte +
-      (transforms * n * std::log2(n + 1) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
+      (transforms * fft::transform_cost(plan.size) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
 }
 
 std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device) {

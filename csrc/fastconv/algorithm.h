@@ -22,7 +22,7 @@ struct CostProfile {
   double direct_small;  // seconds per multiply-add, one channel per group mixing
   double direct_dense;  // seconds per multiply-add, >= 16 channel pairs per group
   double direct_call;   // seconds per call
-  double fft_nlogn;     // seconds per n * log2(n) of one real transform
+  double fft_nlogn;     // seconds per unit of fft::transform_cost (n log2 n) of one real transform
   double fft_cmac;      // seconds per complex multiply-add of channel mixing
   double fft_byte;      // seconds per byte of spectra and results written (fresh memory)
   double fft_call;      // seconds per call

@@ -124,7 +124,7 @@ void for_each_tile(
   });
 }
 
-// Stride-1 layers with enough input channels skip im2col ("shifted GEMM").
+// Stride-1 layers with enough channels skip im2col ("shifted GEMM").
 // A tile's input rows are staged pixel-major (stage_padded_rows) at a row
 // stride of S = W + pw pixels, so tile pixel j = q * S + ow (output row q,
 // column ow) reads tap (kh, kw) at pixel j + kh * dh * S + kw * dw: every tap
@@ -132,7 +132,8 @@ void for_each_tile(
 // C_out/g] on a shifted view of the same staged rows. The S - W_out extra
 // pixels of each row are computed and dropped. Staging writes KH * KW times
 // less than im2col; the GEMMs' K is C_in/g, and their N, C_out/g, is the
-// dimension oneDNN vectorizes (ragged pixel counts would cost 10-15%).
+// dimension oneDNN vectorizes (so it needs a few vectors of it; ragged pixel
+// counts there would cost 10-15%).
 constexpr int64_t kShiftedMinChannels = 16;
 
 bool use_shifted_gemm(const Conv2dIntDims& d) {
@@ -140,7 +141,8 @@ bool use_shifted_gemm(const Conv2dIntDims& d) {
   const int64_t stride = d.in_size[1] + d.padding[1];
   return d.stride[0] == 1 && d.stride[1] == 1 && !is_pointwise(d) &&
       d.padding[1] <= d.dilation[1] * (d.kernel_size[1] - 1) &&
-      d.in_channels_per_group() >= kShiftedMinChannels && 4 * d.out_size[1] >= 3 * stride;
+      d.in_channels_per_group() >= kShiftedMinChannels && d.out_channels_per_group() >= kShiftedMinChannels &&
+      4 * d.out_size[1] >= 3 * stride;
 }
 
 struct ShiftedPlan {

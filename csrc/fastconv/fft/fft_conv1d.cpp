@@ -110,30 +110,36 @@ at::Tensor correlate(const at::Tensor& x, const at::Tensor& w, int64_t groups, i
 
 }  // namespace
 
+double transform_cost(int64_t n) {
+  const bool power_of_two = (n & (n - 1)) == 0;
+  return double(n) * std::log2(double(n) + 1) * (power_of_two ? 1.0 : 1.3);
+}
+
 int64_t fast_length(int64_t target) {
-  int64_t best = std::numeric_limits<int64_t>::max();
-  for (int64_t p5 = 1; p5 < best; p5 *= 5) {
-    for (int64_t p35 = p5; p35 < best; p35 *= 3) {
-      int64_t v = p35;
+  if (target <= 8) return int64_t(1) << int64_t(std::ceil(std::log2(double(std::max<int64_t>(target, 1)))));
+  int64_t best = 0;
+  for (int64_t p5 = 1; p5 < 2 * target; p5 *= 5) {
+    for (int64_t p35 = p5; p35 < 2 * target; p35 *= 3) {
+      int64_t v = 8 * p35;
       while (v < target) v *= 2;
-      best = std::min(best, v);
+      if (best == 0 || transform_cost(v) < transform_cost(best)) best = v;
     }
   }
-  return std::max<int64_t>(best, 1);
+  return best;
 }
 
 FftPlan plan_correlation(int64_t kernel, int64_t outputs) {
   // One transform of the whole signal, or segments of a few kernel lengths:
-  // choose the cheaper in n log n per useful output.
+  // choose the cheaper per useful output.
   const int64_t whole = fast_length(std::max<int64_t>(1, kernel - 1 + outputs));
   FftPlan best{whole, 1};
-  double best_cost = whole * std::log2(double(whole) + 1);
+  double best_cost = transform_cost(whole);
   for (int64_t factor : {2, 4, 8, 16}) {
     const int64_t n = fast_length(std::max<int64_t>(factor * kernel, 256));
     if (n >= whole) break;
     const int64_t hop = n - kernel + 1;
     const int64_t segments = (outputs + hop - 1) / hop;
-    const double cost = double(segments) * n * std::log2(double(n) + 1);
+    const double cost = double(segments) * transform_cost(n);
     if (cost < best_cost) {
       best = FftPlan{n, segments};
       best_cost = cost;

@@ -24,12 +24,19 @@ at::Tensor conv1d_weight_backward(
 // The FFT length a correlation producing `outputs` values with a kernel of
 // `kernel` taps uses per segment, and how many segments (overlap-save).
 struct FftPlan {
-  int64_t size;      // transform length n (2^a 3^b 5^c)
+  int64_t size;      // transform length n (fast_length)
   int64_t segments;  // 1 without overlap-save
 };
 FftPlan plan_correlation(int64_t kernel, int64_t outputs);
 
-// Smallest n >= target of the form 2^a 3^b 5^c.
+// The relative time of one length-n transform: n log2 n, and 1.3x that for
+// lengths with factors 3 or 5 (MKL here: powers of two take 33-37 ns per
+// n log2 n, mixed lengths with a factor 2^3 or more 41-50, with fewer
+// factors of 2 up to 160).
+double transform_cost(int64_t n);
+
+// The cheapest length n >= target by transform_cost of the form 2^a 3^b 5^c
+// with a >= 3 (a power of two up to 8).
 int64_t fast_length(int64_t target);
 
 }  // namespace fastconv::fft
