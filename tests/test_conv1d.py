@@ -262,3 +262,19 @@ def test_large_output_written_with_streaming_stores(dtype):
             torch.testing.assert_close(y, ref, msg=lambda m: f"{level}: {m}")
     finally:
         torch.ops.fastconv._cpu_capability(previous)
+
+
+def test_large_results_on_huge_pages_are_correct():
+    """Forward outputs and grad_input of 32 MiB and more come from the huge-page allocator."""
+    x = torch.randn(1, 64, 140000, requires_grad=True)
+    w = torch.randn(64, 1, 4, requires_grad=True)
+    y = fastconv_ext.conv1d(x, w, padding=2, groups=64)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    assert y.nbytes >= 32 << 20 and gx.nbytes >= 32 << 20
+    y_ref = F.conv1d(x, w, padding=2, groups=64)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), gy)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-4, atol=1e-2)
+    y.detach().resize_(10).add_(1)

@@ -197,3 +197,15 @@ BAD_CALLS = [
 def test_bad_input_raises(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         call()
+
+
+def test_large_output_on_huge_pages_is_correct():
+    """Outputs of 32 MiB and more come from the huge-page allocator."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(10**6, 5, generator=gen)
+    v = torch.randn(10**6, 5, generator=gen)
+    out = fastconv_ext.convolve(a, v)
+    assert out.nbytes >= 32 << 20
+    windows = torch.nn.functional.pad(a.double(), (4, 4)).unfold(-1, 5, 1)
+    ref = torch.einsum("ntk,nk->nt", windows, v.double().flip(-1))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)  # float32 against float64

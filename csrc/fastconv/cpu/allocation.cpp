@@ -15,7 +15,7 @@ namespace fastconv::cpu {
 namespace {
 
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugePageThreshold = size_t(4) << 20;
+constexpr size_t kHugePageThreshold = size_t(32) << 20;
 
 #ifdef __linux__
 void free_huge(void* p) { std::free(p); }

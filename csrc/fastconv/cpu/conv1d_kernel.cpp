@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fastconv/algorithm.h"
+#include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/conv1d_driver.h"
 #include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/shape.h"
@@ -69,7 +70,7 @@ at::Tensor conv1d_cpu(
   const at::Tensor w = weight.contiguous();
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty_symint(conv1d_output_shape(sym), input.options());
+  at::Tensor y = cpu::empty_output(concrete_shape(conv1d_output_shape(sym)), input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cpu", [&] {
     std::vector<at::opmath_type<scalar_t>> w_store, b_store;
     const auto* wp = as_opmath(w.const_data_ptr<scalar_t>(), w.numel(), w_store);
@@ -97,7 +98,7 @@ at::Tensor conv1d_input_backward_cpu(
   }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
-  at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
+  at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
     // A stride-1 convolution of grad_output, upsampled by the stride, with
     // w'[ic][ocg][K-1-k] = w[oc][icg][k] (per group) and padding

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/conv1d_driver.h"
 #include "fastconv/shape.h"
 
@@ -123,7 +124,7 @@ at::Tensor convolve_window_cpu(
   }
   const int64_t n = d.n.expect_int(), m = d.m.expect_int();
   const int64_t offset = d.offset.expect_int(), length = d.length.expect_int();
-  at::Tensor out = at::empty_symint(convolve_output_shape(d), a_in.options());
+  at::Tensor out = cpu::empty_output(concrete_shape(convolve_output_shape(d)), a_in.options());
   if (out.numel() == 0) {
     return out;
   }

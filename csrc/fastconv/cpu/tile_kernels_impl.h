@@ -27,9 +27,9 @@ constexpr int kRegs = FASTCONV_VEC_REGS;
 constexpr int kConvolveFixed = 9;
 constexpr int64_t kConvolveFixedWork = 81;
 
-template <typename T>
+template <typename T, int Bytes = FASTCONV_VEC_BYTES>
 struct Simd {
-  static constexpr int kBytes = FASTCONV_VEC_BYTES;
+  static constexpr int kBytes = Bytes;
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   typedef T V __attribute__((vector_size(kBytes)));
 
@@ -38,7 +38,8 @@ struct Simd {
     std::memcpy(&v, p, sizeof(V));
     return v;
   }
-  static V splat(T x) { return V{} + x; }
+  // x - 0 is x for every x (-0 included), so this folds to a broadcast; x + 0 would not.
+  static V splat(T x) { return x - V{}; }
   static void store(T* p, V v, int64_t n) {
     if (n == kLanes) {
       std::memcpy(p, &v, sizeof(V));
