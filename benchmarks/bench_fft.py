@@ -2,8 +2,8 @@
 
 Sweep: L in {4096, 65536, 2^20} x K in {2, 4, ..., 4096} x channels in {1, 4, 16}
 (batch 1, C_in = C_out = channels, padding K // 2, fp32). At each point, in one
-process, medians after warm-up: fastconv with algorithm='direct', 'fft' and 'auto',
-and the FFT convolution a user writes by hand in plain torch (rfft * conj(rfft) ->
+process, calls interleaved round by round, medians after warm-up: fastconv with
+algorithm='direct', 'fft' and 'auto', and the FFT convolution a user writes by hand in plain torch (rfft * conj(rfft) ->
 irfft over the whole padded signal, einsum over channels). Reported: auto against the
 faster forced algorithm (target <= 1.2x) and against the hand-written FFT (target <= 1x),
 the FFT's error against a float64 reference, and (--torch) F.conv1d at L = 2^20,
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import format_table, progress  # noqa: E402
+from common import format_table, progress, time_interleaved  # noqa: E402
 
 import fastconv_ext  # noqa: E402
 
@@ -32,17 +32,18 @@ ops = torch.ops.fastconv
 
 def median_time(fn, budget_s=1.5, max_repeats=9):
     """Median seconds of fn, after one warm-up call, within about budget_s."""
+    return median_times({"fn": fn}, budget_s, max_repeats)["fn"]
+
+
+def median_times(fns, budget_s=2.0, max_repeats=51):
+    """Median seconds of each function, calls interleaved (so noise hits all alike), after a
+    warm-up round; as many rounds as fit in about budget_s, at least 3 and at most max_repeats."""
     t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    repeats = max(1, min(max_repeats, int(budget_s / max(first, 1e-6))))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+    first = time.perf_counter() - t0
+    repeats = max(3, min(max_repeats, int(budget_s / max(first, 1e-6))))
+    return time_interleaved(fns, repeats=repeats, warmup=0)
 
 
 def by_hand(x, w, padding):
@@ -62,8 +63,7 @@ def run_point(length, kernel, channels):
     call = {a: (lambda a=a: ops.conv1d(x, w, None, [1], [pad], [1], 1, a)) for a in ("direct", "fft", "auto")}
     predicted_direct, predicted_fft = ops._conv1d_cost(x, w, [1], [pad], [1], 1)
     chosen = ops._conv1d_algorithm(x, w, [1], [pad], [1], 1)
-    t = {a: median_time(f) for a, f in call.items()}
-    t["by_hand"] = median_time(lambda: by_hand(x, w, pad))
+    t = median_times(dict(call, by_hand=lambda: by_hand(x, w, pad)))
     # Accuracy of the FFT path against a float64 computation of the same inputs.
     y = call["fft"]()
     ref = by_hand(x.double(), w.double(), pad)

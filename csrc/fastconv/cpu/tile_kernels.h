@@ -64,6 +64,23 @@ struct ConvolveRows {
   int64_t v_strides[kConvolveMaxDims];
 };
 
+// The FFT path's channel mixing for one sample and group: for segments
+// b < segments and values j < length (interleaved complex: re, im),
+//   y[o][b][j] = sum_c x[c][b][j] (*) w[o][c][j]   (complex product)
+// with w given as wr = (re, re) and wi = (-im, im) per complex value, so that
+// x (*) w = x * wr + swap(x) * wi lane by lane (swap exchanges re and im).
+template <typename T>
+struct MixTile {
+  const T* x;                    // x[c * x_channel_stride + b * x_segment_stride + j]
+  int64_t x_channel_stride, x_segment_stride;
+  const T* wr;                   // wr[(o * in_channels + c) * w_stride + j]; wi alike
+  const T* wi;
+  int64_t w_stride;
+  T* y;                          // y[o * y_channel_stride + b * y_segment_stride + j]
+  int64_t y_channel_stride, y_segment_stride;
+  int64_t in_channels, out_channels, segments, length;  // length even
+};
+
 // Input positions a tile of `length` outputs may read past its last tap,
 // so vector loads of a partial last vector stay inside the scratch row.
 constexpr int64_t kScratchSlack = 16;
@@ -76,6 +93,8 @@ struct KernelTable {
   void (*weight_f64)(const WeightTile<double>&);
   void (*convolve_f32)(const ConvolveRows<float>&);
   void (*convolve_f64)(const ConvolveRows<double>&);
+  void (*mix_f32)(const MixTile<float>&);
+  void (*mix_f64)(const MixTile<double>&);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced
@@ -89,6 +108,8 @@ inline void run(const WeightTile<float>& t) { kernels().weight_f32(t); }
 inline void run(const WeightTile<double>& t) { kernels().weight_f64(t); }
 inline void run(const ConvolveRows<float>& t) { kernels().convolve_f32(t); }
 inline void run(const ConvolveRows<double>& t) { kernels().convolve_f64(t); }
+inline void run(const MixTile<float>& t) { kernels().mix_f32(t); }
+inline void run(const MixTile<double>& t) { kernels().mix_f64(t); }
 
 // Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();

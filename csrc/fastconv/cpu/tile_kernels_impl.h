@@ -351,6 +351,51 @@ struct RowWalker {
   }
 };
 
+// Contiguous rows, the whole convolution, v_step 0 (one v row for all) or M.
+// A function of its own so that __restrict__ on the parameters tells the
+// compiler out aliases neither input: it then vectorizes across rows (on
+// restrict-qualified locals GCC kept every load of v scalar, 2-4x slower).
+template <typename T, int N, int M, int VStep>
+void contiguous_rows(const T* __restrict__ a, const T* __restrict__ v, T* __restrict__ out, int64_t rows) {
+  constexpr int L = N + M - 1;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int i = 0; i < L; ++i) {
+      T acc = 0;
+      for (int k = 0; k < M; ++k) {
+        const int j = i - k;
+        acc += v[r * VStep + k] * (j >= 0 && j < N ? a[r * N + j] : T(0));
+      }
+      out[r * L + i] = acc;
+    }
+  }
+}
+
+// Contiguous rows: whole convolutions straight into out; a window of them
+// ('same', 'valid') through a stack buffer of kWindowRows full rows.
+template <typename T, int N, int M, int VStep>
+void contiguous_window(const ConvolveRows<T>& p) {
+  constexpr int L = N + M - 1;
+  const T* a = p.a + p.row_begin * N;
+  const T* v = p.v + p.row_begin * VStep;
+  const int64_t rows = p.row_end - p.row_begin;
+  if (p.offset == 0 && p.length == L) {
+    return contiguous_rows<T, N, M, VStep>(a, v, p.out + p.row_begin * L, rows);
+  }
+  constexpr int64_t kWindowRows = 64;
+  T full[kWindowRows * L];
+  for (int64_t r0 = 0; r0 < rows; r0 += kWindowRows) {
+    const int64_t n = rows - r0 < kWindowRows ? rows - r0 : kWindowRows;
+    contiguous_rows<T, N, M, VStep>(a + r0 * N, v + r0 * VStep, full, n);
+    T* out = p.out + (p.row_begin + r0) * p.length;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t t = 0; t < p.length; ++t) {
+        const int64_t i = t + p.offset;
+        out[r * p.length + t] = i >= 0 && i < L ? full[r * L + i] : T(0);
+      }
+    }
+  }
+}
+
 // Rows with compile-time lengths: the whole convolution of a row unrolls
 // into registers (few rows, or rows too short to fill vector lanes well).
 // Every tap of v meets every output, zero-padded a included, so NaN and Inf
@@ -358,39 +403,11 @@ struct RowWalker {
 template <typename T, int N, int M>
 void convolve_rows_fixed(const ConvolveRows<T>& p) {
   constexpr int L = N + M - 1;
-  if (p.ndim <= 1 && p.offset == 0 && p.length == L &&
-      (p.ndim == 0 || (p.a_strides[0] == N && (p.v_strides[0] == M || p.v_strides[0] == 0)))) {
-    // Contiguous rows (v possibly one broadcast row): a plain loop with
-    // compile-time strides, which the compiler vectorizes across rows.
+  if (p.ndim <= 1 && (p.ndim == 0 || p.a_strides[0] == N)) {
+    // Contiguous rows, v one broadcast row or contiguous too.
     const int64_t v_step = p.ndim == 1 ? p.v_strides[0] : 0;
-    const T* __restrict__ a = p.a + p.row_begin * N;
-    const T* __restrict__ v = p.v + p.row_begin * v_step;
-    T* __restrict__ out = p.out + p.row_begin * L;
-    const int64_t rows = p.row_end - p.row_begin;
-    if (v_step == 0) {
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int i = 0; i < L; ++i) {
-          T acc = 0;
-          for (int k = 0; k < M; ++k) {
-            const int j = i - k;
-            acc += v[k] * (j >= 0 && j < N ? a[r * N + j] : T(0));
-          }
-          out[r * L + i] = acc;
-        }
-      }
-    } else {
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int i = 0; i < L; ++i) {
-          T acc = 0;
-          for (int k = 0; k < M; ++k) {
-            const int j = i - k;
-            acc += v[r * M + k] * (j >= 0 && j < N ? a[r * N + j] : T(0));
-          }
-          out[r * L + i] = acc;
-        }
-      }
-    }
-    return;
+    if (v_step == 0) return contiguous_window<T, N, M, 0>(p);
+    if (v_step == M) return contiguous_window<T, N, M, M>(p);
   }
   RowWalker walk(p, p.row_begin);
   T* out = p.out + p.row_begin * p.length;
@@ -500,6 +517,85 @@ void convolve_rows_vector(const ConvolveRows<T>& p) {
   }
 }
 
+// ---- FFT channel mixing: R output channels x B segments of one vector of
+// interleaved complex values, accumulated over the input channels. Every
+// x vector serves R channels and every w vector B segments, so FMAs, not
+// loads, bound the loop.
+
+template <typename V, int... I>
+inline V swap_pairs(V x, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(x, x, (I ^ 1)...);
+}
+
+template <typename T, int R, int B>
+void mix_block(const MixTile<T>& a, int64_t o0, int64_t b0, int64_t j) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  Vec acc[R][B] = {};
+  for (int64_t c = 0; c < a.in_channels; ++c) {
+    Vec x[B], xs[B];
+    for (int b = 0; b < B; ++b) {
+      x[b] = S::load(a.x + c * a.x_channel_stride + (b0 + b) * a.x_segment_stride + j);
+      xs[b] = swap_pairs(x[b], std::make_integer_sequence<int, S::kLanes>{});
+    }
+    for (int r = 0; r < R; ++r) {
+      const int64_t w = ((o0 + r) * a.in_channels + c) * a.w_stride + j;
+      const Vec wr = S::load(a.wr + w), wi = S::load(a.wi + w);
+      for (int b = 0; b < B; ++b) {
+        acc[r][b] += x[b] * wr;  // two statements: two FMAs
+        acc[r][b] += xs[b] * wi;
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < B; ++b) {
+      S::store(a.y + (o0 + r) * a.y_channel_stride + (b0 + b) * a.y_segment_stride + j, acc[r][b], S::kLanes);
+    }
+  }
+}
+
+// The values past the last whole vector, one complex value at a time.
+template <typename T>
+void mix_tail(const MixTile<T>& a, int64_t j0) {
+  for (int64_t o = 0; o < a.out_channels; ++o) {
+    for (int64_t b = 0; b < a.segments; ++b) {
+      for (int64_t j = j0; j < a.length; j += 2) {
+        T re = 0, im = 0;
+        for (int64_t c = 0; c < a.in_channels; ++c) {
+          const T* x = a.x + c * a.x_channel_stride + b * a.x_segment_stride + j;
+          const int64_t w = (o * a.in_channels + c) * a.w_stride + j;
+          re += x[0] * a.wr[w] + x[1] * a.wi[w];
+          im += x[1] * a.wr[w + 1] + x[0] * a.wi[w + 1];
+        }
+        T* y = a.y + o * a.y_channel_stride + b * a.y_segment_stride + j;
+        y[0] = re;
+        y[1] = im;
+      }
+    }
+  }
+}
+
+template <typename T, int R>
+void mix_segments(const MixTile<T>& a, int64_t o0, int64_t j) {
+  // R x B accumulators, B x values and their swaps, and two weights in registers.
+  constexpr int B = (kRegs - 2) / (R + 2) >= 4 ? 4 : 2;
+  int64_t b = 0;
+  for (; b + B <= a.segments; b += B) mix_block<T, R, B>(a, o0, b, j);
+  for (; b < a.segments; ++b) mix_block<T, R, 1>(a, o0, b, j);
+}
+
+template <typename T>
+void mix_tile(const MixTile<T>& a) {
+  constexpr int64_t lanes = Simd<T>::kLanes;
+  const int64_t whole = a.length / lanes * lanes;
+  for (int64_t j = 0; j < whole; j += lanes) {
+    int64_t o = 0;
+    for (; o + 4 <= a.out_channels; o += 4) mix_segments<T, 4>(a, o, j);
+    for (; o < a.out_channels; ++o) mix_segments<T, 1>(a, o, j);
+  }
+  mix_tail(a, whole);
+}
+
 }  // namespace
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
@@ -517,6 +613,8 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::weight_tile<double>,
       &FASTCONV_ISA::convolve_rows<float>,
       &FASTCONV_ISA::convolve_rows<double>,
+      &FASTCONV_ISA::mix_tile<float>,
+      &FASTCONV_ISA::mix_tile<double>,
   };
   return table;
 }

@@ -11,6 +11,7 @@
 //   grad_weight      a correlation of x with grad_output, channels and batch
 //                    swapped so the batch is the reduced dimension
 #include "fastconv/fft/fft_conv1d.h"
+#include "fastconv/cpu/allocation.h"
 #include "fastconv/fft/mix_channels.h"
 
 #include <ATen/ATen.h>
@@ -49,63 +50,121 @@ at::Tensor upsample(const at::Tensor& x, int64_t stride) {
   return out;
 }
 
-// Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f].
-at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups) {
+// Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f], into Y (contiguous).
+void mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups, const at::Tensor& Y) {
   const int64_t N = X.size(0), S = X.size(2), F = X.size(3);
   const int64_t O = W.size(0), Cg = W.size(1), Og = O / groups;
   if (X.is_cpu()) {
     // ATen's complex bmm falls back to a per-matrix loop for these many tiny
     // products (measured 5 ms where this takes 0.3).
-    at::Tensor Y = at::empty({N, O, S, F}, X.options());
+    const at::Tensor Wc = W.contiguous();
     AT_DISPATCH_FLOATING_TYPES(at::toRealValueType(X.scalar_type()), "fastconv_fft_mix", [&] {
       cpu::mix_channels<scalar_t>(
-          reinterpret_cast<const scalar_t*>(X.contiguous().const_data_ptr()),
-          reinterpret_cast<const scalar_t*>(W.contiguous().const_data_ptr()),
+          reinterpret_cast<const scalar_t*>(X.const_data_ptr()),
+          reinterpret_cast<const scalar_t*>(Wc.const_data_ptr()),
           reinterpret_cast<scalar_t*>(Y.mutable_data_ptr()), N, groups, Cg, Og, S, F);
     });
-    return Y;
+    return;
   }
   // One (N*S x Cg) @ (Cg x Og) product per group and frequency.
   const at::Tensor Xm = X.view({N, groups, Cg, S, F}).permute({1, 4, 0, 3, 2}).reshape({groups * F, N * S, Cg});
   const at::Tensor Wm = W.view({groups, Og, Cg, F}).permute({0, 3, 2, 1}).reshape({groups * F, Cg, Og});
-  return at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}).reshape({N, O, S, F});
+  Y.copy_(at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}));
 }
 
-// The grouped correlation above for l < outputs, x (N, C, L), w (O, C/G, K),
-// both already in the compute type; the stride-1 result is subsampled.
-at::Tensor correlate(const at::Tensor& x, const at::Tensor& w, int64_t groups, int64_t stride,
-                     int64_t outputs) {
-  const int64_t N = x.size(0), C = x.size(1), L = x.size(2);
+// Segments [begin, end) of a correlation's input as a (N, C, end - begin, n)
+// tensor: a view of x where they lie inside it, else a zero-filled copy of
+// the part they overlap. Segment s starts at x position s * hop - left.
+at::Tensor segment_range(const at::Tensor& x, int64_t left, int64_t n, int64_t hop, int64_t begin,
+                         int64_t end) {
+  const int64_t L = x.size(-1), first = begin * hop - left, last = (end - 1) * hop - left;
+  if (first >= 0 && last + n <= L) {
+    return x.narrow(-1, first, last + n - first).unfold(-1, n, hop);
+  }
+  at::Tensor out = at::zeros({x.size(0), x.size(1), end - begin, n}, x.options());
+  for (int64_t s = begin; s < end; ++s) {
+    const int64_t start = s * hop - left, lo = std::max<int64_t>(start, 0), hi = std::min(start + n, L);
+    if (hi > lo) out.select(2, s - begin).narrow(-1, lo - start, hi - lo).copy_(x.narrow(-1, lo, hi - lo));
+  }
+  return out;
+}
+
+int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+
+// A contiguous (sizes) tensor at the start of buffer, which is at least that big.
+at::Tensor prefix(const at::Tensor& buffer, at::IntArrayRef sizes) {
+  return buffer.view({-1}).narrow(0, 0, c10::multiply_integers(sizes)).view(sizes);
+}
+
+// The grouped correlation above, with x (N, C, L) zero-extended by `left`
+// zeros in front and by zeros past its end, for l = first + t, t < outputs:
+//   y[n, o, t] = sum_{c in group(o), k} w[o, c, k] * xz[n, c, (first + t) * stride + k]
+// x and w (O, C/G, K) in the compute type; bias (O) or undefined, added.
+at::Tensor correlate(const at::Tensor& x, int64_t left, const at::Tensor& w, int64_t groups,
+                     int64_t stride, int64_t first, int64_t outputs, const at::Tensor& bias) {
+  const int64_t N = x.size(0), C = x.size(1);
   const int64_t O = w.size(0), Cg = w.size(1), K = w.size(2), Og = O / groups;
-  const int64_t needed = (outputs - 1) * stride + 1;  // stride-1 outputs
-  if (N == 0 || outputs <= 0) return at::zeros({N, O, std::max<int64_t>(outputs, 0)}, x.options());
+  at::Tensor y = cpu::empty_output({N, O, std::max<int64_t>(outputs, 0)}, x.options());
+  if (N == 0 || outputs <= 0) return y.zero_();
+  const int64_t needed = (outputs - 1) * stride + 1;  // stride-1 outputs from position first * stride
   const FftPlan plan = plan_correlation(K, needed);
-  const int64_t n = plan.size, hop = n - K + 1;
-  // Segment s covers x[s * hop, s * hop + n); zero-extend x to cover the last.
-  const int64_t span = (plan.segments - 1) * hop + n;
-  at::Tensor xs = x.narrow(-1, 0, std::min(L, span));
-  if (xs.size(-1) < span) xs = at::constant_pad_nd(xs, {0, span - xs.size(-1)});
-  const at::Tensor segments = xs.unfold(-1, n, hop);  // (N, C, S, n), a view
+  const int64_t n = plan.size, hop = n - K + 1, S = plan.segments;
+  left -= first * stride;
   // Correlating with w is convolving with w reversed: spectrum products need
   // no conjugate (the lazy conj view is also not resolved inside compiled
   // graphs, and a physical one costs a pass over O * Cg * F values), and a
   // segment's outputs are its circular convolution at [K - 1, n).
   const at::Tensor W = at::fft_rfft(w.flip(-1), n);  // (O, Cg, F)
-  const int64_t S = plan.segments, F = W.size(-1);
-  // Segments go through in chunks whose spectra fit kChunkBytes: the
-  // temporaries stay bounded, and being small they are reused by the
-  // allocator instead of page-faulted in afresh (the largest cost otherwise).
+  const int64_t F = W.size(-1);
+  // Segments go through in chunks whose spectra fit kChunkBytes, in buffers
+  // reused from chunk to chunk: the workspace stays bounded and is not
+  // page-faulted in afresh (the largest cost otherwise). Segments that reach
+  // past x's ends go in chunks of their own (copied, zero-filled).
   const int64_t per_segment = N * ((C + O) * F * 2 * 8 + O * n * 4);
   const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_segment, 1), 1, S);
-  at::Tensor y = at::empty({N, O, S, hop}, x.options());
-  for (int64_t s0 = 0; s0 < S; s0 += chunk) {
-    const int64_t count = std::min(chunk, S - s0);
-    const at::Tensor X = at::fft_rfft(segments.narrow(2, s0, count), n);  // (N, C, count, F)
-    const at::Tensor Y = Cg == 1 && Og == 1 ? X * W.view({1, O, 1, F})  // one input per output
-                                            : mix_channels(X, W, groups);
-    y.narrow(2, s0, count).copy_(at::fft_irfft(Y, n).narrow(-1, K - 1, hop));
+  const auto complex = x.options().dtype(c10::toComplexType(x.scalar_type()));
+  const at::Tensor X_buf = at::empty({N * C * chunk * F}, complex);
+  const at::Tensor Y_buf = at::empty({N * O * chunk * F}, complex);
+  const at::Tensor R_buf = at::empty({N * O * chunk * n}, x.options());
+  // Segments [inner_begin, inner_end) lie inside x: s * hop - left >= 0 and
+  // s * hop - left + n <= L.
+  const int64_t inner_begin = std::clamp<int64_t>(ceil_div(left, hop), 0, S);
+  const int64_t inner_end = std::clamp<int64_t>(floor_div(x.size(-1) + left - n, hop) + 1, inner_begin, S);
+  auto run = [&](int64_t s0, int64_t count) {
+    at::Tensor X = prefix(X_buf, {N, C, count, F});
+    at::Tensor Y = prefix(Y_buf, {N, O, count, F});
+    at::Tensor R = prefix(R_buf, {N, O, count, n});
+    at::fft_rfft_out(X, segment_range(x, left, n, hop, s0, s0 + count), n);
+    if (Cg == 1 && Og == 1) {  // one input per output
+      at::mul_out(Y, X, W.view({1, O, 1, F}));
+    } else {
+      mix_channels(X, W, groups, Y);
+    }
+    at::fft_irfft_out(R, Y, n);
+    // Stride-1 outputs s * hop + i, i < hop, of segment s: the ones on the
+    // stride grid, t = (s * hop + i) / stride, go to y.
+    const int64_t j0 = s0 * hop, j1 = std::min(needed, (s0 + count) * hop);
+    const int64_t t0 = (j0 + stride - 1) / stride, t1 = (j1 - 1) / stride + 1;
+    if (t1 <= t0) return;
+    const at::Tensor valid = R.narrow(-1, K - 1, hop);
+    at::Tensor out = y.narrow(-1, t0, t1 - t0);
+    if (stride == 1 && j1 == j0 + count * hop) {
+      out.view({N, O, count, hop}).copy_(valid);
+    } else {
+      out.copy_(valid.reshape({N, O, count * hop}).narrow(-1, t0 * stride - j0, (t1 - t0 - 1) * stride + 1)
+                    .slice(-1, 0, c10::nullopt, stride));
+    }
+    if (bias.defined()) out.add_(bias.view({1, O, 1}));
+  };
+  for (int64_t s0 = 0; s0 < S;) {
+    // Chunks end at inner_begin and inner_end: no chunk mixes views and copies.
+    const int64_t limit = s0 < inner_begin ? inner_begin : s0 < inner_end ? inner_end : S;
+    const int64_t count = std::min(chunk, limit - s0);
+    run(s0, count);
+    s0 += count;
   }
-  return y.view({N, O, S * hop}).narrow(-1, 0, needed).slice(-1, 0, c10::nullopt, stride);
+  return y;
 }
 
 }  // namespace
@@ -154,11 +213,10 @@ at::Tensor conv1d_forward(
   const auto ct = compute_type(input.scalar_type());
   at::Tensor x = input.to(ct);
   if (!d.batched) x = x.unsqueeze(0);
-  x = at::constant_pad_nd(x, {d.padding, d.padding});
-  at::Tensor y = correlate(x, dilate(weight.to(ct), d.dilation), d.groups, d.stride, d.out_length);
-  if (bias.has_value() && bias->defined()) y = y + bias->to(ct).view({1, -1, 1});
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(ct) : at::Tensor();
+  at::Tensor y = correlate(x, d.padding, dilate(weight.to(ct), d.dilation), d.groups, d.stride, 0, d.out_length, b);
   if (!d.batched) y = y.squeeze(0);
-  return y.to(input.scalar_type()).contiguous();
+  return y.to(input.scalar_type());
 }
 
 at::Tensor conv1d_input_backward(
@@ -171,16 +229,12 @@ at::Tensor conv1d_input_backward(
   const at::Tensor wd = dilate(weight.to(ct), d.dilation);
   const int64_t Kd = wd.size(-1);
   const at::Tensor wt = wd.view({G, Og, Cg, Kd}).transpose(1, 2).reshape({G * Cg, Og, Kd}).flip(-1);
-  // Full convolution of the upsampled grad_output: positions of the padded input.
-  const at::Tensor up = at::constant_pad_nd(upsample(gy, d.stride), {Kd - 1, Kd - 1});
-  const int64_t full = up.size(-1) - Kd + 1;
-  at::Tensor gxp = correlate(up, wt, G, 1, full);
-  // Padded-input positions [padding, padding + L); those past `full` get nothing.
-  const int64_t end = d.padding + d.in_length;
-  if (end > full) gxp = at::constant_pad_nd(gxp, {0, end - full});
-  at::Tensor gx = gxp.narrow(-1, d.padding, d.in_length);
+  // The full convolution of the upsampled grad_output (a correlation of it,
+  // zero-extended by Kd - 1 in front, with wt) at the padded input's
+  // positions [padding, padding + L).
+  at::Tensor gx = correlate(upsample(gy, d.stride), Kd - 1, wt, G, 1, d.padding, d.in_length, at::Tensor());
   if (!d.batched) gx = gx.squeeze(0);
-  return gx.to(grad_output.scalar_type()).contiguous();
+  return gx.to(grad_output.scalar_type());
 }
 
 at::Tensor conv1d_weight_backward(
@@ -189,17 +243,16 @@ at::Tensor conv1d_weight_backward(
   at::Tensor x = input.to(ct), gy = grad_output.to(ct);
   if (!d.batched) x = x.unsqueeze(0), gy = gy.unsqueeze(0);
   const int64_t B = d.batch, G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
-  const at::Tensor xp = at::constant_pad_nd(x, {d.padding, d.padding});
   const at::Tensor up = upsample(gy, d.stride);
   const int64_t Kd = d.dilation * (d.kernel_size - 1) + 1;
-  // Batch as channels: signals (Cg, G * B, Lp), kernels (G * Og, B, Lu).
-  const at::Tensor signals = xp.view({B, G, Cg, -1}).permute({2, 1, 0, 3}).reshape({Cg, G * B, -1});
+  // Batch as channels: signals (Cg, G * B, L), kernels (G * Og, B, Lu).
+  const at::Tensor signals = x.view({B, G, Cg, -1}).permute({2, 1, 0, 3}).reshape({Cg, G * B, -1});
   const at::Tensor kernels = up.view({B, G, Og, -1}).permute({1, 2, 0, 3}).reshape({G * Og, B, -1});
   at::Tensor r;
   if (B == 0 || kernels.size(-1) == 0) {
     r = at::zeros({Cg, G * Og, Kd}, x.options());
   } else {
-    r = correlate(signals, kernels, G, 1, Kd);  // (Cg, O, Kd)
+    r = correlate(signals, d.padding, kernels, G, 1, 0, Kd, at::Tensor());  // (Cg, O, Kd)
   }
   const at::Tensor gw = r.permute({1, 0, 2}).slice(-1, 0, c10::nullopt, d.dilation);
   return gw.to(input.scalar_type()).contiguous();
