@@ -103,16 +103,20 @@ def calibrate(repeats: int, log=print) -> List[float]:
         t_small = [c.time("direct", repeats) for c in small]
         direct_call, direct_small = fit_relative(
             [[1.0, c.model(unit("direct_small", threads))[0]] for c in small], t_small)
-        dense = [Case(2, 64, 64, 8192, 16), Case(1, 32, 32, 4096, 64)]
+        # The dense rate from 16 channel pairs up, where the sweep's crossovers with the FFT lie.
+        dense = [Case(2, 64, 64, 8192, 16), Case(1, 32, 32, 4096, 64), Case(1, 4, 4, 65536, 64),
+                 Case(1, 16, 16, 65536, 32), Case(1, 16, 16, 1 << 20, 32)]
         t_dense = [c.time("direct", repeats) - direct_call for c in dense]
-        direct_dense = sum(t / c.model(unit("direct_dense", threads))[0] for c, t in zip(dense, t_dense)) / 2
+        direct_dense = statistics.median(
+            t / c.model(unit("direct_dense", threads))[0] for c, t in zip(dense, t_dense))
         # FFT: t = call + a * (n log2 n work) + b * (complex multiply-adds) + c * (bytes of
         # spectra), over shapes from small transforms to ones of hundreds of MB, with and
         # without channel mixing.
         ffts = [Case(1, 1, 1, 64, 3), Case(1, 1, 1, 4096, 512), Case(1, 1, 1, 4096, 2048),
                 Case(1, 1, 1, 65536, 1024), Case(1, 1, 1, 1 << 18, 4096), Case(1, 4, 4, 65536, 512),
                 Case(1, 16, 16, 4096, 256), Case(4, 32, 32, 8192, 512), Case(1, 4, 4, 1 << 20, 128),
-                Case(1, 16, 16, 1 << 20, 64)]
+                Case(1, 16, 16, 1 << 20, 64), Case(1, 16, 16, 1 << 20, 128), Case(1, 16, 16, 65536, 64),
+                Case(1, 16, 16, 4096, 64), Case(1, 4, 4, 65536, 128), Case(1, 1, 1, 1 << 20, 128)]
         t_fft = [c.time("fft", repeats) for c in ffts]
         terms = ("fft_nlogn", "fft_cmac", "fft_byte")
         rows = [[1.0] + [c.model(unit(k, threads))[1] for k in terms] for c in ffts]

@@ -61,3 +61,30 @@ def test_unknown_level_is_an_error():
     with pytest.raises(RuntimeError, match=r"unknown CPU capability 'sse9'"):
         ops._cpu_capability("sse9")
     assert ops._cpu_capability() in CAPABILITIES
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_every_level_convolves_every_length_pair(capability, dtype):
+    """The row kernels (compile-time lengths, a vector per row, lanes across rows) at every level."""
+    gen = torch.Generator().manual_seed(7)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    for n in range(1, 17):
+        for m in range(1, 17):
+            a = torch.randn(203, n, generator=gen, dtype=dtype)
+            v = torch.randn(203, m, generator=gen, dtype=dtype)
+            full = F.conv1d(a.double()[None], v.double()[:, None].flip(-1), padding=m - 1, groups=203)[0]
+            for mode, ref in (("full", full), ("same", full[:, (m - 1) // 2:(m - 1) // 2 + n]),
+                              ("valid", full[:, min(n, m) - 1:max(n, m)])):
+                got = fastconv_ext.convolve(a, v, mode)
+                torch.testing.assert_close(got.double(), ref, **tol,
+                                           msg=lambda msg: f"{capability} {n}x{m} {mode}: {msg}")
+
+
+@pytest.mark.parametrize("channels,groups", [(1, 1), (5, 1), (16, 1), (12, 3)], ids=str)
+def test_every_level_fft_channel_mixing(capability, channels, groups):
+    """The FFT path's per-frequency channel mixing kernel against F.conv1d."""
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.randn(2, channels, 3000, generator=gen, dtype=torch.float64)
+    w = torch.randn(channels + 2 * groups, channels // groups, 200, generator=gen, dtype=torch.float64)
+    got = fastconv_ext.conv1d(x, w, padding=7, groups=groups, algorithm="fft")
+    torch.testing.assert_close(got, F.conv1d(x, w, padding=7, groups=groups))

@@ -351,6 +351,62 @@ struct RowWalker {
   }
 };
 
+// lanes of shift_in<K>(prev, cur): cur's lanes moved up by K, prev's top K
+// lanes below them (the vector K lanes back in a row of vectors).
+template <typename V, int W, int K, int... I>
+inline V shift_in(V prev, V cur, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(prev, cur, (I + W - K)...);
+}
+
+// x with lanes from N on zeroed.
+template <typename V, int W, int N, int... I>
+inline V keep_first(V x, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(x, V{}, (I < N ? I : W)...);
+}
+
+// Rows whose whole convolution fits one vector pay off with a vector per
+// row: a, zero-extended, shifted up by each tap k times v[k] -- M shuffles,
+// broadcasts and FMAs, where the across-rows loop of contiguous_rows spends
+// about N * M operations per row. Measured (fp32, AVX-512, AMD Zen 4) it
+// is up to 2.6x faster from N = 4 and M = 2 (9x7: 3.9 against 7.2 ns per
+// row, 8x2: 1.2 against 3.0), at worst 1.5x slower (5x4); with narrower
+// vectors most rows do not fit.
+template <typename T, int N, int M>
+constexpr bool use_row_vectors() {
+  return N + M - 1 <= Simd<T>::kLanes && M >= 2 && N >= 4;
+}
+
+// Rows [0, rows) while a row's vector load and store stay inside rows'
+// own a and out (they run past the row, into the next); returns the first
+// row not done. out rows are written in order, so each store's overrun is
+// overwritten by the next row's.
+template <typename T, int N, int M, int VStep>
+int64_t row_vectors(const T* __restrict__ a, const T* __restrict__ v, T* __restrict__ out, int64_t rows) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int W = S::kLanes, L = N + M - 1;
+  constexpr auto lanes = std::make_integer_sequence<int, W>{};
+  constexpr int kOverrunA = (W - N + N - 1) / N, kOverrunOut = (W - L + L - 1) / L;  // rows
+  const int64_t end = rows - (kOverrunA > kOverrunOut ? kOverrunA : kOverrunOut);
+  // Two rows at a time: two independent chains of M dependent FMAs.
+  auto row = [&](int64_t r) {
+    const Vec x = keep_first<Vec, W, N>(S::load(a + r * N), lanes);
+    Vec acc{};
+    [&]<int... K>(std::integer_sequence<int, K...>) {
+      ((acc += S::splat(v[r * VStep + K]) * shift_in<Vec, W, K>(Vec{}, x, lanes)), ...);
+    }(std::make_integer_sequence<int, M>{});
+    return acc;
+  };
+  int64_t r = 0;
+  for (; r + 1 < end; r += 2) {
+    const Vec first = row(r), second = row(r + 1);
+    S::store(out + r * L, first, W);
+    S::store(out + (r + 1) * L, second, W);
+  }
+  for (; r < end; ++r) S::store(out + r * L, row(r), W);
+  return r < 0 ? 0 : r;
+}
+
 // Contiguous rows, the whole convolution, v_step 0 (one v row for all) or M.
 // A function of its own so that __restrict__ on the parameters tells the
 // compiler out aliases neither input: it then vectorizes across rows (on
@@ -358,7 +414,11 @@ struct RowWalker {
 template <typename T, int N, int M, int VStep>
 void contiguous_rows(const T* __restrict__ a, const T* __restrict__ v, T* __restrict__ out, int64_t rows) {
   constexpr int L = N + M - 1;
-  for (int64_t r = 0; r < rows; ++r) {
+  int64_t r = 0;
+  if constexpr (use_row_vectors<T, N, M>()) {
+    r = row_vectors<T, N, M, VStep>(a, v, out, rows);
+  }
+  for (; r < rows; ++r) {
     for (int i = 0; i < L; ++i) {
       T acc = 0;
       for (int k = 0; k < M; ++k) {
