@@ -15,11 +15,12 @@
 namespace fastconv {
 namespace {
 
-// Measured on the development machine (AMD Zen 5, 2 threads, fp32, default
-// glibc allocator) with python -m fastconv_ext.calibrate (median of 3 runs).
+// Measured on the development machine (AMD EPYC Zen 4 VM, 2 threads, fp32,
+// default glibc allocator) with python -m fastconv_ext.calibrate --repeats 9.
+// The fit puts no weight on bytes (they scale with the transforms' n log n).
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.2e-11, /*direct_dense=*/5.33e-12, /*direct_call=*/5.47e-6,
-    /*fft_nlogn=*/9.4e-12,    /*fft_cmac=*/6.25e-10,   /*fft_byte=*/8.7e-11, /*fft_call=*/2.2e-5,
+    /*direct_small=*/1.97e-11, /*direct_dense=*/9.82e-12, /*direct_call=*/7.81e-6,
+    /*fft_nlogn=*/8.45e-11,    /*fft_cmac=*/1.0e-10,    /*fft_byte=*/1e-15, /*fft_call=*/3.99e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the one-thread-per-output kernel,
