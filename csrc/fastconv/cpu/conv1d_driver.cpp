@@ -101,13 +101,13 @@ void forward_impl(const Geometry& g, const scalar_t* in,
   using T = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<scalar_t, T>;
   const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
-  const int64_t tile = g.tile_length(sizeof(T));
+  const int64_t tile = tile_length(g, sizeof(T));
   if (tile <= 0 || g.batch == 0) {
     return;
   }
   const int64_t tiles = (g.out_length + tile - 1) / tile;
-  const int64_t row_len = g.row_length(tile);
-  const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+  const int64_t row_len = row_length(g, tile);
+  const std::vector<int64_t> offsets = tap_offsets(g, row_len);
   const int64_t items = g.batch * g.groups * tiles;
   // Outputs far larger than the caches are written around them, when every
   // row starts on a cache line (mixing streamed and cached stores within
@@ -144,7 +144,7 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
   constexpr bool kDirect = std::is_same_v<scalar_t, T>;
   const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
   const int64_t weight_numel = g.out_channels * taps;
-  const int64_t tile = g.tile_length(sizeof(T));
+  const int64_t tile = tile_length(g, sizeof(T));
   const int64_t tiles = tile > 0 ? (g.out_length + tile - 1) / tile : 0;
   const int64_t items = g.batch * g.groups * tiles;
   // Per-thread partial sums, added up in thread order: the result depends on
@@ -152,8 +152,8 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
   const int threads = at::get_num_threads();
   std::vector<T> partial(static_cast<size_t>(threads) * weight_numel, T(0));
   if (items > 0) {
-    const int64_t row_len = g.row_length(tile);
-    const std::vector<int64_t> offsets = g.tap_offsets(row_len);
+    const int64_t row_len = row_length(g, tile);
+    const std::vector<int64_t> offsets = tap_offsets(g, row_len);
     at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
       T* acc = partial.data() + at::get_thread_num() * weight_numel;
       T* scratch = workspace<T>(0, cin_g * g.stride * row_len);

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "fastconv/conv1d_geometry.h"
 #include "fastconv/cpu/tile_kernels.h"
 
 namespace fastconv::cpu {
@@ -19,45 +20,32 @@ namespace fastconv::cpu {
 // Scratch bytes per tile: the input rows of one tile stay in L2.
 constexpr int64_t kScratchBytes = 192 << 10;
 
-// One grouped convolution in the form the micro-kernels take:
-// out[b][oc][l] = bias[oc] + sum_{icg,k} w[oc][icg][k] * up[b][g*cin_g+icg][l*stride + k*dilation - pad]
-// where up is the input upsampled by in_dilation (in[i] at i * in_dilation,
-// zeros between) and zero outside. pad may be negative (grad_input).
-struct Geometry {
-  int64_t batch, groups;
-  int64_t in_channels, in_length;
-  int64_t out_channels, out_length;
-  int64_t kernel_size, stride, dilation, pad;
-  int64_t in_dilation = 1;
+using Geometry = Conv1dGeometry;
 
-  int64_t cin_g() const { return in_channels / groups; }
-  int64_t cout_g() const { return out_channels / groups; }
-  int64_t taps() const { return cin_g() * kernel_size; }
+// Output positions per tile: the scratch rows of a tile, and the staged
+// output rows of 16-bit types, fit kScratchBytes.
+inline int64_t tile_length(const Geometry& g, int64_t elem_size) {
+  const int64_t per_position = std::max<int64_t>(1, std::max(g.cin_g() * g.stride, g.cout_g()) * elem_size);
+  const int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
+  return std::min(t, g.out_length);
+}
 
-  // Output positions per tile: the scratch rows of a tile, and the staged
-  // output rows of 16-bit types, fit kScratchBytes.
-  int64_t tile_length(int64_t elem_size) const {
-    const int64_t per_position = std::max<int64_t>(1, std::max(cin_g() * stride, cout_g()) * elem_size);
-    const int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
-    return std::min(t, out_length);
-  }
-  // Elements of one deinterleaved phase row of a tile of n outputs.
-  int64_t row_length(int64_t n) const {
-    return n + dilation * (kernel_size - 1) / stride + kScratchSlack;
-  }
-  // Tap t = icg * K + k reads scratch[offsets[t] + j] for output j of the tile.
-  std::vector<int64_t> tap_offsets(int64_t row_len) const {
-    std::vector<int64_t> offsets(taps());
-    for (int64_t icg = 0; icg < cin_g(); ++icg) {
-      for (int64_t k = 0; k < kernel_size; ++k) {
-        const int64_t q = k * dilation;
-        offsets[icg * kernel_size + k] =
-            (icg * stride + q % stride) * row_len + q / stride;
-      }
+// Elements of one deinterleaved phase row of a tile of n outputs.
+inline int64_t row_length(const Geometry& g, int64_t n) {
+  return n + g.dilation * (g.kernel_size - 1) / g.stride + kScratchSlack;
+}
+
+// Tap t = icg * K + k reads scratch[offsets[t] + j] for output j of the tile.
+inline std::vector<int64_t> tap_offsets(const Geometry& g, int64_t row_len) {
+  std::vector<int64_t> offsets(g.taps());
+  for (int64_t icg = 0; icg < g.cin_g(); ++icg) {
+    for (int64_t k = 0; k < g.kernel_size; ++k) {
+      const int64_t q = k * g.dilation;
+      offsets[icg * g.kernel_size + k] = (icg * g.stride + q % g.stride) * row_len + q / g.stride;
     }
-    return offsets;
   }
-};
+  return offsets;
+}
 
 // out = conv(in, weight) + bias; weight is [C_out][cin_g * K] and bias
 // [C_out] (or null), both in the accumulation type.

@@ -23,8 +23,6 @@
 namespace fastconv {
 namespace {
 
-using cpu::Geometry;
-
 // Values of t in the accumulation type; a view when no conversion is needed.
 template <typename scalar_t>
 const at::opmath_type<scalar_t>* as_opmath(const scalar_t* p, int64_t n,
@@ -45,11 +43,6 @@ const at::opmath_type<scalar_t>* as_opmath(const scalar_t* p, int64_t n,
 bool onednn_weight_grad_is_faster(const Conv1dIntDims& d, at::ScalarType dtype) {
   return (dtype == at::kFloat || dtype == at::kBFloat16) &&
       d.in_channels_per_group() >= 32 && d.out_channels_per_group() >= 32;
-}
-
-Geometry forward_geometry(const Conv1dIntDims& d) {
-  return Geometry{d.batch, d.groups, d.in_channels, d.in_length, d.out_channels,
-                  d.out_length, d.kernel_size, d.stride, d.dilation, d.padding};
 }
 
 at::Tensor conv1d_cpu(
@@ -100,9 +93,7 @@ at::Tensor conv1d_input_backward_cpu(
   const at::Tensor w = weight.contiguous();
   at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
-    // A stride-1 convolution of grad_output, upsampled by the stride, with
-    // w'[ic][ocg][K-1-k] = w[oc][icg][k] (per group) and padding
-    // dilation * (K - 1) - padding.
+    // w'[ic][ocg][K-1-k] = w[oc][icg][k] per group (input_backward_geometry).
     using T = at::opmath_type<scalar_t>;
     const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
     const int64_t K = d.kernel_size;
@@ -117,9 +108,7 @@ at::Tensor conv1d_input_backward_cpu(
         }
       }
     }
-    const Geometry g{d.batch, d.groups, d.out_channels, d.out_length, d.in_channels,
-                     d.in_length, K, 1, d.dilation, d.dilation * (K - 1) - d.padding, d.stride};
-    cpu::conv_forward<scalar_t>(g, gy.const_data_ptr<scalar_t>(), wt.data(), nullptr, gx.mutable_data_ptr<scalar_t>());
+    cpu::conv_forward<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(), wt.data(), nullptr, gx.mutable_data_ptr<scalar_t>());
   });
   return gx;
 }

@@ -50,26 +50,27 @@ at::Tensor upsample(const at::Tensor& x, int64_t stride) {
   return out;
 }
 
-// Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f], into Y (contiguous).
-void mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups, const at::Tensor& Y) {
+// Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f].
+at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups) {
   const int64_t N = X.size(0), S = X.size(2), F = X.size(3);
   const int64_t O = W.size(0), Cg = W.size(1), Og = O / groups;
   if (X.is_cpu()) {
     // ATen's complex bmm falls back to a per-matrix loop for these many tiny
     // products (measured 5 ms where this takes 0.3).
-    const at::Tensor Wc = W.contiguous();
+    at::Tensor Y = at::empty({N, O, S, F}, X.options());
+    const at::Tensor Xc = X.contiguous(), Wc = W.contiguous();
     AT_DISPATCH_FLOATING_TYPES(at::toRealValueType(X.scalar_type()), "fastconv_fft_mix", [&] {
       cpu::mix_channels<scalar_t>(
-          reinterpret_cast<const scalar_t*>(X.const_data_ptr()),
+          reinterpret_cast<const scalar_t*>(Xc.const_data_ptr()),
           reinterpret_cast<const scalar_t*>(Wc.const_data_ptr()),
           reinterpret_cast<scalar_t*>(Y.mutable_data_ptr()), N, groups, Cg, Og, S, F);
     });
-    return;
+    return Y;
   }
   // One (N*S x Cg) @ (Cg x Og) product per group and frequency.
   const at::Tensor Xm = X.view({N, groups, Cg, S, F}).permute({1, 4, 0, 3, 2}).reshape({groups * F, N * S, Cg});
   const at::Tensor Wm = W.view({groups, Og, Cg, F}).permute({0, 3, 2, 1}).reshape({groups * F, Cg, Og});
-  Y.copy_(at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}));
+  return at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}).reshape({N, O, S, F});
 }
 
 // Segments [begin, end) of a correlation's input as a (N, C, end - begin, n)
@@ -92,11 +93,6 @@ at::Tensor segment_range(const at::Tensor& x, int64_t left, int64_t n, int64_t h
 int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
-// A contiguous (sizes) tensor at the start of buffer, which is at least that big.
-at::Tensor prefix(const at::Tensor& buffer, at::IntArrayRef sizes) {
-  return buffer.view({-1}).narrow(0, 0, c10::multiply_integers(sizes)).view(sizes);
-}
-
 // The grouped correlation above, with x (N, C, L) zero-extended by `left`
 // zeros in front and by zeros past its end, for l = first + t, t < outputs:
 //   y[n, o, t] = sum_{c in group(o), k} w[o, c, k] * xz[n, c, (first + t) * stride + k]
@@ -117,31 +113,23 @@ at::Tensor correlate(const at::Tensor& x, int64_t left, const at::Tensor& w, int
   // segment's outputs are its circular convolution at [K - 1, n).
   const at::Tensor W = at::fft_rfft(w.flip(-1), n);  // (O, Cg, F)
   const int64_t F = W.size(-1);
-  // Segments go through in chunks whose spectra fit kChunkBytes, in buffers
-  // reused from chunk to chunk: the workspace stays bounded and is not
-  // page-faulted in afresh (the largest cost otherwise). Segments that reach
-  // past x's ends go in chunks of their own (copied, zero-filled).
+  // Segments go through in chunks whose spectra fit kChunkBytes: the
+  // temporaries stay bounded, and being small they are reused by the
+  // allocator instead of page-faulted in afresh (the largest cost otherwise;
+  // ATen's out= transforms measured slower than letting them allocate).
+  // Segments that reach past x's ends go in chunks of their own (copied,
+  // zero-filled).
   const int64_t per_segment = N * ((C + O) * F * 2 * 8 + O * n * 4);
   const int64_t chunk = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(per_segment, 1), 1, S);
-  const auto complex = x.options().dtype(c10::toComplexType(x.scalar_type()));
-  const at::Tensor X_buf = at::empty({N * C * chunk * F}, complex);
-  const at::Tensor Y_buf = at::empty({N * O * chunk * F}, complex);
-  const at::Tensor R_buf = at::empty({N * O * chunk * n}, x.options());
   // Segments [inner_begin, inner_end) lie inside x: s * hop - left >= 0 and
   // s * hop - left + n <= L.
   const int64_t inner_begin = std::clamp<int64_t>(ceil_div(left, hop), 0, S);
   const int64_t inner_end = std::clamp<int64_t>(floor_div(x.size(-1) + left - n, hop) + 1, inner_begin, S);
   auto run = [&](int64_t s0, int64_t count) {
-    at::Tensor X = prefix(X_buf, {N, C, count, F});
-    at::Tensor Y = prefix(Y_buf, {N, O, count, F});
-    at::Tensor R = prefix(R_buf, {N, O, count, n});
-    at::fft_rfft_out(X, segment_range(x, left, n, hop, s0, s0 + count), n);
-    if (Cg == 1 && Og == 1) {  // one input per output
-      at::mul_out(Y, X, W.view({1, O, 1, F}));
-    } else {
-      mix_channels(X, W, groups, Y);
-    }
-    at::fft_irfft_out(R, Y, n);
+    const at::Tensor X = at::fft_rfft(segment_range(x, left, n, hop, s0, s0 + count), n);  // (N, C, count, F)
+    const at::Tensor Y = Cg == 1 && Og == 1 ? X * W.view({1, O, 1, F})  // one input per output
+                                            : mix_channels(X, W, groups);
+    const at::Tensor R = at::fft_irfft(Y, n);
     // Stride-1 outputs s * hop + i, i < hop, of segment s: the ones on the
     // stride grid, t = (s * hop + i) / stride, go to y.
     const int64_t j0 = s0 * hop, j1 = std::min(needed, (s0 + count) * hop);
