@@ -1,7 +1,7 @@
 """Measures this machine's constants for conv1d's automatic choice between the direct and
 the FFT algorithm, and writes them to the profile file the operator library reads.
 
-    python -m fastconv_ext.calibrate [--out PATH] [--repeats N]
+    python -m fastconv_ext.calibrate [--out PATH] [--repeats N] [--passes N]
 
 The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
@@ -133,8 +133,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"profile file (default {default_path()})")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="independent fits; each constant is their median (this machine is noisy)")
     args = parser.parse_args(argv)
-    values = calibrate(args.repeats, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    fits = [calibrate(args.repeats, log=log) for _ in range(max(1, args.passes))]
+    values = [statistics.median(column) for column in zip(*fits)]
     out = Path(args.out) if args.out else default_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# fastconv cost profile: {platform.node()}, {platform.processor() or platform.machine()}, "

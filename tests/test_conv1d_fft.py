@@ -133,8 +133,9 @@ def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
 
 def test_calibrate_writes_a_profile(tmp_path, restore_profile):
     out = tmp_path / "cpu_profile.txt"
-    subprocess.run([sys.executable, "-m", "fastconv_ext.calibrate", "--out", str(out), "--repeats", "1"],
-                   check=True, capture_output=True, text=True, cwd=tmp_path)
+    run = subprocess.run([sys.executable, "-m", "fastconv_ext.calibrate", "--out", str(out), "--repeats", "1",
+                          "--passes", "2"], check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert run.stderr.count("calibrating with") == 2  # two fits, their median written
     lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
     keys = [k for k, _ in lines]
     assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call",

@@ -16,11 +16,12 @@ namespace fastconv {
 namespace {
 
 // Measured on the development machine (AMD EPYC Zen 4 VM, 2 threads, fp32,
-// default glibc allocator) with python -m fastconv_ext.calibrate --repeats 9.
-// The fit puts no weight on bytes (they scale with the transforms' n log n).
+// default glibc allocator) with python -m fastconv_ext.calibrate --repeats 9
+// (the median of 3 fits). The fits put no weight on bytes: they scale with
+// the transforms' n log n.
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.97e-11, /*direct_dense=*/9.82e-12, /*direct_call=*/7.81e-6,
-    /*fft_nlogn=*/8.45e-11,    /*fft_cmac=*/1.0e-10,    /*fft_byte=*/1e-15, /*fft_call=*/3.99e-5,
+    /*direct_small=*/2.61e-11, /*direct_dense=*/1.15e-11, /*direct_call=*/1.18e-5,
+    /*fft_nlogn=*/1.70e-10,    /*fft_cmac=*/9.69e-11,   /*fft_byte=*/1e-15, /*fft_call=*/4.85e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the one-thread-per-output kernel,
