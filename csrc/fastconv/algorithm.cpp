@@ -24,7 +24,7 @@ constexpr CostProfile kDefaultCpuProfile{
     /*fft_nlogn=*/1.70e-10,    /*fft_cmac=*/9.69e-11,   /*fft_byte=*/1e-15, /*fft_call=*/4.85e-5,
     /*threads=*/2};
 
-// No GPU has measured these: cuFFT against the one-thread-per-output kernel,
+// No GPU has measured these: cuFFT against the tiled direct kernels,
 // as rough rates of an H100-class device.
 constexpr CostProfile kCudaProfile{
     /*direct_small=*/2e-13, /*direct_dense=*/1e-13, /*direct_call=*/1e-5,

@@ -31,6 +31,7 @@
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/im2col.h"
 #include "fastconv/cpu/streaming_store.h"
+#include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -252,6 +253,61 @@ at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t
   return partial.sum(0).permute({0, 2, 3, 1}).reshape({d.out_channels, cin_g, d.kernel_size[0], d.kernel_size[1]});
 }
 
+// Layers with few taps per group (C_in/g * KH * KW <= kDirectMaxTaps, like
+// the 3-channel 3x3 stem) and horizontal stride 1 skip im2col and the GEMM,
+// whose K (the taps) is then too short to run well: an output row of a group
+// is a sum of 1-D convolutions of its C_in/g * KH input rows, which the conv1d
+// micro-kernels (cpu/tile_kernels.h) compute straight off the staged rows,
+// up to 8 output channels x 8 vectors of pixels in registers, every staged
+// value loaded once per tap for all of them.
+constexpr int64_t kDirectMaxTaps = 32;
+
+bool use_direct_rows(const Conv2dIntDims& d, at::ScalarType dtype) {
+  return (dtype == at::kFloat || dtype == at::kDouble) && d.stride[1] == 1 && !is_pointwise(d) &&
+      taps_per_group(d) <= kDirectMaxTaps;
+}
+
+template <typename T>
+void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T* bias, T* y, bool streaming) {
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
+  const int64_t H = d.in_size[0], W = d.in_size[1], OH = d.out_size[0], OW = d.out_size[1];
+  const int64_t KH = d.kernel_size[0], KW = d.kernel_size[1];
+  const int64_t row_len = OW + d.dilation[1] * (KW - 1) + cpu::kScratchSlack;
+  // Tap (c, kh, kw), the weight's own order, reads staged row c * KH + kh at kw * dw.
+  std::vector<int64_t> offsets(taps);
+  for (int64_t t = 0; t < taps; ++t) offsets[t] = t / KW * row_len + t % KW * d.dilation[1];
+  const int64_t rows = d.batch * d.groups * OH;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, cout_g * taps * OW));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> stage(cin_g * KH * row_len);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t oh = item % OH, g = item / OH % d.groups, n = item / OH / d.groups;
+      for (int64_t c = 0; c < cin_g; ++c) {
+        for (int64_t kh = 0; kh < KH; ++kh) {
+          T* dst = stage.data() + (c * KH + kh) * row_len;
+          const int64_t ih = oh * d.stride[0] - d.padding[0] + kh * d.dilation[0];
+          if (ih < 0 || ih >= H) {
+            std::fill(dst, dst + row_len, T(0));
+            continue;
+          }
+          // dst[j] = x[.., ih, j - pw], zero outside the row.
+          const T* src = x + ((n * d.in_channels + g * cin_g + c) * H + ih) * W;
+          const int64_t lo = std::clamp<int64_t>(d.padding[1], 0, row_len);
+          const int64_t hi = std::clamp<int64_t>(d.padding[1] + W, lo, row_len);
+          std::fill(dst, dst + lo, T(0));
+          std::copy(src + (lo - d.padding[1]), src + (hi - d.padding[1]), dst + lo);
+          std::fill(dst + hi, dst + row_len, T(0));
+        }
+      }
+      cpu::ForwardTile<T> tile{stage.data(), offsets.data(), taps, w + g * cout_g * taps,
+                               bias ? bias + g * cout_g : nullptr,
+                               y + ((n * d.out_channels + g * cout_g) * OH + oh) * OW, OH * OW,
+                               cout_g, OW, streaming};
+      cpu::run(tile);
+    }
+  });
+}
+
 at::Tensor conv2d_cpu(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -280,6 +336,14 @@ at::Tensor conv2d_cpu(
     if (use_shifted_gemm(d)) {
       conv2d_shifted<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), weight, bp, y.mutable_data_ptr<scalar_t>());
       return;
+    }
+    if constexpr (same_type) {
+      if (use_direct_rows(d, x.scalar_type())) {
+        // Streamed stores only where every output row starts on a cache line.
+        conv2d_direct_rows<T>(d, x.const_data_ptr<T>(), wp, bp, y.mutable_data_ptr<T>(),
+                              streaming && d.out_size[1] * int64_t(sizeof(T)) % 64 == 0);
+        return;
+      }
     }
     for_each_tile<T>(d, plan_tiles(d, 1), 0, 1, [&](int64_t g, int64_t row0, int64_t rows, T* col, T* acc) {
       const int64_t cols = rows * d.out_size[1];

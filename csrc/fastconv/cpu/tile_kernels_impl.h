@@ -388,23 +388,16 @@ int64_t row_vectors(const T* __restrict__ a, const T* __restrict__ v, T* __restr
   constexpr auto lanes = std::make_integer_sequence<int, W>{};
   constexpr int kOverrunA = (W - N + N - 1) / N, kOverrunOut = (W - L + L - 1) / L;  // rows
   const int64_t end = rows - (kOverrunA > kOverrunOut ? kOverrunA : kOverrunOut);
-  // Two rows at a time: two independent chains of M dependent FMAs.
-  auto row = [&](int64_t r) {
+  int64_t r = 0;
+  for (; r < end; ++r) {
     const Vec x = keep_first<Vec, W, N>(S::load(a + r * N), lanes);
     Vec acc{};
     [&]<int... K>(std::integer_sequence<int, K...>) {
       ((acc += S::splat(v[r * VStep + K]) * shift_in<Vec, W, K>(Vec{}, x, lanes)), ...);
     }(std::make_integer_sequence<int, M>{});
-    return acc;
-  };
-  int64_t r = 0;
-  for (; r + 1 < end; r += 2) {
-    const Vec first = row(r), second = row(r + 1);
-    S::store(out + r * L, first, W);
-    S::store(out + (r + 1) * L, second, W);
+    S::store(out + r * L, acc, W);
   }
-  for (; r < end; ++r) S::store(out + r * L, row(r), W);
-  return r < 0 ? 0 : r;
+  return r;
 }
 
 // Contiguous rows, the whole convolution, v_step 0 (one v row for all) or M.
