@@ -306,6 +306,7 @@ def test_large_output_streamed_is_correct(size):
 @pytest.mark.parametrize("case", [
     Conv2dCase(2, 32, 24, (9, 11), (3, 3), padding=(1, 1)),  # shifted GEMM
     Conv2dCase(2, 4, 6, (9, 11), (3, 3), padding=(1, 1)),  # im2col
+    Conv2dCase(2, 3, 6, (9, 11), (3, 3), padding=(1, 1)),  # direct rows (27 taps)
 ], ids=str)
 def test_non_finite_values_propagate_like_torch(case):
     """Inf and NaN in the input and grad_output land where F.conv2d puts them, in every result."""
@@ -325,6 +326,20 @@ def test_non_finite_values_propagate_like_torch(case):
         assert torch.equal(got.isinf(), ref.isinf()), name
         finite = ref.isfinite()
         torch.testing.assert_close(got[finite], ref[finite])
+
+
+@pytest.mark.parametrize("case", [
+    Conv2dCase(2, 3, 16, (37, 70), (3, 3), padding=(1, 1)),
+    Conv2dCase(1, 2, 9, (20, 33), (5, 3), stride=(2, 1), padding=(2, 0), dilation=(1, 2)),
+    Conv2dCase(3, 4, 6, (15, 40), (1, 7), padding=(0, 5), groups=2),
+    Conv2dCase(None, 1, 17, (8, 300), (3, 3), padding=(4, 4), dilation=(3, 1)),
+], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_direct_rows_path(case, dtype):
+    """Layers with <= 32 taps per group and horizontal stride 1: the conv1d micro-kernels on staged rows."""
+    x, w, b = case.tensors(dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
+    torch.testing.assert_close(fastconv_ext.conv2d(x, w, b, **case.args()), F.conv2d(x, w, b, **case.args()), **tol)
 
 
 def test_large_output_on_huge_pages_is_correct():
