@@ -20,8 +20,8 @@ namespace {
 // (the median of 3 fits). The fits put no weight on bytes: they scale with
 // the transforms' n log n.
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/2.61e-11, /*direct_dense=*/1.15e-11, /*direct_call=*/1.18e-5,
-    /*fft_nlogn=*/1.70e-10,    /*fft_cmac=*/9.69e-11,   /*fft_byte=*/1e-15, /*fft_call=*/4.85e-5,
+    /*direct_small=*/2.07e-11, /*direct_dense=*/9.98e-12, /*direct_call=*/7.45e-6,
+    /*fft_nlogn=*/1.04e-10,    /*fft_cmac=*/5.40e-11,   /*fft_byte=*/1e-15, /*fft_call=*/3.39e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the tiled direct kernels,
