@@ -17,11 +17,11 @@ namespace {
 
 // Measured on the development machine (AMD EPYC Zen 4 VM, 2 threads, fp32,
 // default glibc allocator) with python -m fastconv_ext.calibrate --repeats 9
-// (the median of 3 fits). The fits put no weight on bytes: they scale with
-// the transforms' n log n.
+// (the median of 3 fits; the FFT's fixed cost measured on a small transform).
+// The fits put no weight on bytes: they scale with the transforms' n log n.
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/2.07e-11, /*direct_dense=*/9.98e-12, /*direct_call=*/7.45e-6,
-    /*fft_nlogn=*/1.04e-10,    /*fft_cmac=*/5.40e-11,   /*fft_byte=*/1e-15, /*fft_call=*/3.39e-5,
+    /*direct_small=*/2.24e-11, /*direct_dense=*/9.96e-12, /*direct_call=*/1.32e-5,
+    /*fft_nlogn=*/1.27e-10,    /*fft_cmac=*/4.88e-11,   /*fft_byte=*/1e-15, /*fft_call=*/5.73e-5,
     /*threads=*/2};
 
 // No GPU has measured these: cuFFT against the tiled direct kernels,
