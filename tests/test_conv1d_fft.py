@@ -76,6 +76,22 @@ def test_long_kernels_float32_within_1e5_of_float64(case, device):
         assert err < 1e-5, f"relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("case", [
+    # Hundreds of overlap-save segments in several chunks, with stride (outputs on a grid that
+    # crosses segment and chunk boundaries), dilation, groups, and padding wider than a hop
+    # (segments that reach past both ends of the signal).
+    Conv1dCase(2, 4, 6, 300000, 37, stride=3, padding=20, dilation=2, groups=2),
+    Conv1dCase(1, 3, 3, 200001, 100, stride=2, padding=250),
+    Conv1dCase(1, 16, 16, 100000, 64, padding=32),
+], ids=str)
+def test_fft_segments_across_chunks_match_torch(case):
+    x, w, b = case.tensors(dtype=torch.float64, requires_grad=True)
+    y, grads = forward_and_grads(case, x, w, b, "fft")
+    y_ref, grads_ref = forward_and_grads(case, *[t.detach().requires_grad_() for t in (x, w, b)])
+    for got, want in [(y, y_ref), *zip(grads, grads_ref)]:
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_fft_16bit_computes_in_float32(dtype, device):
     case = Conv1dCase(2, 3, 4, 3000, 200, padding=50)

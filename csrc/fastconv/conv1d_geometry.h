@@ -5,6 +5,7 @@
 // zeros between) and zero outside. pad may be negative (grad_input).
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
@@ -39,6 +40,13 @@ inline Conv1dGeometry input_backward_geometry(const Conv1dIntDims& d) {
   return Conv1dGeometry{d.batch, d.groups, d.out_channels, d.out_length, d.in_channels, d.in_length,
                         d.kernel_size, 1, d.dilation, d.dilation * (d.kernel_size - 1) - d.padding,
                         d.stride};
+}
+
+// The weights grad_input convolves with: w (C_out, C_in/g, K) transposed
+// and flipped per group, (C_in, C_out/g, K), contiguous.
+inline at::Tensor input_backward_weight(const at::Tensor& w, int64_t groups) {
+  const int64_t Og = w.size(0) / groups, Cg = w.size(1), K = w.size(2);
+  return w.reshape({groups, Og, Cg, K}).transpose(1, 2).flip(-1).reshape({groups * Cg, Og, K}).contiguous();
 }
 
 }  // namespace fastconv

@@ -90,25 +90,11 @@ at::Tensor conv1d_input_backward_cpu(
     return fft::conv1d_input_backward(grad_output, weight, d);
   }
   const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor wt = input_backward_weight(weight.to(at::toOpMathType(weight.scalar_type())), d.groups);
   at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
-    // w'[ic][ocg][K-1-k] = w[oc][icg][k] per group (input_backward_geometry).
-    using T = at::opmath_type<scalar_t>;
-    const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
-    const int64_t K = d.kernel_size;
-    std::vector<T> wt(w.numel());
-    const scalar_t* wp = w.const_data_ptr<scalar_t>();
-    for (int64_t oc = 0; oc < d.out_channels; ++oc) {
-      const int64_t grp = oc / cout_g, ocg = oc % cout_g;
-      for (int64_t icg = 0; icg < cin_g; ++icg) {
-        for (int64_t k = 0; k < K; ++k) {
-          wt[((grp * cin_g + icg) * cout_g + ocg) * K + (K - 1 - k)] =
-              static_cast<T>(wp[(oc * cin_g + icg) * K + k]);
-        }
-      }
-    }
-    cpu::conv_forward<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(), wt.data(), nullptr, gx.mutable_data_ptr<scalar_t>());
+    cpu::conv_forward<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(),
+                                wt.const_data_ptr<at::opmath_type<scalar_t>>(), nullptr, gx.mutable_data_ptr<scalar_t>());
   });
   return gx;
 }

@@ -27,9 +27,9 @@ constexpr int kRegs = FASTCONV_VEC_REGS;
 constexpr int kConvolveFixed = 9;
 constexpr int64_t kConvolveFixedWork = 81;
 
-template <typename T, int Bytes = FASTCONV_VEC_BYTES>
+template <typename T>
 struct Simd {
-  static constexpr int kBytes = Bytes;
+  static constexpr int kBytes = FASTCONV_VEC_BYTES;
   static constexpr int kLanes = kBytes / static_cast<int>(sizeof(T));
   typedef T V __attribute__((vector_size(kBytes)));
 

@@ -446,10 +446,7 @@ at::Tensor conv1d_input_backward_cuda(
   }
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor gy = grad_output.contiguous();
-  // w'[g*cin_g + icg][ocg][K-1-k] = w[g*cout_g + ocg][icg][k] (input_backward_geometry).
-  const int64_t G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
-  const at::Tensor wt =
-      weight.contiguous().view({G, Og, Cg, d.kernel_size}).transpose(1, 2).flip(-1).reshape({G * Cg, Og, d.kernel_size}).contiguous();
+  const at::Tensor wt = input_backward_weight(weight, d.groups);
   at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cuda", [&] {

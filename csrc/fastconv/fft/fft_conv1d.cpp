@@ -11,6 +11,7 @@
 //   grad_weight      a correlation of x with grad_output, channels and batch
 //                    swapped so the batch is the reduced dimension
 #include "fastconv/fft/fft_conv1d.h"
+#include "fastconv/conv1d_geometry.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/fft/mix_channels.h"
 
@@ -212,11 +213,10 @@ at::Tensor conv1d_input_backward(
   const auto ct = compute_type(grad_output.scalar_type());
   at::Tensor gy = grad_output.to(ct);
   if (!d.batched) gy = gy.unsqueeze(0);
-  const int64_t G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
+  const int64_t G = d.groups;
   // The flipped kernel with in and out channels swapped per group: (C_in, Og, Kd).
-  const at::Tensor wd = dilate(weight.to(ct), d.dilation);
-  const int64_t Kd = wd.size(-1);
-  const at::Tensor wt = wd.view({G, Og, Cg, Kd}).transpose(1, 2).reshape({G * Cg, Og, Kd}).flip(-1);
+  const at::Tensor wt = dilate(input_backward_weight(weight.to(ct), G), d.dilation);
+  const int64_t Kd = wt.size(-1);
   // The full convolution of the upsampled grad_output (a correlation of it,
   // zero-extended by Kd - 1 in front, with wt) at the padded input's
   // positions [padding, padding + L).
