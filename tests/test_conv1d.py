@@ -265,13 +265,14 @@ def test_large_output_written_with_streaming_stores(dtype):
 
 
 def test_large_results_on_huge_pages_are_correct():
-    """Forward outputs and grad_input of 32 MiB and more come from the huge-page allocator."""
+    """Forward outputs and grad_input of 32 MiB and more sit on huge pages, 2 MiB-aligned."""
     x = torch.randn(1, 64, 140000, requires_grad=True)
     w = torch.randn(64, 1, 4, requires_grad=True)
     y = fastconv_ext.conv1d(x, w, padding=2, groups=64)
     gy = torch.randn_like(y)
     gx, gw = torch.autograd.grad(y, (x, w), gy)
     assert y.nbytes >= 32 << 20 and gx.nbytes >= 32 << 20
+    assert y.data_ptr() % (2 << 20) == 0 and gx.data_ptr() % (2 << 20) == 0
     y_ref = F.conv1d(x, w, padding=2, groups=64)
     gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), gy)
     torch.testing.assert_close(y, y_ref)

@@ -343,7 +343,7 @@ def test_direct_rows_path(case, dtype):
 
 
 def test_large_output_on_huge_pages_is_correct():
-    """Outputs of 32 MiB and more come from the huge-page allocator: ordinary, resizable tensors."""
+    """Outputs of 32 MiB and more sit on huge pages: ordinary, resizable tensors."""
     x = torch.randn(1, 3, 730, 730)
     w = torch.randn(16, 3, 3, 3)
     y = fastconv_ext.conv2d(x, w, padding=1)

@@ -200,7 +200,7 @@ def test_bad_input_raises(call, pattern):
 
 
 def test_large_output_on_huge_pages_is_correct():
-    """Outputs of 32 MiB and more come from the huge-page allocator."""
+    """Outputs of 32 MiB and more sit on huge pages."""
     gen = torch.Generator().manual_seed(3)
     a = torch.randn(10**6, 5, generator=gen)
     v = torch.randn(10**6, 5, generator=gen)

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "fastconv/algorithm.h"
+#include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/shape.h"
 
@@ -84,6 +85,10 @@ TORCH_LIBRARY(fastconv, m) {
     if (values) set_cpu_cost_profile(CostProfile::from_vector(*values));
     return cpu_cost_profile().to_vector();
   });
+  // The CPU output cache (cpu/allocation.h): [limit, cached bytes, cached
+  // buffers, hits, misses], after setting the limit when given.
+  m.def("_cpu_cache(int? limit_bytes=None) -> int[]", &cpu::output_cache_info);
+  m.def("_cpu_cache_clear() -> ()", &cpu::empty_output_cache);
   // Instruction sets usable on this CPU, best first.
   m.def("_cpu_capabilities() -> str[]", [] { return cpu::supported_capabilities(); });
 }
