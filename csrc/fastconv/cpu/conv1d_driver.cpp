@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace fastconv::cpu {
@@ -33,6 +34,17 @@ T* workspace(int slot, int64_t n) {
   return buf.data();
 }
 
+// dst[r * row_len + j] = src[j * S + r] for j in [lo, hi): a fixed stride
+// lets the compiler vectorize the deinterleave.
+template <int S, typename scalar_t, typename T>
+void deinterleave(const scalar_t* src, int64_t lo, int64_t hi, int64_t row_len, T* dst) {
+  for (int64_t j = lo; j < hi; ++j) {
+    for (int r = 0; r < S; ++r) {
+      dst[r * row_len + j] = static_cast<T>(src[j * S + r]);
+    }
+  }
+}
+
 // Fills the stride phases of one input row for a tile starting at output l0:
 // phase r, element j holds up[(l0 + j) * stride + r - pad], zero outside the row.
 template <typename scalar_t, typename T>
@@ -50,25 +62,52 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
     }
     return;
   }
+  // Phase r, element j reads input base + j * stride + r. Valid j for phase r:
+  // 0 <= base + j * stride + r < in_length.
+  const int64_t base = l0 * g.stride - g.pad;
+  const auto first_valid = [&](int64_t r) {
+    const int64_t i = base + r;
+    return std::clamp<int64_t>(i >= 0 ? 0 : (-i + g.stride - 1) / g.stride, 0, row_len);
+  };
+  const auto end_valid = [&](int64_t r) {
+    const int64_t i = base + r;
+    return std::clamp<int64_t>(g.in_length - i <= 0 ? 0 : (g.in_length - i - 1) / g.stride + 1, 0, row_len);
+  };
+  // [lo, hi): where every phase is valid (phase 0 starts last and phase
+  // stride - 1 ends first), copied in one contiguous pass over the input.
+  const int64_t lo = first_valid(0);
+  const int64_t hi = std::max(lo, end_valid(g.stride - 1));
+  if (g.stride == 1) {
+    std::fill(dst, dst + lo, T(0));
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      std::memcpy(dst + lo, in_row + base + lo, (hi - lo) * sizeof(T));
+    } else {
+      for (int64_t j = lo; j < hi; ++j) dst[j] = static_cast<T>(in_row[base + j]);
+    }
+    std::fill(dst + hi, dst + row_len, T(0));
+    return;
+  }
+  if (g.stride == 2) {
+    deinterleave<2>(in_row + base, lo, hi, row_len, dst);
+  } else {
+    for (int64_t j = lo; j < hi; ++j) {
+      for (int64_t r = 0; r < g.stride; ++r) {
+        dst[r * row_len + j] = static_cast<T>(in_row[base + j * g.stride + r]);
+      }
+    }
+  }
+  // The rest of each phase, [0, lo) and [hi, row_len): the input where phase
+  // r is valid, [first_valid(r), end_valid(r)), zeros elsewhere.
   for (int64_t r = 0; r < g.stride; ++r) {
     T* ph = dst + r * row_len;
-    const int64_t base = l0 * g.stride + r - g.pad;  // input index of j = 0
-    // Valid j: 0 <= base + j * stride < in_length.
-    const int64_t lo = std::clamp<int64_t>(base >= 0 ? 0 : (-base + g.stride - 1) / g.stride, 0, row_len);
-    const int64_t hi = std::clamp<int64_t>(
-        g.in_length - base <= 0 ? 0 : (g.in_length - base - 1) / g.stride + 1, lo, row_len);
-    std::fill(ph, ph + lo, T(0));
-    const scalar_t* src = in_row + base;
-    if (g.stride == 1) {
-      if constexpr (std::is_same_v<scalar_t, T>) {
-        std::memcpy(ph + lo, src + lo, (hi - lo) * sizeof(T));
-      } else {
-        for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j]);
-      }
-    } else {
-      for (int64_t j = lo; j < hi; ++j) ph[j] = static_cast<T>(src[j * g.stride]);
+    const scalar_t* src = in_row + base + r;
+    const int64_t a = first_valid(r), e = end_valid(r);
+    for (const auto& [j0, j1] : {std::pair<int64_t, int64_t>{0, lo}, {hi, row_len}}) {
+      const int64_t v0 = std::clamp(a, j0, j1), v1 = std::clamp(e, v0, j1);
+      std::fill(ph + j0, ph + v0, T(0));
+      for (int64_t j = v0; j < v1; ++j) ph[j] = static_cast<T>(src[j * g.stride]);
+      std::fill(ph + v1, ph + j1, T(0));
     }
-    std::fill(ph + hi, ph + row_len, T(0));
   }
 }
 

@@ -26,13 +26,17 @@ using Geometry = Conv1dGeometry;
 // Output positions per tile: the scratch rows of a tile, and the staged
 // output rows of 16-bit types, fit kScratchBytes; and where few rows (batch x
 // groups) are long, short enough that every thread gets tiles (one sample
-// of 4 channels at L = 4096 was a single tile: one thread, 1.5x the time).
+// of 4 channels at L = 4096 was a single tile: one thread, 1.5x the time);
+// and all of about the same length.
 inline int64_t tile_length(const Geometry& g, int64_t elem_size) {
   const int64_t per_position = std::max<int64_t>(1, std::max(g.cin_g() * g.stride, g.cout_g()) * elem_size);
   int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
   const int64_t rows = std::max<int64_t>(1, g.batch * g.groups);
   const int64_t tiles_per_row = (4 * at::get_num_threads() + rows - 1) / rows;
   t = std::min(t, std::max<int64_t>(64, ((g.out_length + tiles_per_row - 1) / tiles_per_row + 15) & ~int64_t(15)));
+  // Equal tiles: 2048 outputs as 1536 + 512 staged and ran a mostly empty tile.
+  const int64_t count = (g.out_length + t - 1) / std::max<int64_t>(1, t);
+  t = std::min(t, ((g.out_length + count - 1) / std::max<int64_t>(1, count) + 15) & ~int64_t(15));
   return std::min(t, g.out_length);
 }
 
