@@ -158,3 +158,24 @@ def test_limit_from_environment(value, limit, warns):
     got_limit, got_warning = out.stdout.split()
     assert int(got_limit) == limit
     assert (got_warning == "True" or "FASTCONV_CPU_CACHE_MB" in out.stderr) == warns
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_cache_works_in_a_forked_child(cache):
+    """A forked child (DataLoader workers) reuses and frees cached buffers of its own copy."""
+    x, w = _conv1d_case()
+    ref = F.conv1d(x, w, groups=8)
+    del ref  # its buffer is ATen's; make one of ours cached before the fork
+    y = fastconv_ext.conv1d(x, w, groups=8)
+    del y
+    pid = os.fork()
+    if pid == 0:  # child: any failure becomes a non-zero exit status
+        ok = False
+        try:
+            torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's pool did not fork
+            for _ in range(3):
+                ok = torch.allclose(fastconv_ext.conv1d(x, w, groups=8), F.conv1d(x, w, groups=8))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -8,8 +8,10 @@
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <new>
 
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -85,7 +87,15 @@ class OutputCache final : public c10::Allocator {
 
   static OutputCache& instance() {
     // Never destroyed: results may be freed after static destructors ran.
-    static auto* cache = new OutputCache();
+    static auto* cache = [] {
+      auto* c = new OutputCache();
+#ifdef __linux__
+      // A fork while another thread held the lock would leave the child's
+      // copy locked forever (DataLoader workers fork).
+      pthread_atfork(nullptr, nullptr, [] { new (&instance().mutex_) std::mutex(); });
+#endif
+      return c;
+    }();
     return *cache;
   }
 
