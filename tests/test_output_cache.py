@@ -147,14 +147,16 @@ def test_bad_limits_are_rejected():
 
 @pytest.mark.parametrize("value,limit,warns", [("3", 3 << 20, False), ("0", 0, False),
                                                ("lots", 512 << 20, True), ("-1", 512 << 20, True)])
-def test_limit_from_environment(value, limit, warns):
+def test_limit_from_environment(value, limit, warns, tmp_path):
+    # cwd outside the checkout: the installed package, not the source tree, must be imported
     code = ("import warnings, fastconv_ext\n"
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    info = fastconv_ext.cpu_cache_info()\n"
             "print(info['limit_bytes'], any('FASTCONV_CPU_CACHE_MB' in str(x.message) for x in w))\n")
     env = dict(os.environ, FASTCONV_CPU_CACHE_MB=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     got_limit, got_warning = out.stdout.split()
     assert int(got_limit) == limit
     assert (got_warning == "True" or "FASTCONV_CPU_CACHE_MB" in out.stderr) == warns
