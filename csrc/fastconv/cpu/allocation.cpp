@@ -52,6 +52,11 @@ struct Buffer {
   size_t bytes;
 };
 
+void destroy(Buffer* buffer) {
+  std::free(buffer->data);
+  delete buffer;
+}
+
 class OutputCache final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t n) override {
@@ -135,8 +140,7 @@ class OutputCache final : public c10::Allocator {
   void give_back(Buffer* buffer) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (buffer->bytes > static_cast<size_t>(limit_)) {
-      std::free(buffer->data);
-      delete buffer;
+      destroy(buffer);
       return;
     }
     free_.push_back(buffer);
@@ -151,8 +155,7 @@ class OutputCache final : public c10::Allocator {
       Buffer* oldest = free_.front();
       free_.pop_front();
       cached_bytes_ -= oldest->bytes;
-      std::free(oldest->data);
-      delete oldest;
+      destroy(oldest);
     }
   }
 

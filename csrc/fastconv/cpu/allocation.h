@@ -5,6 +5,7 @@
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace fastconv::cpu {
