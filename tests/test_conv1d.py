@@ -262,6 +262,54 @@ def test_strided_rows_across_tiles(stride, padding, dtype):
         torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
+PACKED_ROW_CASES = [
+    Conv1dCase(300, 1, 1, 64, 16, padding=8),
+    Conv1dCase(97, 1, 1, 23, 5, stride=3, padding=4, dilation=2),
+    Conv1dCase(70, 6, 6, 40, 4, padding=3, groups=6),
+    Conv1dCase(45, 2, 3, 50, 3, stride=2, padding=1),
+    Conv1dCase(64, 4, 2, 33, 7, padding=2, dilation=3, groups=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", PACKED_ROW_CASES, ids=str)
+def test_short_rows_packed_into_tiles(case, dtype, threads):
+    """Many short rows of one group share a tile: each sample's edges, the gaps between them, ragged last tiles."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+        y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    finally:
+        torch.set_num_threads(previous)
+    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
+    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * 5)
+    for g, g_ref in zip(grads, grads_ref):
+        scale = g_ref.abs().max().item() + 1.0
+        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def test_packed_rows_keep_infinities_to_their_own_taps():
+    """An infinity at the first input of a sample reaches only tap 0 of grad_weight, as in F.conv1d:
+    rows packed into one tile never multiply another sample's inputs, not even by zero."""
+    x = torch.randn(300, 1, 64, dtype=torch.float64)
+    x[[37, 150, 299], 0, 0] = float("inf")
+    w = torch.randn(1, 1, 5, dtype=torch.float64, requires_grad=True)
+    x.requires_grad_()
+    y = fastconv_ext.conv1d(x, w)
+    y_ref = F.conv1d(x, w)
+    torch.testing.assert_close(y, y_ref)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), gy)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), gy)
+    assert torch.isinf(gw[0, 0, 0]) and torch.isfinite(gw[0, 0, 1:]).all()
+    torch.testing.assert_close(gw[..., 1:], gw_ref[..., 1:])
+    torch.testing.assert_close(gx, gx_ref)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_large_output_written_with_streaming_stores(dtype):
     """Outputs of 16 MiB and more with cache-line-aligned rows take the non-temporal store path."""

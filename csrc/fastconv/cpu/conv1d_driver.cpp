@@ -45,17 +45,19 @@ void deinterleave(const scalar_t* src, int64_t lo, int64_t hi, int64_t row_len, 
   }
 }
 
-// Fills the stride phases of one input row for a tile starting at output l0:
-// phase r, element j holds up[(l0 + j) * stride + r - pad], zero outside the row.
+// Fills `count` elements of each stride phase of one input row, for a tile
+// starting at output l0: phase r (at dst + r * phase_pitch), element j holds
+// up[(l0 + j) * stride + r - pad], zero outside the row.
 template <typename scalar_t, typename T>
-void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t row_len, T* dst) {
+void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t count,
+                 int64_t phase_pitch, T* dst) {
   if (g.in_dilation > 1) {
     // Upsampled input (grad_input of a strided convolution; stride is 1 here):
     // element j is in[i] when base + j = i * in_dilation.
     const int64_t base = l0 - g.pad;
-    std::fill(dst, dst + row_len, T(0));
+    std::fill(dst, dst + count, T(0));
     const int64_t i_first = base <= 0 ? 0 : (base + g.in_dilation - 1) / g.in_dilation;
-    const int64_t last = base + row_len - 1;
+    const int64_t last = base + count - 1;
     const int64_t i_end = last < 0 ? 0 : std::min(g.in_length, last / g.in_dilation + 1);
     for (int64_t i = i_first; i < i_end; ++i) {
       dst[i * g.in_dilation - base] = static_cast<T>(in_row[i]);
@@ -67,11 +69,11 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
   const int64_t base = l0 * g.stride - g.pad;
   const auto first_valid = [&](int64_t r) {
     const int64_t i = base + r;
-    return std::clamp<int64_t>(i >= 0 ? 0 : (-i + g.stride - 1) / g.stride, 0, row_len);
+    return std::clamp<int64_t>(i >= 0 ? 0 : (-i + g.stride - 1) / g.stride, 0, count);
   };
   const auto end_valid = [&](int64_t r) {
     const int64_t i = base + r;
-    return std::clamp<int64_t>(g.in_length - i <= 0 ? 0 : (g.in_length - i - 1) / g.stride + 1, 0, row_len);
+    return std::clamp<int64_t>(g.in_length - i <= 0 ? 0 : (g.in_length - i - 1) / g.stride + 1, 0, count);
   };
   // [lo, hi): where every phase is valid (phase 0 starts last and phase
   // stride - 1 ends first), copied in one contiguous pass over the input.
@@ -84,25 +86,25 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
     } else {
       for (int64_t j = lo; j < hi; ++j) dst[j] = static_cast<T>(in_row[base + j]);
     }
-    std::fill(dst + hi, dst + row_len, T(0));
+    std::fill(dst + hi, dst + count, T(0));
     return;
   }
   if (g.stride == 2) {
-    deinterleave<2>(in_row + base, lo, hi, row_len, dst);
+    deinterleave<2>(in_row + base, lo, hi, phase_pitch, dst);
   } else {
     for (int64_t j = lo; j < hi; ++j) {
       for (int64_t r = 0; r < g.stride; ++r) {
-        dst[r * row_len + j] = static_cast<T>(in_row[base + j * g.stride + r]);
+        dst[r * phase_pitch + j] = static_cast<T>(in_row[base + j * g.stride + r]);
       }
     }
   }
-  // The rest of each phase, [0, lo) and [hi, row_len): the input where phase
+  // The rest of each phase, [0, lo) and [hi, count): the input where phase
   // r is valid, [first_valid(r), end_valid(r)), zeros elsewhere.
   for (int64_t r = 0; r < g.stride; ++r) {
-    T* ph = dst + r * row_len;
+    T* ph = dst + r * phase_pitch;
     const scalar_t* src = in_row + base + r;
     const int64_t a = first_valid(r), e = end_valid(r);
-    for (const auto& [j0, j1] : {std::pair<int64_t, int64_t>{0, lo}, {hi, row_len}}) {
+    for (const auto& [j0, j1] : {std::pair<int64_t, int64_t>{0, lo}, {hi, count}}) {
       const int64_t v0 = std::clamp(a, j0, j1), v1 = std::clamp(e, v0, j1);
       std::fill(ph + j0, ph + v0, T(0));
       for (int64_t j = v0; j < v1; ++j) ph[j] = static_cast<T>(src[j * g.stride]);
@@ -111,23 +113,27 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
   }
 }
 
-// Where work item `item` sits: batch b, group grp, output positions [l0, l0 + n).
+// Where work item `item` sits: samples [b0, b0 + rows) of group grp, output
+// positions [l0, l0 + n) of each.
 struct TileItem {
-  int64_t b, grp, l0, n;
+  int64_t b0, rows, grp, l0, n;
 };
 
-// Decodes a work item (b, group, tile) and stages the input rows its tile
-// reads into scratch, [icg][stride phase][row_len].
+// Decodes a work item and stages the input rows its tile reads into
+// scratch, [icg][stride phase][row_len], sample s of the tile at s * pitch.
 template <typename scalar_t, typename T>
-TileItem stage_tile(const Geometry& g, const scalar_t* in, int64_t item, int64_t tile,
-                    int64_t row_len, T* scratch) {
-  const int64_t tiles = (g.out_length + tile - 1) / tile;
-  const int64_t bg = item / tiles;  // b * groups + group
-  TileItem it{bg / g.groups, bg % g.groups, (item % tiles) * tile, 0};
-  it.n = std::min(tile, g.out_length - it.l0);
-  for (int64_t icg = 0; icg < g.cin_g(); ++icg) {
-    const scalar_t* row = in + (it.b * g.in_channels + it.grp * g.cin_g() + icg) * g.in_length;
-    fill_phases(g, row, it.l0, row_len, scratch + icg * g.stride * row_len);
+TileItem stage_tile(const Geometry& g, const Tiling& t, const scalar_t* in, int64_t item, T* scratch) {
+  const int64_t pack = item / (t.tiles * g.groups);
+  TileItem it{pack * t.rows, 0, (item / t.tiles) % g.groups, (item % t.tiles) * t.length, 0};
+  it.rows = std::min(t.rows, g.batch - it.b0);
+  it.n = std::min(t.length, g.out_length - it.l0);
+  for (int64_t s = 0; s < it.rows; ++s) {
+    // The last row of the tile also zeroes the rest of each phase row.
+    const int64_t count = s + 1 < it.rows ? t.pitch : t.row_len - s * t.pitch;
+    for (int64_t icg = 0; icg < g.cin_g(); ++icg) {
+      const scalar_t* row = in + (((it.b0 + s) * g.groups + it.grp) * g.cin_g() + icg) * g.in_length;
+      fill_phases(g, row, it.l0, count, t.row_len, scratch + icg * g.stride * t.row_len + s * t.pitch);
+    }
   }
   return it;
 }
@@ -138,37 +144,39 @@ void forward_impl(const Geometry& g, const scalar_t* in,
              const at::opmath_type<scalar_t>* weight,
              const at::opmath_type<scalar_t>* bias, scalar_t* out) {
   using T = at::opmath_type<scalar_t>;
-  constexpr bool kDirect = std::is_same_v<scalar_t, T>;
-  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
-  const int64_t tile = tile_length(g, sizeof(T));
-  if (tile <= 0 || g.batch == 0) {
+  const Tiling t = make_tiling(g, sizeof(T), /*computes_gaps=*/true);
+  if (t.items == 0) {
     return;
   }
-  const int64_t tiles = (g.out_length + tile - 1) / tile;
-  const int64_t row_len = row_length(g, tile);
-  const std::vector<int64_t> offsets = tap_offsets(g, row_len);
-  const int64_t items = g.batch * g.groups * tiles;
+  // fp32/fp64 tiles of one row are written in place; 16-bit types and
+  // packed rows go through a staged [oc][span] block.
+  const bool direct = std::is_same_v<scalar_t, T> && t.rows == 1;
+  const int64_t cout_g = g.cout_g(), taps = g.taps();
+  const std::vector<int64_t> offsets = tap_offsets(g, t.row_len);
   // Outputs far larger than the caches are written around them, when every
   // row starts on a cache line (mixing streamed and cached stores within
   // lines measured slower than not streaming at all).
-  const bool streaming = kDirect && (g.out_length * int64_t(sizeof(T))) % 64 == 0 &&
+  const bool streaming = direct && (g.out_length * int64_t(sizeof(T))) % 64 == 0 &&
       g.batch * g.out_channels * g.out_length * int64_t(sizeof(T)) >= kStreamingBytes;
-  at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
-    T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
-    T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
+  at::parallel_for(0, t.items, grain_for(cout_g * taps * t.rows * t.length), [&](int64_t begin, int64_t end) {
+    T* scratch = workspace<T>(0, g.cin_g() * g.stride * t.row_len);
+    T* staged = direct ? nullptr : workspace<T>(1, cout_g * t.span);
     for (int64_t item = begin; item < end; ++item) {
-      const auto [b, grp, l0, n] = stage_tile(g, in, item, tile, row_len, scratch);
-      scalar_t* dst = out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+      const auto [b0, rows, grp, l0, n] = stage_tile(g, t, in, item, scratch);
+      const int64_t span = (rows - 1) * t.pitch + n;
+      scalar_t* dst = out + ((b0 * g.groups + grp) * cout_g) * g.out_length + l0;
       ForwardTile<T> tile_args{
           scratch, offsets.data(), taps, weight + grp * cout_g * taps,
           bias ? bias + grp * cout_g : nullptr,
-          kDirect ? reinterpret_cast<T*>(dst) : staged, kDirect ? g.out_length : n,
-          cout_g, n, streaming};
+          direct ? reinterpret_cast<T*>(dst) : staged, direct ? g.out_length : span,
+          cout_g, span, streaming};
       run(tile_args);
-      if constexpr (!kDirect) {
-        for (int64_t oc = 0; oc < cout_g; ++oc) {
-          for (int64_t j = 0; j < n; ++j) {
-            dst[oc * g.out_length + j] = static_cast<scalar_t>(staged[oc * n + j]);
+      if (!direct) {
+        for (int64_t s = 0; s < rows; ++s) {
+          for (int64_t oc = 0; oc < cout_g; ++oc) {
+            const T* src = staged + oc * span + s * t.pitch;
+            scalar_t* o = dst + (s * g.out_channels + oc) * g.out_length;
+            for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
           }
         }
       }
@@ -181,36 +189,35 @@ template <typename scalar_t>
 void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_weight) {
   using T = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<scalar_t, T>;
-  const int64_t cin_g = g.cin_g(), cout_g = g.cout_g(), taps = g.taps();
+  const int64_t cout_g = g.cout_g(), taps = g.taps();
   const int64_t weight_numel = g.out_channels * taps;
-  const int64_t tile = tile_length(g, sizeof(T));
-  const int64_t tiles = tile > 0 ? (g.out_length + tile - 1) / tile : 0;
-  const int64_t items = g.batch * g.groups * tiles;
+  const Tiling t = make_tiling(g, sizeof(T), /*computes_gaps=*/false);
   // Per-thread partial sums, added up in thread order: the result depends on
   // the thread count only, not on timing.
   const int threads = at::get_num_threads();
   std::vector<T> partial(static_cast<size_t>(threads) * weight_numel, T(0));
-  if (items > 0) {
-    const int64_t row_len = row_length(g, tile);
-    const std::vector<int64_t> offsets = tap_offsets(g, row_len);
-    at::parallel_for(0, items, grain_for(cout_g * taps * tile), [&](int64_t begin, int64_t end) {
+  if (t.items > 0) {
+    const std::vector<int64_t> offsets = tap_offsets(g, t.row_len);
+    at::parallel_for(0, t.items, grain_for(cout_g * taps * t.rows * t.length), [&](int64_t begin, int64_t end) {
       T* acc = partial.data() + at::get_thread_num() * weight_numel;
-      T* scratch = workspace<T>(0, cin_g * g.stride * row_len);
-      T* staged = kDirect ? nullptr : workspace<T>(1, cout_g * tile);
+      T* scratch = workspace<T>(0, g.cin_g() * g.stride * t.row_len);
+      T* staged = kDirect ? nullptr : workspace<T>(1, t.rows * cout_g * t.length);
       for (int64_t item = begin; item < end; ++item) {
-        const auto [b, grp, l0, n] = stage_tile(g, in, item, tile, row_len, scratch);
-        const scalar_t* gy = grad_out + (b * g.out_channels + grp * cout_g) * g.out_length + l0;
+        const auto [b0, rows, grp, l0, n] = stage_tile(g, t, in, item, scratch);
+        const scalar_t* gy = grad_out + ((b0 * g.groups + grp) * cout_g) * g.out_length + l0;
         if constexpr (!kDirect) {
-          for (int64_t oc = 0; oc < cout_g; ++oc) {
-            for (int64_t j = 0; j < n; ++j) {
-              staged[oc * n + j] = static_cast<T>(gy[oc * g.out_length + j]);
+          for (int64_t s = 0; s < rows; ++s) {
+            for (int64_t oc = 0; oc < cout_g; ++oc) {
+              const scalar_t* src = gy + (s * g.out_channels + oc) * g.out_length;
+              for (int64_t j = 0; j < n; ++j) staged[(s * cout_g + oc) * n + j] = static_cast<T>(src[j]);
             }
           }
         }
         WeightTile<T> tile_args{
             scratch, offsets.data(), taps,
             kDirect ? reinterpret_cast<const T*>(gy) : staged, kDirect ? g.out_length : n,
-            cout_g, n, acc + grp * cout_g * taps};
+            cout_g, n, acc + grp * cout_g * taps,
+            rows, t.pitch, kDirect ? g.out_channels * g.out_length : cout_g * n};
         run(tile_args);
       }
     });

@@ -23,26 +23,68 @@ constexpr int64_t kScratchBytes = 192 << 10;
 
 using Geometry = Conv1dGeometry;
 
-// Output positions per tile: the scratch rows of a tile, and the staged
-// output rows of 16-bit types, fit kScratchBytes; and where few rows (batch x
-// groups) are long, short enough that every thread gets tiles (one sample
-// of 4 channels at L = 4096 was a single tile: one thread, 1.5x the time);
-// and all of about the same length.
-inline int64_t tile_length(const Geometry& g, int64_t elem_size) {
-  const int64_t per_position = std::max<int64_t>(1, std::max(g.cin_g() * g.stride, g.cout_g()) * elem_size);
-  int64_t t = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
-  const int64_t rows = std::max<int64_t>(1, g.batch * g.groups);
-  const int64_t tiles_per_row = (4 * at::get_num_threads() + rows - 1) / rows;
-  t = std::min(t, std::max<int64_t>(64, ((g.out_length + tiles_per_row - 1) / tiles_per_row + 15) & ~int64_t(15)));
-  // Equal tiles: 2048 outputs as 1536 + 512 staged and ran a mostly empty tile.
-  const int64_t count = (g.out_length + t - 1) / std::max<int64_t>(1, t);
-  t = std::min(t, ((g.out_length + count - 1) / std::max<int64_t>(1, count) + 15) & ~int64_t(15));
-  return std::min(t, g.out_length);
+// Output positions one row's phase rows reach past its last output.
+inline int64_t halo(const Geometry& g) {
+  return g.dilation * (g.kernel_size - 1) / g.stride;
 }
 
-// Elements of one deinterleaved phase row of a tile of n outputs.
-inline int64_t row_length(const Geometry& g, int64_t n) {
-  return n + g.dilation * (g.kernel_size - 1) / g.stride + kScratchSlack;
+// How the work is cut into tiles. A tile is `length` outputs of one row
+// (sample and group) or, where rows are short, `rows` whole rows of one group
+// side by side, each `pitch` scratch elements apart (its outputs and halo):
+// a 65-output row as a tile of its own spent more on its edges and partial
+// vectors than on its multiply-adds. Work item i is tile i % tiles of group
+// (i / tiles) % groups in samples [pack * rows, pack * rows + rows), pack =
+// i / (tiles * groups).
+struct Tiling {
+  int64_t length = 0;  // outputs of each row in a tile
+  int64_t tiles = 0;   // tiles per row
+  int64_t rows = 1;    // rows per tile
+  int64_t pitch = 0;   // scratch (and staged output) elements per row of a tile
+  int64_t row_len = 0; // elements of one scratch phase row
+  int64_t span = 0;    // output positions a tile computes: (rows - 1) * pitch + length
+  int64_t items = 0;
+};
+
+// The scratch rows of a tile, and the staged output rows of 16-bit types or
+// of packed rows, fit kScratchBytes; where few rows (batch x groups) are
+// long, tiles are short enough that every thread gets some (one sample of 4
+// channels at L = 4096 was a single tile: one thread, 1.5x the time); and
+// all of about the same length. A kernel that `computes_gaps` (forward) also
+// computes the outputs between packed rows, so rows are packed for it only
+// where those are at most as many as the rows' own (rows of one output with
+// K = 64 packed took twice as long).
+inline Tiling make_tiling(const Geometry& g, int64_t elem_size, bool computes_gaps) {
+  Tiling t;
+  if (g.out_length <= 0 || g.batch == 0) {
+    return t;
+  }
+  const int64_t per_position = std::max<int64_t>(1, std::max(g.cin_g() * g.stride, g.cout_g()) * elem_size);
+  const int64_t budget = std::clamp<int64_t>(kScratchBytes / per_position, 64, 4096) & ~int64_t(15);
+  const int64_t min_items = 4 * at::get_num_threads();
+  const int64_t rows = std::max<int64_t>(1, g.batch * g.groups);
+  // Whole rows side by side, as many as fit and leave every thread tiles.
+  const int64_t pitch = g.out_length + halo(g);
+  const int64_t packs_wanted = (min_items + g.groups - 1) / g.groups;
+  if (!computes_gaps || halo(g) <= g.out_length) {
+    t.rows = std::max<int64_t>(1, std::min(budget / pitch, g.batch / packs_wanted));
+  }
+  if (t.rows > 1) {
+    t.length = g.out_length;
+    t.tiles = 1;
+  } else {
+    const int64_t tiles_per_row = (min_items + rows - 1) / rows;
+    int64_t n = std::min(budget, std::max<int64_t>(64, ((g.out_length + tiles_per_row - 1) / tiles_per_row + 15) & ~int64_t(15)));
+    // Equal tiles: 2048 outputs as 1536 + 512 staged and ran a mostly empty tile.
+    const int64_t count = (g.out_length + n - 1) / n;
+    n = std::min(n, ((g.out_length + count - 1) / count + 15) & ~int64_t(15));
+    t.length = std::min(n, g.out_length);
+    t.tiles = (g.out_length + t.length - 1) / t.length;
+  }
+  t.pitch = t.length + halo(g);
+  t.span = (t.rows - 1) * t.pitch + t.length;
+  t.row_len = t.rows * t.pitch + kScratchSlack;
+  t.items = (g.batch + t.rows - 1) / t.rows * g.groups * t.tiles;
+  return t;
 }
 
 // Tap t = icg * K + k reads scratch[offsets[t] + j] for output j of the tile.

@@ -38,8 +38,13 @@ struct WeightTile {
   const T* grad_out;        // grad_out[oc * grad_stride + j]
   int64_t grad_stride;
   int64_t out_channels;
-  int64_t length;
+  int64_t length;           // output positions of each row
   T* grad_weight;           // [C_out / groups][taps], accumulated into
+  // Rows of the tile (samples), each `length` long: row s reads scratch
+  // from s * scratch_pitch and grad_out from s * grad_pitch on.
+  int64_t rows = 1;
+  int64_t scratch_pitch = 0;
+  int64_t grad_pitch = 0;
 };
 
 // Many short rows of convolve: out[r][t] = sum_j a_r[j] * v_r[t + offset - j]

@@ -251,39 +251,48 @@ void weight_block(const WeightTile<T>& a, int64_t oc0, int64_t t0) {
   using Vec = typename S::V;
   constexpr int64_t lanes = S::kLanes;
   Vec acc[R][P];
+  T tail[R][P];
   for (int r = 0; r < R; ++r) {
     for (int p = 0; p < P; ++p) {
       acc[r][p] = Vec{};
+      tail[r][p] = 0;
     }
-  }
-  const T* g[R];
-  for (int r = 0; r < R; ++r) {
-    g[r] = a.grad_out + (oc0 + r) * a.grad_stride;
-  }
-  const T* x[P];
-  for (int p = 0; p < P; ++p) {
-    x[p] = a.scratch + a.offsets[t0 + p];
   }
   const int64_t full = a.length - a.length % lanes;
-  for (int64_t j = 0; j < full; j += lanes) {
-    Vec gv[R];
+  // Rows one after another into the same accumulators: a horizontal sum per
+  // row cost short rows more than their multiply-adds.
+  for (int64_t row = 0; row < a.rows; ++row) {
+    const T* g[R];
     for (int r = 0; r < R; ++r) {
-      gv[r] = S::load(g[r] + j);
+      g[r] = a.grad_out + row * a.grad_pitch + (oc0 + r) * a.grad_stride;
     }
+    const T* x[P];
     for (int p = 0; p < P; ++p) {
-      const Vec xv = S::load(x[p] + j);
+      x[p] = a.scratch + row * a.scratch_pitch + a.offsets[t0 + p];
+    }
+    for (int64_t j = 0; j < full; j += lanes) {
+      Vec gv[R];
       for (int r = 0; r < R; ++r) {
-        acc[r][p] += gv[r] * xv;
+        gv[r] = S::load(g[r] + j);
+      }
+      for (int p = 0; p < P; ++p) {
+        const Vec xv = S::load(x[p] + j);
+        for (int r = 0; r < R; ++r) {
+          acc[r][p] += gv[r] * xv;
+        }
+      }
+    }
+    for (int64_t j = full; j < a.length; ++j) {
+      for (int r = 0; r < R; ++r) {
+        for (int p = 0; p < P; ++p) {
+          tail[r][p] += g[r][j] * x[p][j];
+        }
       }
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int p = 0; p < P; ++p) {
-      T s = S::sum(acc[r][p]);
-      for (int64_t j = full; j < a.length; ++j) {
-        s += g[r][j] * x[p][j];
-      }
-      a.grad_weight[(oc0 + r) * a.taps + t0 + p] += s;
+      a.grad_weight[(oc0 + r) * a.taps + t0 + p] += S::sum(acc[r][p]) + tail[r][p];
     }
   }
 }
