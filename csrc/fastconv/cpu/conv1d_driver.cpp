@@ -144,7 +144,7 @@ void forward_impl(const Geometry& g, const scalar_t* in,
              const at::opmath_type<scalar_t>* weight,
              const at::opmath_type<scalar_t>* bias, scalar_t* out) {
   using T = at::opmath_type<scalar_t>;
-  const Tiling t = make_tiling(g, sizeof(T), /*computes_gaps=*/true);
+  const Tiling t = make_tiling(g, sizeof(T), /*forward=*/true);
   if (t.items == 0) {
     return;
   }
@@ -191,7 +191,7 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
   constexpr bool kDirect = std::is_same_v<scalar_t, T>;
   const int64_t cout_g = g.cout_g(), taps = g.taps();
   const int64_t weight_numel = g.out_channels * taps;
-  const Tiling t = make_tiling(g, sizeof(T), /*computes_gaps=*/false);
+  const Tiling t = make_tiling(g, sizeof(T), /*forward=*/false);
   // Per-thread partial sums, added up in thread order: the result depends on
   // the thread count only, not on timing.
   const int threads = at::get_num_threads();

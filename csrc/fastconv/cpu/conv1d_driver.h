@@ -21,6 +21,12 @@ namespace fastconv::cpu {
 // Scratch bytes per tile: the input rows of one tile stay in L2.
 constexpr int64_t kScratchBytes = 192 << 10;
 
+// Rows of fewer outputs than this (the widest register block) are packed
+// into tiles, several rows to a tile (see make_tiling).
+constexpr int64_t kPackedBelow = 128;
+// Input and output bytes of a tile of packed rows: they stay in L1.
+constexpr int64_t kPackedBytes = 16 << 10;
+
 using Geometry = Conv1dGeometry;
 
 // Output positions one row's phase rows reach past its last output.
@@ -49,11 +55,13 @@ struct Tiling {
 // of packed rows, fit kScratchBytes; where few rows (batch x groups) are
 // long, tiles are short enough that every thread gets some (one sample of 4
 // channels at L = 4096 was a single tile: one thread, 1.5x the time); and
-// all of about the same length. A kernel that `computes_gaps` (forward) also
-// computes the outputs between packed rows, so rows are packed for it only
-// where those are at most as many as the rows' own (rows of one output with
-// K = 64 packed took twice as long).
-inline Tiling make_tiling(const Geometry& g, int64_t elem_size, bool computes_gaps) {
+// all of about the same length. Only rows shorter than kPackedBelow are
+// packed: longer ones (252 and 511 outputs, K = 3-5) ran up to 1.3x slower
+// packed, forward and grad_weight. The forward kernel also computes the
+// outputs between packed rows, so it packs only rows with at most as many
+// outputs between them as in them (rows of one output, K = 64, took twice as
+// long packed).
+inline Tiling make_tiling(const Geometry& g, int64_t elem_size, bool forward) {
   Tiling t;
   if (g.out_length <= 0 || g.batch == 0) {
     return t;
@@ -65,8 +73,9 @@ inline Tiling make_tiling(const Geometry& g, int64_t elem_size, bool computes_ga
   // Whole rows side by side, as many as fit and leave every thread tiles.
   const int64_t pitch = g.out_length + halo(g);
   const int64_t packs_wanted = (min_items + g.groups - 1) / g.groups;
-  if (!computes_gaps || halo(g) <= g.out_length) {
-    t.rows = std::max<int64_t>(1, std::min(budget / pitch, g.batch / packs_wanted));
+  if (g.out_length < kPackedBelow && (!forward || halo(g) <= g.out_length)) {
+    const int64_t row_bytes = pitch * (g.cin_g() * g.stride + g.cout_g()) * elem_size;
+    t.rows = std::max<int64_t>(1, std::min(kPackedBytes / row_bytes, g.batch / packs_wanted));
   }
   if (t.rows > 1) {
     t.length = g.out_length;
