@@ -141,3 +141,51 @@ def test_torchscript_functional():
     loaded = roundtrip(torch.jit.script(model))
     x = torch.randn(1, 2, 30, dtype=torch.float64)
     torch.testing.assert_close(loaded(x), F.conv1d(x, model.w, None, 1, "same"))
+
+
+def _every_op_call(requires_grad):
+    g = torch.Generator().manual_seed(5)
+    x1, w1 = torch.randn(2, 3, 16, generator=g), torch.randn(4, 3, 3, generator=g)
+    x2, w2 = torch.randn(2, 3, 8, 8, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    a, v = torch.randn(5, 9, generator=g), torch.randn(5, 4, generator=g)
+    for t in (x1, w1, x2, w2, a, v):
+        t.requires_grad_(requires_grad)
+    return {
+        "conv1d": lambda: fastconv_ext.conv1d(x1, w1, padding=1),
+        "conv1d fft": lambda: fastconv_ext.conv1d(x1, w1, padding=1, algorithm="fft"),
+        "conv2d": lambda: fastconv_ext.conv2d(x2, w2, padding=1),
+        "convolve": lambda: fastconv_ext.convolve(a, v),
+        "conv1d_input_backward": lambda: torch.ops.fastconv.conv1d_input_backward(
+            torch.ones(2, 4, 16), w1, 16, [1], [1], [1], 1),
+        "conv1d_weight_backward": lambda: torch.ops.fastconv.conv1d_weight_backward(
+            torch.ones(2, 4, 16), x1, 3, [1], [1], [1], 1),
+    }
+
+
+def test_calls_without_gradients_record_nothing():
+    """Without inputs that require grad, or under no_grad, the ops build no graph (they skip the
+    autograd Function); with them, every op records its node."""
+    for name, call in _every_op_call(requires_grad=False).items():
+        y = call()
+        assert y.grad_fn is None and not y.requires_grad, name
+    calls = _every_op_call(requires_grad=True)
+    with torch.no_grad():
+        for name, call in calls.items():
+            y = call()
+            assert y.grad_fn is None and not y.requires_grad, name
+    for name, call in calls.items():
+        assert call().grad_fn is not None, name
+
+
+def test_forward_mode_tangents_are_not_dropped():
+    """A dual input (forward-mode AD) is refused, not run without its tangent."""
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, dtype=torch.float64)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            fastconv_ext.conv1d(dual, w)
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            fastconv_ext.convolve(dual[0], w[0])

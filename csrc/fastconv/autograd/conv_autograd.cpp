@@ -17,6 +17,7 @@
 #include <numeric>
 #include <string>
 
+#include "fastconv/autograd/record.h"
 #include "fastconv/ops.h"
 
 namespace fastconv {
@@ -115,6 +116,11 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
     ctx->save_for_backward({input, weight});
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
     save_hyper_params(ctx, p);
+    return compute(input, weight, bias, p);
+  }
+
+  static at::Tensor compute(const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const HyperParams& p) {
     return Ops::forward(input, weight, bias, p);
   }
 
@@ -148,6 +154,11 @@ class InputBackwardFunction
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, weight});
     save_hyper_params(ctx, p);
+    return compute(grad_output, weight, input_size, p);
+  }
+
+  static at::Tensor compute(const at::Tensor& grad_output, const at::Tensor& weight,
+                            const typename Ops::Size& input_size, const HyperParams& p) {
     return Ops::input_backward(grad_output, weight, input_size, p);
   }
 
@@ -178,6 +189,11 @@ class WeightBackwardFunction
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({grad_output, input});
     save_hyper_params(ctx, p);
+    return compute(grad_output, input, kernel_size, p);
+  }
+
+  static at::Tensor compute(const at::Tensor& grad_output, const at::Tensor& input,
+                            const typename Ops::Size& kernel_size, const HyperParams& p) {
     return Ops::weight_backward(grad_output, input, kernel_size, p);
   }
 
@@ -204,48 +220,54 @@ at::Tensor conv1d_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups, c10::string_view algorithm) {
-  return ConvFunction<Conv1dOps>::apply(
-      input, weight, bias, make_hyper_params(stride, padding, dilation, groups, algorithm));
+  return apply_or_compute<ConvFunction<Conv1dOps>>(
+      {input, weight, bias.value_or(at::Tensor())}, input, weight, bias,
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 at::Tensor conv1d_input_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& weight, c10::SymInt input_length,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups, c10::string_view algorithm) {
-  return InputBackwardFunction<Conv1dOps>::apply(
-      grad_output, weight, input_length, make_hyper_params(stride, padding, dilation, groups, algorithm));
+  return apply_or_compute<InputBackwardFunction<Conv1dOps>>(
+      {grad_output, weight}, grad_output, weight, input_length,
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 at::Tensor conv1d_weight_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, c10::SymInt kernel_size,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups, c10::string_view algorithm) {
-  return WeightBackwardFunction<Conv1dOps>::apply(
-      grad_output, input, kernel_size, make_hyper_params(stride, padding, dilation, groups, algorithm));
+  return apply_or_compute<WeightBackwardFunction<Conv1dOps>>(
+      {grad_output, input}, grad_output, input, kernel_size,
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 at::Tensor conv2d_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return ConvFunction<Conv2dOps>::apply(
-      input, weight, bias, make_hyper_params(stride, padding, dilation, groups));
+  return apply_or_compute<ConvFunction<Conv2dOps>>(
+      {input, weight, bias.value_or(at::Tensor())}, input, weight, bias,
+      make_hyper_params(stride, padding, dilation, groups));
 }
 
 at::Tensor conv2d_input_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return InputBackwardFunction<Conv2dOps>::apply(
-      grad_output, weight, input_size.vec(), make_hyper_params(stride, padding, dilation, groups));
+  return apply_or_compute<InputBackwardFunction<Conv2dOps>>(
+      {grad_output, weight}, grad_output, weight, input_size.vec(),
+      make_hyper_params(stride, padding, dilation, groups));
 }
 
 at::Tensor conv2d_weight_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef kernel_size,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
     c10::SymInt groups) {
-  return WeightBackwardFunction<Conv2dOps>::apply(
-      grad_output, input, kernel_size.vec(), make_hyper_params(stride, padding, dilation, groups));
+  return apply_or_compute<WeightBackwardFunction<Conv2dOps>>(
+      {grad_output, input}, grad_output, input, kernel_size.vec(),
+      make_hyper_params(stride, padding, dilation, groups));
 }
 
 }  // namespace

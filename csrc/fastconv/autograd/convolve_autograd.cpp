@@ -9,6 +9,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "fastconv/autograd/record.h"
 #include "fastconv/ops.h"
 
 namespace fastconv {
@@ -25,6 +26,11 @@ class ConvolveWindowFunction : public torch::autograd::Function<ConvolveWindowFu
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({a, v});
     ctx->saved_data["offset"] = offset;
+    return compute(a, v, offset, length);
+  }
+
+  static at::Tensor compute(const at::Tensor& a, const at::Tensor& v, const c10::SymInt& offset,
+                            const c10::SymInt& length) {
     return convolve_window(a, v, offset, length);
   }
 
@@ -48,7 +54,7 @@ class ConvolveWindowFunction : public torch::autograd::Function<ConvolveWindowFu
 
 at::Tensor convolve_window_autograd(
     const at::Tensor& a, const at::Tensor& v, c10::SymInt offset, c10::SymInt length) {
-  return ConvolveWindowFunction::apply(a, v, offset, length);
+  return apply_or_compute<ConvolveWindowFunction>({a, v}, a, v, offset, length);
 }
 
 }  // namespace
