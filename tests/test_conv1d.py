@@ -246,6 +246,17 @@ def test_many_channels(case, dtype, device):
         torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
+def assert_matches_float64_reference(case, dtype, inputs, y, grads):
+    """y and grads (from fastconv) against F.conv1d on the same inputs in float64."""
+    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
+    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
+    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * 5)
+    for g, g_ref in zip(grads, grads_ref):
+        scale = g_ref.abs().max().item() + 1.0
+        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("stride,padding", [(2, 0), (2, 1), (2, 7), (3, 2), (4, 9), (5, 0)])
 def test_strided_rows_across_tiles(stride, padding, dtype):
@@ -253,13 +264,7 @@ def test_strided_rows_across_tiles(stride, padding, dtype):
     case = Conv1dCase(2, 3, 5, 9001, 6, stride=stride, padding=padding, dilation=2)
     x, w, b = case.tensors(dtype=dtype, requires_grad=True)
     y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
-    ref_inputs = [t.detach().double().requires_grad_() for t in (x, w, b)]
-    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
-    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
-    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * 5)
-    for g, g_ref in zip(grads, grads_ref):
-        scale = g_ref.abs().max().item() + 1.0
-        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
 
 
 PACKED_ROW_CASES = [
@@ -283,13 +288,7 @@ def test_short_rows_packed_into_tiles(case, dtype, threads):
         y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
     finally:
         torch.set_num_threads(previous)
-    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in (x, w, b)]
-    y_ref, grads_ref = forward_and_grads(F.conv1d, case, *ref_inputs)
-    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
-    torch.testing.assert_close(y.double(), y_ref, rtol=tol["rtol"], atol=tol["atol"] * 5)
-    for g, g_ref in zip(grads, grads_ref):
-        scale = g_ref.abs().max().item() + 1.0
-        torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
 
 
 def test_packed_rows_keep_infinities_to_their_own_taps():
