@@ -21,7 +21,8 @@ namespace fastconv::cpu {
 // Scratch bytes per tile: the input rows of one tile stay in L2.
 constexpr int64_t kScratchBytes = 192 << 10;
 
-// Rows of fewer outputs than this (the widest register block) are packed
+// Rows of fewer outputs than this (8 vectors of 16 fp32 lanes, the widest
+// forward register block with AVX-512) are packed
 // into tiles, several rows to a tile (see make_tiling).
 constexpr int64_t kPackedBelow = 128;
 // Input and output bytes of a tile of packed rows: they stay in L1.
