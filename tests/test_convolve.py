@@ -45,6 +45,26 @@ def test_long_rows_match_scipy(n, m, mode, device):
     torch.testing.assert_close(fastconv_ext.convolve(a, v, mode).cpu(), scipy_rows(a, v, mode))
 
 
+@pytest.mark.parametrize("n,m", [(2, 2), (5, 4), (9, 3), (7, 7)])
+def test_many_short_rows_split_across_threads(n, m):
+    # Enough rows that even 2 x 2 pairs are cut into chunks for several threads:
+    # every chunk must give the rows scipy gives, whatever the thread count.
+    gen = torch.Generator().manual_seed(n * 10 + m)
+    a = torch.randn(20011, n, generator=gen, dtype=torch.float64)
+    v = torch.randn(20011, m, generator=gen, dtype=torch.float64)
+    refs = {mode: scipy_rows(a, v, mode) for mode in MODES}
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            for mode, ref in refs.items():
+                torch.testing.assert_close(fastconv_ext.convolve(a, v, mode), ref)
+                torch.testing.assert_close(fastconv_ext.convolve(a.float(), v.float(), mode).double(), ref,
+                                           rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 BROADCAST_SHAPES = [
     ((5,), (7,)),
     ((4, 1, 5), (3, 9)),

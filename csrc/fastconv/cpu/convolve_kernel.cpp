@@ -24,7 +24,10 @@
 namespace fastconv {
 namespace {
 
-// Rows per parallel chunk: small problems stay on the calling thread.
+// Work per parallel chunk: small problems stay on the calling thread. A
+// row's work counts its multiply-adds and the elements it moves: 10^4 rows of
+// 2 x 2, counted by multiply-adds alone, stayed on one thread at 1.2 ns a row,
+// where two threads took 0.84.
 constexpr int64_t kMinRowWorkPerThread = 1 << 16;
 
 // Leading dimensions of the broadcast, with the element strides of a and v
@@ -85,7 +88,7 @@ void small_rows(const at::Tensor& a, const at::Tensor& v, at::Tensor& out,
     p.a_strides[d] = layout.a_strides[d];
     p.v_strides[d] = layout.v_strides[d];
   }
-  const int64_t work = std::max<int64_t>(1, p.n * p.m);
+  const int64_t work = p.n * p.m + p.n + p.m + p.length;
   at::parallel_for(0, rows, std::max<int64_t>(64, kMinRowWorkPerThread / work), [&](int64_t begin, int64_t end) {
     cpu::ConvolveRows<T> chunk = p;
     chunk.row_begin = begin;
