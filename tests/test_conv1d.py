@@ -107,7 +107,8 @@ def test_gradcheck_and_gradgradcheck(case, device):
     assert torch.autograd.gradgradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("op_name", ["conv1d_input_backward", "conv1d_weight_backward"])
+@pytest.mark.parametrize("op_name", ["conv1d_input_backward", "conv1d_weight_backward",
+                                     "conv1d_weight_bias_backward", "conv1d_weight_bias_backward[bias only]"])
 def test_backward_ops_gradgradcheck(op_name, device):
     """The backward operators are differentiable themselves (third derivatives too)."""
     case = Conv1dCase(2, 4, 6, 13, 3, stride=2, padding=1, dilation=2, groups=2)
@@ -120,10 +121,20 @@ def test_backward_ops_gradgradcheck(op_name, device):
         fn = lambda gy, w: torch.ops.fastconv.conv1d_input_backward(gy, w, case.length, *hp)  # noqa: E731
         ref = F.grad.conv1d_input(x.shape, w, gy, case.stride, case.padding, case.dilation, case.groups)
         inputs = (gy, w)
-    else:
+    elif op_name == "conv1d_weight_backward":
         x.requires_grad_()
         fn = lambda gy, x: torch.ops.fastconv.conv1d_weight_backward(gy, x, case.kernel_size, *hp)  # noqa: E731
         ref = F.grad.conv1d_weight(x, w.shape, gy, case.stride, case.padding, case.dilation, case.groups)
+        inputs = (gy, x)
+    else:
+        # (grad_weight, grad_bias); "bias only" leaves grad_weight out of the graph, so its backward
+        # sees no gradient for it.
+        x.requires_grad_()
+        which = slice(1, 2) if "bias only" in op_name else slice(0, 2)
+        fn = lambda gy, x: torch.ops.fastconv.conv1d_weight_bias_backward(  # noqa: E731
+            gy, x, case.kernel_size, *hp)[which]
+        ref = (F.grad.conv1d_weight(x, w.shape, gy, case.stride, case.padding, case.dilation, case.groups),
+               gy.sum((0, 2)))[which]
         inputs = (gy, x)
     torch.testing.assert_close(fn(*inputs), ref)
     assert torch.autograd.gradcheck(fn, inputs)
@@ -289,6 +300,52 @@ def test_short_rows_packed_into_tiles(case, dtype, threads):
     finally:
         torch.set_num_threads(previous)
     assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
+
+
+WEIGHT_BIAS_CASES = [
+    Conv1dCase(3, 2, 4, 300, 9),  # 4-channel row blocks
+    Conv1dCase(4, 6, 6, 257, 3, padding=1, groups=6),  # depthwise, taps < 8, a ragged vector tail
+    Conv1dCase(2, 8, 5, 90, 7, stride=2, padding=3, dilation=2),  # 56 taps: blocks of 8 after the bias block
+    Conv1dCase(300, 1, 1, 64, 16, padding=8),  # packed rows
+    Conv1dCase(2, 64, 64, 50, 3, padding=1),  # oneDNN's weight gradient
+    Conv1dCase(None, 3, 2, 40, 5, padding=2),  # unbatched
+    Conv1dCase(0, 2, 2, 9, 3),  # empty batch: zero gradients
+]
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "fft"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", WEIGHT_BIAS_CASES, ids=str)
+def test_weight_bias_backward_matches_float64_reference(case, dtype, algorithm):
+    """The fused operator's bias gradient is the sum of grad_output, on every path of the weight gradient."""
+    x, w, _ = case.tensors(dtype=torch.float64)
+    gy = torch.randn(F.conv1d(x, w, None, **case.args()).shape, generator=torch.Generator().manual_seed(5),
+                     dtype=torch.float64)
+    hp = ([case.stride], [case.padding], [case.dilation], case.groups, algorithm)
+    gw, gb = torch.ops.fastconv.conv1d_weight_bias_backward(gy.to(dtype), x.to(dtype), case.kernel_size, *hp)
+    assert gw.dtype == gb.dtype == dtype and gb.shape == (case.out_channels,)
+    gy_r, x_r = gy.to(dtype).double(), x.to(dtype).double()
+    if case.batch is None:
+        gy_r, x_r = gy_r[None], x_r[None]
+    gw_ref = F.grad.conv1d_weight(x_r, w.shape, gy_r, case.stride, case.padding, case.dilation, case.groups)
+    gb_ref = gy_r.sum((0, 2))
+    tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
+    for got, ref in ((gw, gw_ref), (gb, gb_ref)):
+        scale = ref.abs().max().item() + 1.0 if ref.numel() else 1.0
+        torch.testing.assert_close(got.double(), ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def test_bias_gradient_alone_and_with_the_weight_agree():
+    """conv1d's backward takes the fused operator when both gradients are wanted, a sum when only the bias's is."""
+    case = Conv1dCase(4, 6, 6, 257, 3, padding=1, groups=6)
+    x, w, b = case.tensors(requires_grad=True)
+    gy = torch.randn(4, 6, 257, dtype=torch.float64)
+    y = fastconv_ext.conv1d(x, w, b, **case.args())
+    gw, gb = torch.autograd.grad(y, (w, b), gy)
+    (gb_alone,) = torch.autograd.grad(fastconv_ext.conv1d(x, w.detach(), b, **case.args()), (b,), gy)
+    torch.testing.assert_close(gb, gy.sum((0, 2)))
+    torch.testing.assert_close(gb_alone, gy.sum((0, 2)))
+    torch.testing.assert_close(gw, F.grad.conv1d_weight(x, w.shape, gy, padding=1, groups=6))
 
 
 def test_packed_rows_keep_infinities_to_their_own_taps():

@@ -86,6 +86,10 @@ BAD_BACKWARD_CALLS = [
      r"kernel size must be positive"),
     ("weight_backward_dtype", lambda: ops.conv1d_weight_backward(x3(1, 2, 8), x3(1, 1, 10, dtype=torch.float64), 3, [1], [0], [1], 1),
      r"input must have the same dtype as grad_output"),
+    ("weight_bias_backward_length", lambda: ops.conv1d_weight_bias_backward(x3(1, 2, 7), x3(1, 1, 10), 3, [1], [0], [1], 1),
+     r"fastconv.conv1d_weight_bias_backward: grad_output has length 7 but the convolution of input of length 10 gives length 8"),
+    ("weight_bias_backward_algorithm", lambda: ops.conv1d_weight_bias_backward(x3(1, 2, 8), x3(1, 1, 10), 3, [1], [0], [1], 1, "fast"),
+     r"fastconv.conv1d_weight_bias_backward: algorithm must be"),
 ]
 
 
@@ -93,3 +97,10 @@ BAD_BACKWARD_CALLS = [
 def test_bad_backward_op_call_raises(call, pattern):
     with pytest.raises(RuntimeError, match=pattern):
         call()
+
+
+def test_weight_bias_backward_errors_name_it_on_meta_too():
+    """Backends without a fused kernel (Meta, CUDA) check under the fused operator's name as well."""
+    gy, x = torch.empty(1, 2, 7, device="meta"), torch.empty(1, 1, 10, device="meta")
+    with pytest.raises(RuntimeError, match=r"fastconv.conv1d_weight_bias_backward: grad_output has length 7"):
+        ops.conv1d_weight_bias_backward(gy, x, 3, [1], [0], [1], 1)

@@ -34,6 +34,9 @@ def test_opcheck_all_ops(case, dtype, device):
     torch.library.opcheck(
         torch.ops.fastconv.conv1d_weight_backward.default, (gy, x, case.kernel_size, *hp(case))
     )
+    torch.library.opcheck(
+        torch.ops.fastconv.conv1d_weight_bias_backward.default, (gy, x, case.kernel_size, *hp(case))
+    )
 
 
 def test_compile_fullgraph_dynamic_forward_backward():
@@ -159,6 +162,8 @@ def _every_op_call(requires_grad):
             torch.ones(2, 4, 16), w1, 16, [1], [1], [1], 1),
         "conv1d_weight_backward": lambda: torch.ops.fastconv.conv1d_weight_backward(
             torch.ones(2, 4, 16), x1, 3, [1], [1], [1], 1),
+        "conv1d_weight_bias_backward": lambda: torch.ops.fastconv.conv1d_weight_bias_backward(
+            torch.ones(2, 4, 16), x1, 3, [1], [1], [1], 1)[0],
     }
 
 

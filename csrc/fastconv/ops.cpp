@@ -27,6 +27,11 @@ TORCH_LIBRARY(fastconv, m) {
       "conv1d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
       "SymInt[1] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
+  // The weight and bias gradients together: on CPU one pass over grad_output.
+  m.def(
+      "conv1d_weight_bias_backward(Tensor grad_output, Tensor input, "
+      "SymInt kernel_size, SymInt[1] stride, SymInt[1] padding, "
+      "SymInt[1] dilation, SymInt groups, str algorithm=\"auto\") -> (Tensor, Tensor)");
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias=None, "
       "SymInt[2] stride=1, SymInt[2] padding=0, SymInt[2] dilation=1, "
@@ -138,6 +143,22 @@ at::Tensor conv1d_weight_backward(
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv1d_weight_backward", "")
                        .typed<decltype(conv1d_weight_backward)>();
+  return op.call(
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv1d_weight_bias_backward", "")
+                       .typed<decltype(conv1d_weight_bias_backward)>();
   return op.call(
       grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }

@@ -8,6 +8,7 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <tuple>
 
 namespace fastconv {
 
@@ -45,6 +46,18 @@ at::Tensor conv1d_input_backward(
 
 // Gradient of conv1d with respect to its weight.
 at::Tensor conv1d_weight_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm = "auto");
+
+// Gradients of conv1d with respect to its weight and its bias, (grad_weight,
+// grad_bias): on CPU in one pass over grad_output.
+std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
     const at::Tensor& grad_output,
     const at::Tensor& input,
     c10::SymInt kernel_size,

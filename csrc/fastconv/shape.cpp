@@ -351,11 +351,11 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups,
-    c10::string_view algorithm) {
-  check_algorithm("fastconv.conv1d_weight_backward", algorithm);
+    c10::string_view algorithm,
+    const char* op) {
+  check_algorithm(op, algorithm);
   return as_conv1d(check_conv_weight_backward<1>(
-      "fastconv.conv1d_weight_backward", grad_output, input, {kernel_size},
-      stride, padding, dilation, groups));
+      op, grad_output, input, {kernel_size}, stride, padding, dilation, groups));
 }
 
 Conv2dIntDims concrete(const Conv2dSymDims& d) {

@@ -100,7 +100,8 @@ Conv1dSymDims check_conv1d_input_backward(
     const c10::SymInt& groups,
     c10::string_view algorithm);
 
-// fastconv::conv1d_weight_backward(grad_output, input, kernel_size, ...).
+// fastconv::conv1d_weight_backward(grad_output, input, kernel_size, ...), and
+// conv1d_weight_bias_backward (same arguments) under the name `op`.
 Conv1dSymDims check_conv1d_weight_backward(
     const at::Tensor& grad_output,
     const at::Tensor& input,
@@ -109,7 +110,8 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups,
-    c10::string_view algorithm);
+    c10::string_view algorithm,
+    const char* op = "fastconv.conv1d_weight_backward");
 
 // ---- conv2d: the same three operators in two spatial dimensions.
 

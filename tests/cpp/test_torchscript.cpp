@@ -65,6 +65,12 @@ int main(int argc, char** argv) {
   expect_close("fastconv::conv1d", fastconv::conv1d(x1, w1, std::nullopt, {c10::SymInt(2)}, {c10::SymInt(1)},
                                                     {c10::SymInt(1)}, 2),
                at::conv1d(x1, w1, {}, 2, 1, 1, 2));
+  const at::Tensor gy1 = torch::randn({2, 6, 15}, opts);
+  const auto [gw1, gb1] = fastconv::conv1d_weight_bias_backward(
+      gy1, x1, 3, {c10::SymInt(2)}, {c10::SymInt(1)}, {c10::SymInt(1)}, 2);
+  expect_close("fastconv::conv1d_weight_bias_backward (weight)", gw1,
+               fastconv::conv1d_weight_backward(gy1, x1, 3, {c10::SymInt(2)}, {c10::SymInt(1)}, {c10::SymInt(1)}, 2));
+  expect_close("fastconv::conv1d_weight_bias_backward (bias)", gb1, gy1.sum({0, 2}));
   const at::Tensor x2 = torch::randn({2, 3, 10, 12}, opts), w2 = torch::randn({5, 3, 3, 2}, opts);
   expect_close("fastconv::conv2d", fastconv::conv2d(x2, w2), at::conv2d(x2, w2));
   const at::Tensor a = torch::randn({3, 8}, opts), v = torch::randn({3, 3}, opts);

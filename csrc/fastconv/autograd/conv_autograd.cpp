@@ -8,16 +8,19 @@
 //                                   dw = weight_backward(gy, x)
 //   gx = input_backward(gy, w)      d(gy) = conv(g, w),  dw = weight_backward(gy, g)
 //   gw = weight_backward(gy, x)     d(gy) = conv(x, g),  dx = input_backward(gy, g)
+//   (gw, gb) = weight_bias_backward(gy, x)
+//                                   d(gy) = conv(x, g_w) + g_b,  dx = input_backward(gy, g_w)
 // One template serves both families; Ops names the family's operators. A
 // conv1d algorithm chosen by the caller ("direct", "fft") applies to every
 // derivative too.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <numeric>
 #include <string>
+#include <tuple>
 
 #include "fastconv/autograd/record.h"
+#include "fastconv/bias_grad.h"
 #include "fastconv/ops.h"
 
 namespace fastconv {
@@ -73,6 +76,11 @@ struct Conv1dOps {
                                     const HyperParams& p) {
     return conv1d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
   }
+  // Both gradients; on CPU one pass over gy computes them.
+  static std::tuple<at::Tensor, at::Tensor> weight_bias_backward(
+      const at::Tensor& gy, const at::Tensor& x, const Size& size, const HyperParams& p) {
+    return conv1d_weight_bias_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
+  }
   static Size size_of(const at::Tensor& t) { return t.sym_size(-1); }
 };
 
@@ -91,20 +99,15 @@ struct Conv2dOps {
                                     const HyperParams& p) {
     return conv2d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups);
   }
+  static std::tuple<at::Tensor, at::Tensor> weight_bias_backward(
+      const at::Tensor& gy, const at::Tensor& x, const Size& size, const HyperParams& p) {
+    return {weight_backward(gy, x, size, p), conv_bias_grad(gy, kDims)};
+  }
   static Size size_of(const at::Tensor& t) {
     const auto sizes = t.sym_sizes();
     return Size(sizes.end() - kDims, sizes.end());
   }
 };
-
-// Sum of grad_output over every dimension but channels.
-at::Tensor bias_grad(const at::Tensor& grad, int64_t spatial_dims) {
-  const bool batched = grad.dim() == spatial_dims + 2;
-  std::vector<int64_t> dims(grad.dim());
-  std::iota(dims.begin(), dims.end(), 0);
-  dims.erase(dims.begin() + (batched ? 1 : 0));
-  return grad.sum(dims);
-}
 
 template <class Ops>
 class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
@@ -134,11 +137,13 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
     if (ctx->needs_input_grad(0)) {
       grad_input = Ops::input_backward(grad, weight, Ops::size_of(input), p);
     }
-    if (ctx->needs_input_grad(1)) {
+    const bool bias_wanted = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    if (ctx->needs_input_grad(1) && bias_wanted) {
+      std::tie(grad_weight, grad_bias) = Ops::weight_bias_backward(grad, input, Ops::size_of(weight), p);
+    } else if (ctx->needs_input_grad(1)) {
       grad_weight = Ops::weight_backward(grad, input, Ops::size_of(weight), p);
-    }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      grad_bias = bias_grad(grad, Ops::kDims);
+    } else if (bias_wanted) {
+      grad_bias = conv_bias_grad(grad, Ops::kDims);
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor()};
   }
@@ -214,6 +219,46 @@ class WeightBackwardFunction
   }
 };
 
+// conv1d only: conv2d has no fused operator.
+class WeightBiasBackwardFunction : public torch::autograd::Function<WeightBiasBackwardFunction> {
+ public:
+  static variable_list forward(
+      AutogradContext* ctx, const at::Tensor& grad_output,
+      const at::Tensor& input, const c10::SymInt& kernel_size, const HyperParams& p) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({grad_output, input});
+    save_hyper_params(ctx, p);
+    return compute(grad_output, input, kernel_size, p);
+  }
+
+  static variable_list compute(const at::Tensor& grad_output, const at::Tensor& input,
+                               const c10::SymInt& kernel_size, const HyperParams& p) {
+    auto [grad_weight, grad_bias] = Conv1dOps::weight_bias_backward(grad_output, input, kernel_size, p);
+    return {grad_weight, grad_bias};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad_output = saved[0];
+    const at::Tensor& input = saved[1];
+    const at::Tensor& g_weight = grads[0];
+    const at::Tensor& g_bias = grads[1];
+    const HyperParams p = load_hyper_params(ctx);
+    at::Tensor d_grad_output, d_input;
+    if (ctx->needs_input_grad(0)) {
+      if (g_weight.defined()) {
+        d_grad_output = Conv1dOps::forward(input, g_weight, g_bias.defined() ? std::optional(g_bias) : std::nullopt, p);
+      } else if (g_bias.defined()) {
+        d_grad_output = g_bias.unsqueeze(-1).expand_symint(grad_output.sym_sizes());
+      }
+    }
+    if (ctx->needs_input_grad(1) && g_weight.defined()) {
+      d_input = Conv1dOps::input_backward(grad_output, g_weight, Conv1dOps::size_of(input), p);
+    }
+    return {d_grad_output, d_input, at::Tensor(), at::Tensor()};
+  }
+};
+
 // Autograd-key kernels with the operators' own signatures.
 
 at::Tensor conv1d_autograd(
@@ -241,6 +286,16 @@ at::Tensor conv1d_weight_backward_autograd(
   return apply_or_compute<WeightBackwardFunction<Conv1dOps>>(
       {grad_output, input}, grad_output, input, kernel_size,
       make_hyper_params(stride, padding, dilation, groups, algorithm));
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward_autograd(
+    const at::Tensor& grad_output, const at::Tensor& input, c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
+    c10::SymInt groups, c10::string_view algorithm) {
+  const variable_list grads = apply_or_compute<WeightBiasBackwardFunction>(
+      {grad_output, input}, grad_output, input, kernel_size,
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
+  return {grads[0], grads[1]};
 }
 
 at::Tensor conv2d_autograd(
@@ -276,6 +331,7 @@ TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
   m.impl("conv1d", &conv1d_autograd);
   m.impl("conv1d_input_backward", &conv1d_input_backward_autograd);
   m.impl("conv1d_weight_backward", &conv1d_weight_backward_autograd);
+  m.impl("conv1d_weight_bias_backward", &conv1d_weight_bias_backward_autograd);
   m.impl("conv2d", &conv2d_autograd);
   m.impl("conv2d_input_backward", &conv2d_input_backward_autograd);
   m.impl("conv2d_weight_backward", &conv2d_weight_backward_autograd);

@@ -28,7 +28,8 @@ inline bool nothing_to_record(std::initializer_list<at::Tensor> inputs) {
 // Fn::apply(args...), or Fn::compute(args...) below autograd when there is
 // nothing to record for `inputs` (the tensors among args).
 template <class Fn, class... Args>
-at::Tensor apply_or_compute(std::initializer_list<at::Tensor> inputs, Args&&... args) {
+auto apply_or_compute(std::initializer_list<at::Tensor> inputs, Args&&... args)
+    -> decltype(Fn::compute(std::forward<Args>(args)...)) {
   if (nothing_to_record(inputs)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return Fn::compute(std::forward<Args>(args)...);

@@ -184,22 +184,26 @@ void forward_impl(const Geometry& g, const scalar_t* in,
   });
 }
 
-// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * in[b][ic][l*stride + k*dilation - pad].
+// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * in[b][ic][l*stride + k*dilation - pad];
+// grad_bias[oc] = sum_{b,l} grad_out[b][oc][l] in the same pass when grad_bias is not null.
 template <typename scalar_t>
-void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_weight) {
+void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_weight,
+                      scalar_t* grad_bias) {
   using T = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<scalar_t, T>;
   const int64_t cout_g = g.cout_g(), taps = g.taps();
   const int64_t weight_numel = g.out_channels * taps;
+  // Per thread: partial sums of the weight gradient, then of the bias's.
+  const int64_t partial_numel = weight_numel + (grad_bias ? g.out_channels : 0);
   const Tiling t = make_tiling(g, sizeof(T), /*forward=*/false);
   // Per-thread partial sums, added up in thread order: the result depends on
   // the thread count only, not on timing.
   const int threads = at::get_num_threads();
-  std::vector<T> partial(static_cast<size_t>(threads) * weight_numel, T(0));
+  std::vector<T> partial(static_cast<size_t>(threads) * partial_numel, T(0));
   if (t.items > 0) {
     const std::vector<int64_t> offsets = tap_offsets(g, t.row_len);
     at::parallel_for(0, t.items, grain_for(cout_g * taps * t.rows * t.length), [&](int64_t begin, int64_t end) {
-      T* acc = partial.data() + at::get_thread_num() * weight_numel;
+      T* acc = partial.data() + at::get_thread_num() * partial_numel;
       T* scratch = workspace<T>(0, g.cin_g() * g.stride * t.row_len);
       T* staged = kDirect ? nullptr : workspace<T>(1, t.rows * cout_g * t.length);
       for (int64_t item = begin; item < end; ++item) {
@@ -217,17 +221,18 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
             scratch, offsets.data(), taps,
             kDirect ? reinterpret_cast<const T*>(gy) : staged, kDirect ? g.out_length : n,
             cout_g, n, acc + grp * cout_g * taps,
-            rows, t.pitch, kDirect ? g.out_channels * g.out_length : cout_g * n};
+            rows, t.pitch, kDirect ? g.out_channels * g.out_length : cout_g * n,
+            grad_bias ? acc + weight_numel + grp * cout_g : nullptr};
         run(tile_args);
       }
     });
   }
-  for (int64_t i = 0; i < weight_numel; ++i) {
+  for (int64_t i = 0; i < partial_numel; ++i) {
     T sum = 0;
     for (int th = 0; th < threads; ++th) {
-      sum += partial[th * weight_numel + i];
+      sum += partial[th * partial_numel + i];
     }
-    grad_weight[i] = static_cast<scalar_t>(sum);
+    (i < weight_numel ? grad_weight[i] : grad_bias[i - weight_numel]) = static_cast<scalar_t>(sum);
   }
 }
 
@@ -241,14 +246,14 @@ void conv_forward(const Geometry& g, const scalar_t* in, const at::opmath_type<s
 
 template <typename scalar_t>
 void conv_weight_grad(const Geometry& g, const scalar_t* grad_out, const scalar_t* in,
-                      scalar_t* grad_weight) {
-  weight_grad_impl<scalar_t>(g, grad_out, in, grad_weight);
+                      scalar_t* grad_weight, scalar_t* grad_bias) {
+  weight_grad_impl<scalar_t>(g, grad_out, in, grad_weight, grad_bias);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                               \
   template void conv_forward<T>(const Geometry&, const T*, const at::opmath_type<T>*,         \
                                 const at::opmath_type<T>*, T*);                               \
-  template void conv_weight_grad<T>(const Geometry&, const T*, const T*, T*);
+  template void conv_weight_grad<T>(const Geometry&, const T*, const T*, T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 FASTCONV_INSTANTIATE(c10::Half)

@@ -118,9 +118,10 @@ void conv_forward(const Geometry& g, const scalar_t* in,
                   const at::opmath_type<scalar_t>* weight,
                   const at::opmath_type<scalar_t>* bias, scalar_t* out);
 
-// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * up[b][ic][l*stride + k*dilation - pad].
+// grad_weight[oc][icg][k] = sum_{b,l} grad_out[b][oc][l] * up[b][ic][l*stride + k*dilation - pad],
+// and, unless grad_bias is null, grad_bias[oc] = sum_{b,l} grad_out[b][oc][l] in the same pass.
 template <typename scalar_t>
 void conv_weight_grad(const Geometry& g, const scalar_t* grad_out, const scalar_t* in,
-                      scalar_t* grad_weight);
+                      scalar_t* grad_weight, scalar_t* grad_bias = nullptr);
 
 }  // namespace fastconv::cpu

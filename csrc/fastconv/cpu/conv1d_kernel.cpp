@@ -11,10 +11,12 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include "fastconv/algorithm.h"
+#include "fastconv/bias_grad.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/conv1d_driver.h"
 #include "fastconv/fft/fft_conv1d.h"
@@ -99,6 +101,48 @@ at::Tensor conv1d_input_backward_cpu(
   return gx;
 }
 
+// grad_weight, and grad_bias when with_bias (else undefined).
+std::tuple<at::Tensor, at::Tensor> weight_grads_cpu(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm,
+    bool with_bias) {
+  const auto sym = check_conv1d_weight_backward(
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm,
+      with_bias ? "fastconv.conv1d_weight_bias_backward" : "fastconv.conv1d_weight_backward");
+  const auto d = concrete(sym);
+  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+    return {fft::conv1d_weight_backward(grad_output, input, d),
+            with_bias ? conv_bias_grad(grad_output, 1) : at::Tensor()};
+  }
+  const at::Tensor gy = grad_output.contiguous();
+  const at::Tensor x = input.contiguous();
+  if (onednn_weight_grad_is_faster(d, x.scalar_type())) {
+    // oneDNN reads only the weight's shape: a broadcast zero stands in for it.
+    const auto weight_shape = concrete_shape(conv1d_weight_shape(sym));
+    const at::Tensor shape_only = at::zeros({1}, x.options()).expand(weight_shape);
+    const std::vector<int64_t> bias_shape{d.out_channels};
+    auto grads = at::convolution_backward(
+        d.batched ? gy : gy.unsqueeze(0), d.batched ? x : x.unsqueeze(0), shape_only,
+        with_bias ? at::OptionalIntArrayRef(bias_shape) : std::nullopt, {d.stride}, {d.padding}, {d.dilation},
+        /*transposed=*/false, /*output_padding=*/{0}, d.groups, {false, true, with_bias});
+    return {std::get<1>(grads), std::get<2>(grads)};
+  }
+  at::Tensor gw = at::empty_symint(conv1d_weight_shape(sym), x.options());
+  at::Tensor gb = with_bias ? at::empty({d.out_channels}, x.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cpu", [&] {
+    cpu::conv_weight_grad<scalar_t>(forward_geometry(d), gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                    gw.mutable_data_ptr<scalar_t>(),
+                                    with_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr);
+  });
+  return {gw, gb};
+}
+
 at::Tensor conv1d_weight_backward_cpu(
     const at::Tensor& grad_output,
     const at::Tensor& input,
@@ -108,29 +152,21 @@ at::Tensor conv1d_weight_backward_cpu(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  const auto sym = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
-    return fft::conv1d_weight_backward(grad_output, input, d);
-  }
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  if (onednn_weight_grad_is_faster(d, x.scalar_type())) {
-    // oneDNN reads only the weight's shape: a broadcast zero stands in for it.
-    const auto weight_shape = concrete_shape(conv1d_weight_shape(sym));
-    const at::Tensor shape_only = at::zeros({1}, x.options()).expand(weight_shape);
-    return std::get<1>(at::convolution_backward(
-        d.batched ? gy : gy.unsqueeze(0), d.batched ? x : x.unsqueeze(0), shape_only,
-        std::nullopt, {d.stride}, {d.padding}, {d.dilation}, /*transposed=*/false,
-        /*output_padding=*/{0}, d.groups, {false, true, false}));
-  }
-  at::Tensor gw = at::empty_symint(conv1d_weight_shape(sym), x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cpu", [&] {
-    cpu::conv_weight_grad<scalar_t>(forward_geometry(d), gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                          gw.mutable_data_ptr<scalar_t>());
-  });
-  return gw;
+  return std::get<0>(weight_grads_cpu(
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm, /*with_bias=*/false));
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward_cpu(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    c10::SymInt kernel_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  return weight_grads_cpu(
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm, /*with_bias=*/true);
 }
 
 }  // namespace
@@ -139,6 +175,7 @@ TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("conv1d", &conv1d_cpu);
   m.impl("conv1d_input_backward", &conv1d_input_backward_cpu);
   m.impl("conv1d_weight_backward", &conv1d_weight_backward_cpu);
+  m.impl("conv1d_weight_bias_backward", &conv1d_weight_bias_backward_cpu);
 }
 
 }  // namespace fastconv

@@ -45,6 +45,8 @@ struct WeightTile {
   int64_t rows = 1;
   int64_t scratch_pitch = 0;
   int64_t grad_pitch = 0;
+  // [C_out / groups], accumulated into: the sum of grad_out, or nullptr.
+  T* grad_bias = nullptr;
 };
 
 // Many short rows of convolve: out[r][t] = sum_j a_r[j] * v_r[t + offset - j]

@@ -245,18 +245,25 @@ void forward_tile(const ForwardTile<T>& a) {
 
 // ---- weight gradient: grad_weight[oc][t] += sum_j grad_out[oc][j] * scratch[offsets[t] + j]
 
-template <typename T, int R, int P>
+// With Bias, the block also sums grad_out into grad_bias: grad_out is
+// loaded for the taps anyway (a separate sum read a depthwise grad_out from
+// DRAM again; a tap of ones in the scratch cost more than that sum).
+template <typename T, int R, int P, bool Bias = false>
 void weight_block(const WeightTile<T>& a, int64_t oc0, int64_t t0) {
   using S = Simd<T>;
   using Vec = typename S::V;
   constexpr int64_t lanes = S::kLanes;
   Vec acc[R][P];
   T tail[R][P];
+  Vec bias_acc[R];
+  T bias_tail[R];
   for (int r = 0; r < R; ++r) {
     for (int p = 0; p < P; ++p) {
       acc[r][p] = Vec{};
       tail[r][p] = 0;
     }
+    bias_acc[r] = Vec{};
+    bias_tail[r] = 0;
   }
   const int64_t full = a.length - a.length % lanes;
   // Rows one after another into the same accumulators: a horizontal sum per
@@ -274,6 +281,7 @@ void weight_block(const WeightTile<T>& a, int64_t oc0, int64_t t0) {
       Vec gv[R];
       for (int r = 0; r < R; ++r) {
         gv[r] = S::load(g[r] + j);
+        if constexpr (Bias) bias_acc[r] += gv[r];
       }
       for (int p = 0; p < P; ++p) {
         const Vec xv = S::load(x[p] + j);
@@ -287,6 +295,7 @@ void weight_block(const WeightTile<T>& a, int64_t oc0, int64_t t0) {
         for (int p = 0; p < P; ++p) {
           tail[r][p] += g[r][j] * x[p][j];
         }
+        if constexpr (Bias) bias_tail[r] += g[r][j];
       }
     }
   }
@@ -294,16 +303,43 @@ void weight_block(const WeightTile<T>& a, int64_t oc0, int64_t t0) {
     for (int p = 0; p < P; ++p) {
       a.grad_weight[(oc0 + r) * a.taps + t0 + p] += S::sum(acc[r][p]) + tail[r][p];
     }
+    if constexpr (Bias) a.grad_bias[oc0 + r] += S::sum(bias_acc[r]) + bias_tail[r];
   }
 }
 
-constexpr bool weight_fits(int R, int P) {
-  return R * P + R + P <= kRegs;
+constexpr bool weight_fits(int R, int P, bool bias = false) {
+  return R * P + R + P + (bias ? R : 0) <= kRegs;
+}
+
+// The first block of taps, summing the bias too: the widest that fits the
+// registers and the taps. Returns the taps it covered.
+template <typename T, int R>
+int64_t weight_bias_block(const WeightTile<T>& a, int64_t oc0) {
+  if constexpr (weight_fits(R, 8, true)) {
+    if (a.taps >= 8) {
+      weight_block<T, R, 8, true>(a, oc0, 0);
+      return 8;
+    }
+  }
+  if constexpr (weight_fits(R, 4, true)) {
+    if (a.taps >= 4) {
+      weight_block<T, R, 4, true>(a, oc0, 0);
+      return 4;
+    }
+  }
+  if constexpr (weight_fits(R, 2, true)) {
+    if (a.taps >= 2) {
+      weight_block<T, R, 2, true>(a, oc0, 0);
+      return 2;
+    }
+  }
+  weight_block<T, R, 1, true>(a, oc0, 0);
+  return 1;
 }
 
 template <typename T, int R>
 void weight_rows(const WeightTile<T>& a, int64_t oc0) {
-  int64_t t = 0;
+  int64_t t = a.grad_bias ? weight_bias_block<T, R>(a, oc0) : 0;
   if constexpr (weight_fits(R, 8)) {
     for (; t + 8 <= a.taps; t += 8) weight_block<T, R, 8>(a, oc0, t);
   }

@@ -234,8 +234,10 @@ at::Tensor conv1d_weight_backward(
   const at::Tensor up = upsample(gy, d.stride);
   const int64_t Kd = d.dilation * (d.kernel_size - 1) + 1;
   // Batch as channels: signals (Cg, G * B, L), kernels (G * Og, B, Lu).
-  const at::Tensor signals = x.view({B, G, Cg, -1}).permute({2, 1, 0, 3}).reshape({Cg, G * B, -1});
-  const at::Tensor kernels = up.view({B, G, Og, -1}).permute({1, 2, 0, 3}).reshape({G * Og, B, -1});
+  // Lengths spelled out: -1 is ambiguous in a view of an empty batch.
+  const int64_t L = x.size(-1), Lu = up.size(-1);
+  const at::Tensor signals = x.view({B, G, Cg, L}).permute({2, 1, 0, 3}).reshape({Cg, G * B, L});
+  const at::Tensor kernels = up.view({B, G, Og, Lu}).permute({1, 2, 0, 3}).reshape({G * Og, B, Lu});
   at::Tensor r;
   if (B == 0 || kernels.size(-1) == 0) {
     r = at::zeros({Cg, G * Og, Kd}, x.options());
