@@ -436,10 +436,10 @@ inline typename Simd<T>::V load_first(const T* p, std::integer_sequence<int, I..
 // Rows whose whole convolution fits one vector pay off with a vector per
 // row: a, zero-extended, shifted up by each tap k times v[k] -- M shuffles,
 // broadcasts and FMAs, where the across-rows loop of contiguous_rows spends
-// about N * M operations per row. Measured (fp32, AVX-512, AMD Zen 4) it
-// is up to 2.6x faster from N = 4 and M = 2 (9x7: 3.9 against 7.2 ns per
-// row, 8x2: 1.2 against 3.0), at worst 1.5x slower (5x4); with narrower
-// vectors most rows do not fit.
+// about N * M operations per row. Measured (fp32, AVX-512, AMD Zen 4, one
+// thread) it is 1.1-2.7x faster on every pair from N = 4 and M = 2 (9x7:
+// 2.8 against 7.4 ns per row, 8x2: 1.1 against 3.0, 5x4: 1.5 against 1.6);
+// with narrower vectors most rows do not fit.
 template <typename T, int N, int M>
 constexpr bool use_row_vectors() {
   return N + M - 1 <= Simd<T>::kLanes && M >= 2 && N >= 4;
