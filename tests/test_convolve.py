@@ -65,6 +65,36 @@ def test_many_short_rows_split_across_threads(n, m):
         torch.set_num_threads(threads)
 
 
+def columns_reference(a, v, mode):
+    """Row-wise convolution in float64 by columns (fast for many short rows)."""
+    a, v = a.double(), v.double()
+    n, m = a.shape[-1], v.shape[-1]
+    full = torch.zeros(*torch.broadcast_shapes(a.shape[:-1], v.shape[:-1]), n + m - 1, dtype=torch.float64)
+    for k in range(m):
+        full[..., k:k + n] += v[..., k:k + 1] * a
+    if mode == "full":
+        return full
+    length = n if mode == "same" else max(n, m) - min(n, m) + 1
+    start = (m - 1) // 2 if mode == "same" else min(n, m) - 1
+    return full[..., start:start + length]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n,m,shared_v", [(2, 2, False), (7, 7, False), (9, 9, False), (6, 3, True)])
+def test_large_outputs_streamed_past_the_caches(n, m, shared_v, dtype):
+    # Outputs of 16 MiB or more leave the row-vector kernel (7x7, 6x3) through non-temporal
+    # stores; the other kernels write them directly.
+    rows = (16 << 20) // (n * dtype.itemsize) + 1001
+    gen = torch.Generator().manual_seed(n * 10 + m)
+    a = torch.randn(rows, n, generator=gen, dtype=dtype)
+    v = torch.randn(1 if shared_v else rows, m, generator=gen, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    for mode in MODES:
+        out = fastconv_ext.convolve(a, v, mode)
+        assert out.nbytes >= 16 << 20 or mode == "valid"
+        torch.testing.assert_close(out.double(), columns_reference(a, v, mode), **tol, msg=lambda e: f"{mode}: {e}")
+
+
 BROADCAST_SHAPES = [
     ((5,), (7,)),
     ((4, 1, 5), (3, 9)),

@@ -13,8 +13,6 @@
 namespace fastconv::cpu {
 namespace {
 
-// Output bytes from which forward writes with non-temporal stores.
-constexpr int64_t kStreamingBytes = 16 << 20;
 // Multiply-adds below which a parallel range stays on the calling thread:
 // waking another thread costs more than small problems take.
 constexpr int64_t kMinWorkPerThread = 1 << 17;

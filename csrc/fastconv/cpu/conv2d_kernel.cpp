@@ -43,8 +43,6 @@ using cpu::im2col_tile;
 // Column-matrix elements per thread: 128 Ki floats (512 KiB) fits this
 // machine's 1 MiB L2 next to the GEMM's output tile.
 constexpr int64_t kColumnBudget = int64_t(1) << 17;
-// Outputs from which forward streams its stores past the caches.
-constexpr int64_t kStreamingBytes = int64_t(16) << 20;
 
 int64_t taps_per_group(const Conv2dIntDims& d) {
   return d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
@@ -332,7 +330,7 @@ at::Tensor conv2d_cpu(
     constexpr bool same_type = std::is_same_v<scalar_t, T>;
     const T* wp = w.const_data_ptr<T>();
     const T* bp = has_bias ? b.const_data_ptr<T>() : nullptr;
-    const bool streaming = y.nbytes() >= kStreamingBytes;
+    const bool streaming = y.nbytes() >= cpu::kStreamingBytes;
     if (use_shifted_gemm(d)) {
       conv2d_shifted<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), weight, bp, y.mutable_data_ptr<scalar_t>());
       return;

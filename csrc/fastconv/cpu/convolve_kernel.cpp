@@ -82,6 +82,7 @@ void small_rows(const at::Tensor& a, const at::Tensor& v, at::Tensor& out,
   p.m = v.size(-1);
   p.offset = offset;
   p.length = length;
+  p.streaming = out.nbytes() >= cpu::kStreamingBytes;
   p.ndim = static_cast<int>(layout.sizes.size());
   for (int d = 0; d < p.ndim; ++d) {
     p.sizes[d] = layout.sizes[d];

@@ -65,6 +65,9 @@ struct ConvolveRows {
   int64_t n, m;            // row lengths, m <= n <= kConvolveSmall
   int64_t offset, length;  // length <= 2 * kConvolveSmall
   int64_t row_begin, row_end;
+  // Large output: contiguous rows of the row-vector kernel are written
+  // through a row buffer with non-temporal stores (no read-for-ownership).
+  bool streaming;
   int ndim;
   int64_t sizes[kConvolveMaxDims];
   int64_t a_strides[kConvolveMaxDims];
@@ -87,6 +90,10 @@ struct MixTile {
   int64_t y_channel_stride, y_segment_stride;
   int64_t in_channels, out_channels, segments, length;  // length even
 };
+
+// Outputs from this size on are written with non-temporal stores, around the
+// caches (conv1d, conv2d and convolve).
+constexpr int64_t kStreamingBytes = int64_t(16) << 20;
 
 // Input positions a tile of `length` outputs may read past its last tap,
 // so vector loads of a partial last vector stay inside the scratch row.
