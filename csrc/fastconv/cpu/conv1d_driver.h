@@ -22,8 +22,8 @@ namespace fastconv::cpu {
 constexpr int64_t kScratchBytes = 192 << 10;
 
 // Rows of fewer outputs than this (8 vectors of 16 fp32 lanes, the widest
-// forward register block with AVX-512) are packed
-// into tiles, several rows to a tile (see make_tiling).
+// forward register block with AVX-512) are packed into tiles, several rows
+// to a tile (see make_tiling).
 constexpr int64_t kPackedBelow = 128;
 // Input and output bytes of a tile of packed rows: they stay in L1.
 constexpr int64_t kPackedBytes = 16 << 10;

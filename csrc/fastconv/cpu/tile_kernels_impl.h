@@ -492,7 +492,10 @@ void contiguous_rows(const T* __restrict__ a, const T* __restrict__ v, T* __rest
   }
 }
 
-// n elements from src to dst, whole aligned vectors of dst with non-temporal stores.
+// n elements from src to dst, whole aligned vectors of dst with non-temporal
+// stores. Not streaming_store.h's store_row: this file includes no header with
+// inline functions (see the top), and store_row streams only 16-byte fp32
+// vectors from an aligned start.
 template <typename T>
 void stream_copy(const T* src, T* dst, int64_t n) {
   using S = Simd<T>;
@@ -507,8 +510,9 @@ void stream_copy(const T* src, T* dst, int64_t n) {
 // ('same', 'valid'), or rows of a large output, through a stack buffer of
 // kWindowRows rows. Large outputs of the row-vector kernel leave it with
 // non-temporal stores: 10^6 rows ran at 1.1-1.2x of the memory floor, a
-// read-for-ownership of every output line included (7x2: 1.33 against 1.70
-// ms, best of 30). The compute-bound across-rows loop (9x9) ran slower so.
+// read-for-ownership of every output line included (7x2: median 1.37 against
+// 1.85 ms over six alternating runs). The compute-bound across-rows loop
+// (9x9) ran slower so.
 template <typename T, int N, int M, int VStep>
 void contiguous_window(const ConvolveRows<T>& p) {
   constexpr int L = N + M - 1;
