@@ -43,6 +43,25 @@ def cuda_times(fns, repeats=30, warmup=5):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+FAILURES = []
+
+
+class guarded:
+    """Records a case that raises (a wrong result or a CUDA error) and goes on with the next."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is not None:
+            FAILURES.append(f"{self.name}: {kind.__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            progress(f"  FAILED {FAILURES[-1]}")
+        return isinstance(err, Exception)
+
+
 def copy_bandwidth():
     src = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -55,16 +74,19 @@ def depthwise(gbps, quick):
     sizes = [(8, 1024, 1 << 16), (16, 2048, 1 << 15)] if not quick else [(8, 1024, 1 << 14)]
     for k in (2, 3, 4):
         for b, c, length in sizes:
+            progress(f"  depthwise k={k} {b}x{c}x{length}")
             x = torch.randn(b, c, length, device="cuda")
             w = torch.randn(c, 1, k, device="cuda")
-            y = fastconv_ext.conv1d(x, w, padding=k - 1, groups=c)
-            torch.testing.assert_close(y, F.conv1d(x, w, padding=k - 1, groups=c), rtol=1e-4, atol=1e-4)
-            t = cuda_times({"fastconv": lambda: fastconv_ext.conv1d(x, w, padding=k - 1, groups=c),
-                            "cudnn": lambda: F.conv1d(x, w, padding=k - 1, groups=c)})
-            nbytes = 4 * (x.numel() + y.numel())
-            rows.append(dict(k=k, shape=[b, c, length], fastconv_ms=t["fastconv"], cudnn_ms=t["cudnn"],
-                             fastconv_gbps=nbytes / (t["fastconv"] * 1e-3) / 1e9,
-                             of_copy=nbytes / (t["fastconv"] * 1e-3) / 1e9 / gbps))
+            with guarded(f"depthwise k={k} {b}x{c}x{length}"):
+                y = fastconv_ext.conv1d(x, w, padding=k - 1, groups=c)
+                torch.testing.assert_close(y, F.conv1d(x, w, padding=k - 1, groups=c), rtol=1e-4, atol=1e-4)
+                t = cuda_times({"fastconv": lambda: fastconv_ext.conv1d(x, w, padding=k - 1, groups=c),
+                                "cudnn": lambda: F.conv1d(x, w, padding=k - 1, groups=c)})
+                nbytes = 4 * (x.numel() + y.numel())
+                rows.append(dict(k=k, shape=[b, c, length], fastconv_ms=t["fastconv"], cudnn_ms=t["cudnn"],
+                                 fastconv_gbps=nbytes / (t["fastconv"] * 1e-3) / 1e9,
+                                 of_copy=nbytes / (t["fastconv"] * 1e-3) / 1e9 / gbps))
+            del x, w
     return rows
 
 
@@ -77,13 +99,22 @@ def conv1d_suite(dtypes):
             w = torch.randn(s.out_channels, s.in_channels // s.groups, s.kernel_size, device="cuda",
                             generator=g).to(dtype)
             kw = s.args()
-            ref = F.conv1d(x.double(), w.double(), **kw)
-            got = fastconv_ext.conv1d(x, w, **kw).double()
-            err = ((got - ref).abs().max() / ref.abs().max()).item()
-            t = cuda_times({"fastconv": lambda: fastconv_ext.conv1d(x, w, **kw),
-                            "cudnn": lambda: F.conv1d(x, w, **kw)}, repeats=15)
-            rows.append(dict(shape=s.name, dtype=str(dtype).replace("torch.", ""), fastconv_ms=t["fastconv"],
-                             cudnn_ms=t["cudnn"], speedup=t["cudnn"] / t["fastconv"], rel_err=err))
+            progress(f"  {s.name} {dtype}")
+            with guarded(f"conv1d {s.name} {dtype}"):
+                ref = F.conv1d(x.double(), w.double(), **kw)
+                got = fastconv_ext.conv1d(x, w, **kw).double()
+                err = ((got - ref).abs().max() / ref.abs().max()).item()
+                t = cuda_times({"fastconv": lambda: fastconv_ext.conv1d(x, w, **kw),
+                                "cudnn": lambda: F.conv1d(x, w, **kw)}, repeats=15)
+                xg, wg = x.detach().requires_grad_(), w.detach().requires_grad_()
+                gy = torch.randn_like(got, dtype=dtype)
+                tb = cuda_times({"fastconv": lambda: torch.autograd.grad(fastconv_ext.conv1d(xg, wg, **kw), (xg, wg), gy),
+                                 "cudnn": lambda: torch.autograd.grad(F.conv1d(xg, wg, **kw), (xg, wg), gy)},
+                                repeats=15)
+                rows.append(dict(shape=s.name, dtype=str(dtype).replace("torch.", ""), fastconv_ms=t["fastconv"],
+                                 cudnn_ms=t["cudnn"], speedup=t["cudnn"] / t["fastconv"], rel_err=err,
+                                 fastconv_fwd_bwd_ms=tb["fastconv"], cudnn_fwd_bwd_ms=tb["cudnn"],
+                                 fwd_bwd_speedup=tb["cudnn"] / tb["fastconv"]))
     return rows
 
 
@@ -91,15 +122,23 @@ def convolve(gbps):
     rows = []
     n_rows = 10**6
     for n, m in [(2, 2), (5, 7), (9, 3), (9, 9)]:
+        progress(f"  convolve {n}x{m}")
         a = torch.randn(n_rows, n, device="cuda")
         v = torch.randn(n_rows, m, device="cuda")
-        out = fastconv_ext.convolve(a, v)
         trick = lambda: F.conv1d(a[None], v[:, None].flip(2), padding=m - 1, groups=n_rows)[0]  # noqa: E731
-        torch.testing.assert_close(out, trick(), rtol=1e-4, atol=1e-4)
-        t = cuda_times({"fastconv": lambda: fastconv_ext.convolve(a, v), "trick": trick})
         floor = 4 * n_rows * (n + m + n + m - 1) / (gbps * 1e9) * 1e3
-        rows.append(dict(pair=f"{n}x{m}", fastconv_ms=t["fastconv"], trick_ms=t["trick"], floor_ms=floor,
-                         over_floor=t["fastconv"] / floor))
+        row = dict(pair=f"{n}x{m}", floor_ms=floor, fastconv_ms=float("nan"), trick_ms=float("nan"))
+        with guarded(f"convolve {n}x{m}"):
+            ref = (a.double()[:, :, None] * v.double()[:, None, :])  # outer products, summed along anti-diagonals
+            want = torch.zeros(n_rows, n + m - 1, dtype=torch.float64, device="cuda")
+            for i in range(n):
+                want[:, i:i + m] += ref[:, i]
+            torch.testing.assert_close(fastconv_ext.convolve(a, v).double(), want, rtol=1e-5, atol=1e-5)
+            row["fastconv_ms"] = cuda_times({"fastconv": lambda: fastconv_ext.convolve(a, v)})["fastconv"]
+        with guarded(f"convolve {n}x{m}: the grouped-conv trick (cuDNN)"):
+            row["trick_ms"] = cuda_times({"trick": trick}, repeats=5, warmup=1)["trick"]
+        row["over_floor"] = row["fastconv_ms"] / floor
+        rows.append(row)
     return rows
 
 
@@ -126,15 +165,21 @@ def main(argv=None):
                           [[r["k"], "x".join(map(str, r["shape"])), f"{r['fastconv_ms']:.3f}", f"{r['cudnn_ms']:.3f}",
                             f"{r['fastconv_gbps']:.0f}", f"{r['of_copy']:.0%}"] for r in dw]), "",
              "conv1d suite:",
-             format_table(["shape", "dtype", "fastconv ms", "cuDNN ms", "speedup", "rel err"],
+             format_table(["shape", "dtype", "fastconv ms", "cuDNN ms", "speedup", "rel err",
+                           "fwd+bwd fastconv ms", "fwd+bwd cuDNN ms", "fwd+bwd speedup"],
                           [[r["shape"], r["dtype"], f"{r['fastconv_ms']:.3f}", f"{r['cudnn_ms']:.3f}",
-                            f"{r['speedup']:.2f}x", f"{r['rel_err']:.1e}"] for r in suite])]
+                            f"{r['speedup']:.2f}x", f"{r['rel_err']:.1e}", f"{r['fastconv_fwd_bwd_ms']:.3f}",
+                            f"{r['cudnn_fwd_bwd_ms']:.3f}", f"{r['fwd_bwd_speedup']:.2f}x"] for r in suite])]
     for dtype in sorted({r["dtype"] for r in suite}):
-        lines.append(f"geomean speedup {dtype}: {geomean([r['speedup'] for r in suite if r['dtype'] == dtype]):.2f}x")
+        mine = [r for r in suite if r["dtype"] == dtype]
+        lines.append(f"geomean speedup {dtype}: forward {geomean([r['speedup'] for r in mine]):.2f}x, "
+                     f"forward+backward {geomean([r['fwd_bwd_speedup'] for r in mine]):.2f}x")
     lines += ["", "convolve, N = 10^6:",
               format_table(["n x m", "fastconv ms", "grouped-conv trick ms", "floor ms", "x floor"],
                            [[r["pair"], f"{r['fastconv_ms']:.3f}", f"{r['trick_ms']:.3f}", f"{r['floor_ms']:.3f}",
                              f"{r['over_floor']:.2f}"] for r in cv])]
+    if FAILURES:
+        lines += ["", "FAILED:"] + [f"  {f}" for f in FAILURES]
     text = "\n".join(lines)
     print(text)
     if args.out_dir:
@@ -143,8 +188,9 @@ def main(argv=None):
         tag = device.replace(" ", "_")
         (out / f"cuda_{tag}.md").write_text(text + "\n")
         (out / f"cuda_{tag}.json").write_text(json.dumps(dict(device=device, copy_gbps=gbps, depthwise=dw,
-                                                              conv1d=suite, convolve=cv), indent=1))
-    return 0
+                                                              conv1d=suite, convolve=cv, failures=FAILURES),
+                                                         indent=1))
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":

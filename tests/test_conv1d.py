@@ -316,14 +316,16 @@ WEIGHT_BIAS_CASES = [
 @pytest.mark.parametrize("algorithm", ["direct", "fft"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", WEIGHT_BIAS_CASES, ids=str)
-def test_weight_bias_backward_matches_float64_reference(case, dtype, algorithm):
+def test_weight_bias_backward_matches_float64_reference(case, dtype, algorithm, device):
     """The fused operator's bias gradient is the sum of grad_output, on every path of the weight gradient."""
     x, w, _ = case.tensors(dtype=torch.float64)
     gy = torch.randn(F.conv1d(x, w, None, **case.args()).shape, generator=torch.Generator().manual_seed(5),
                      dtype=torch.float64)
     hp = ([case.stride], [case.padding], [case.dilation], case.groups, algorithm)
-    gw, gb = torch.ops.fastconv.conv1d_weight_bias_backward(gy.to(dtype), x.to(dtype), case.kernel_size, *hp)
+    gw, gb = torch.ops.fastconv.conv1d_weight_bias_backward(gy.to(device, dtype), x.to(device, dtype),
+                                                            case.kernel_size, *hp)
     assert gw.dtype == gb.dtype == dtype and gb.shape == (case.out_channels,)
+    assert gw.device.type == gb.device.type == device
     gy_r, x_r = gy.to(dtype).double(), x.to(dtype).double()
     if case.batch is None:
         gy_r, x_r = gy_r[None], x_r[None]

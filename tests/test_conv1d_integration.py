@@ -39,19 +39,19 @@ def test_opcheck_all_ops(case, dtype, device):
     )
 
 
-def test_compile_fullgraph_dynamic_forward_backward():
+def test_compile_fullgraph_dynamic_forward_backward(device):
     """One graph, no breaks, recompiled neither for new lengths nor for backward."""
     torch._dynamo.reset()
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    w = torch.randn(6, 2, 3, requires_grad=True)
-    b = torch.randn(6, requires_grad=True)
+    w = torch.randn(6, 2, 3, device=device, requires_grad=True)
+    b = torch.randn(6, device=device, requires_grad=True)
 
     def f(x, w, b):
         return fastconv_ext.conv1d(x, w, b, stride=2, padding=1, groups=2).tanh().sum()
 
     compiled = torch.compile(f, fullgraph=True, dynamic=True, backend=counter)
     for length in (20, 33, 47, 128):
-        x = torch.randn(3, 4, length, requires_grad=True)
+        x = torch.randn(3, 4, length, device=device, requires_grad=True)
         out = compiled(x, w, b)
         grads = torch.autograd.grad(out, (x, w, b))
         out_ref = F.conv1d(x, w, b, stride=2, padding=1, groups=2).tanh().sum()
@@ -62,7 +62,7 @@ def test_compile_fullgraph_dynamic_forward_backward():
     assert counter.frame_count == 1
     # The default (inductor) backend too.
     torch._dynamo.reset()
-    x = torch.randn(2, 4, 25, requires_grad=True)
+    x = torch.randn(2, 4, 25, device=device, requires_grad=True)
     out = torch.compile(f, fullgraph=True, dynamic=True)(x, w, b)
     torch.testing.assert_close(out, F.conv1d(x, w, b, stride=2, padding=1, groups=2).tanh().sum())
     out.backward()

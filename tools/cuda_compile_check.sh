@@ -5,7 +5,8 @@
 #
 #   tools/cuda_compile_check.sh [CACHE_DIR]
 # Env: TORCH_CUDA_VERSION (default 2.13.0), PYTHON (default python3),
-#      TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), NVCC (default nvcc).
+#      TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX"), NVCC (default nvcc),
+#      CXX_STD (default c++20, as torch >= 2.13 builds extensions; c++17 for older torch).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/fastconv/torch-cuda}
@@ -13,6 +14,7 @@ version=${TORCH_CUDA_VERSION:-2.13.0}
 python=${PYTHON:-python3}
 nvcc=${NVCC:-nvcc}
 arch_list=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0+PTX"}
+std=${CXX_STD:-c++20}
 
 command -v "$nvcc" >/dev/null || { echo "cuda_compile_check: nvcc not found" >&2; exit 1; }
 mkdir -p "$cache"
@@ -46,10 +48,10 @@ for src in $(find csrc/fastconv -name '*.cpp' -o -name '*.cu' | sort); do
   obj=$build/$(echo "$src" | tr '/' '_').o
   echo "cuda_compile_check: compiling $src"
   if [[ $src == *.cu ]]; then
-    "$nvcc" -std=c++20 -O2 -Xcompiler -fPIC --expt-relaxed-constexpr "${gencode[@]}" \
+    "$nvcc" -std=$std -O2 -Xcompiler -fPIC --expt-relaxed-constexpr "${gencode[@]}" \
       "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   else
-    g++ -std=c++20 -O1 -fPIC -fopenmp -ffp-contract=fast "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
+    g++ -std=$std -O1 -fPIC -fopenmp -ffp-contract=fast "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   fi
   objects+=("$obj")
 done
