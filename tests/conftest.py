@@ -1,5 +1,7 @@
 import io
+import os
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -28,7 +30,16 @@ DEVICES = _device_params()
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    return request.param
+    yield request.param
+    if request.param == "cuda" and os.environ.get("PYTEST_XDIST_WORKER"):
+        # A kernel fault poisons this process's CUDA context, and every later
+        # CUDA test here would fail with it: report it on this test and end
+        # the worker, so that pytest-xdist goes on in a fresh one.
+        try:
+            torch.cuda.synchronize()
+        except RuntimeError:  # torch.AcceleratorError
+            print(f"\nCUDA error after {request.node.nodeid}; ending this worker", file=sys.stderr, flush=True)
+            os._exit(3)
 
 
 @dataclass

@@ -334,7 +334,7 @@ def test_weight_bias_backward_matches_float64_reference(case, dtype, algorithm, 
     tol = LOW_PRECISION_TOL.get(dtype, dict(rtol=1e-7, atol=1e-7))
     for got, ref in ((gw, gw_ref), (gb, gb_ref)):
         scale = ref.abs().max().item() + 1.0 if ref.numel() else 1.0
-        torch.testing.assert_close(got.double(), ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
+        torch.testing.assert_close(got.cpu().double(), ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 def test_bias_gradient_alone_and_with_the_weight_agree():

@@ -9,11 +9,17 @@
 # Every log goes into one archive, OUT_DIR/gpu-check.tar.gz, rewritten after
 # each step so that a run cut short still returns what it did.
 #
-#   tools/gpu_check.sh
+#   tools/gpu_check.sh [--gdb]
+# --gdb: run the non-CUDA tests in one process under cuda-gdb (the machine has
+#        no gdb), which prints the native backtrace of a crash.
 # Env: OUT_DIR (default $OUT, else ./gpu-check), PYTHON (python3), JOBS (pytest
 #      workers per suite, 6), DEADLINE (seconds for the whole script, 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The in-place build is imported from here, by the benchmarks and by the
+# tests' subprocesses too (some drop '' and '.' from sys.path).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+gdb=${1:-}
 out=${OUT_DIR:-${OUT:-gpu-check}}
 mkdir -p "$out"
 logs=$(mktemp -d)
@@ -57,14 +63,19 @@ step "tests: CUDA, the rest, and compute-sanitizer memcheck, in parallel"
 xdist=()
 $python -c "import xdist" 2>/dev/null && xdist=(-n "$jobs")
 pytest=($python -m pytest -q -p no:cacheprovider --tb=short -rfE)
-t=$(budget 180)
+t=$(budget 150)
 timeout "$t" "${pytest[@]}" "${xdist[@]}" tests -k cuda >"$logs/pytest_cuda.log" 2>&1 &
 cuda_pid=$!
-timeout "$t" "${pytest[@]}" "${xdist[@]}" tests -k "not cuda" >"$logs/pytest_rest.log" 2>&1 &
+if [ "$gdb" = --gdb ] && command -v cuda-gdb >/dev/null; then
+  timeout "$t" cuda-gdb -q -batch -iex "set auto-solib-add off" -ex "set pagination off" -ex run \
+    -ex "sharedlibrary (_C\\.cpython|libc10|libstdc|libgcc|libtorch_cpu|libtorch_python)" -ex "bt 40" --args "${pytest[@]}" tests -k "not cuda" >"$logs/pytest_rest.log" 2>&1 &
+else
+  timeout "$t" "${pytest[@]}" "${xdist[@]}" tests -k "not cuda" >"$logs/pytest_rest.log" 2>&1 &
+fi
 rest_pid=$!
 memcheck_pids=()
 if command -v compute-sanitizer >/dev/null; then
-  for sel in "test_conv1d.py::test_random_float64_matches_torch" "test_convolve.py" "test_conv2d.py::test_random_float64_matches_torch"; do
+  for sel in test_conv1d.py test_conv1d_fft.py test_convolve.py test_conv2d.py; do
     name=memcheck_$(echo "${sel%%::*}" | sed 's/\.py//')
     timeout "$t" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
       "${pytest[@]}" -x "tests/$sel" -k "cuda and not large and not huge" >"$logs/$name.log" 2>&1 &

@@ -241,6 +241,8 @@ void launch_gather(const Conv1dGeometry& g, const scalar_t* in, const scalar_t* 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (staged == 0) return launch(row_conv_kernel<scalar_t, 0, false>);
+    // The unrolled kernels take all taps in one stage.
+    if (staged < g.kernel_size) return launch(row_conv_kernel<scalar_t, 0, true>);
     switch (g.kernel_size) {
       case 2: return launch(row_conv_kernel<scalar_t, 2, true>);
       case 3: return launch(row_conv_kernel<scalar_t, 3, true>);
