@@ -10,6 +10,7 @@ A CUDAExtension is built when the installed torch has CUDA and nvcc is found
 
 import glob
 import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -44,11 +45,19 @@ def extension():
     # caller is compiled with OpenMP (the loaded libgomp is torch's own).
     # fp-contract=fast lets the micro-kernels' a * b + c become FMA instructions.
     cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast"]
+    link_args = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # The shared libstdc++ that torch's libraries use, even where the
+        # toolchain links its own static copy (-static-libstdc++, as on the
+        # GPU machines' image): with two copies, a stream made by one and
+        # written by the other (TORCH_CHECK messages that print SymInts,
+        # through libc10) fails or crashes.
+        link_args.append("-Wl,--push-state,-Bdynamic,-lstdc++,--pop-state")
     common = dict(
         name="fastconv_ext._C",
         include_dirs=[str(CSRC)],
         py_limited_api=False,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=link_args,
     )
     cpp = sources("fastconv/**/*.cpp") + sources("python/*.cpp")
     if want_cuda():
