@@ -302,6 +302,33 @@ def test_short_rows_packed_into_tiles(case, dtype, threads):
     assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
 
 
+ONE_CHANNEL_CASES = [
+    Conv1dCase(2, 1, 1, 1000, 31, padding=15),  # long rows: blocks of 8 vectors, then 4, 2, 1
+    Conv1dCase(3, 4, 4, 700, 16, padding=8, groups=4),  # depthwise
+    Conv1dCase(40, 1, 1, 85, 16, padding=8),  # packed rows 85 + 15 apart: every alignment of a row
+    Conv1dCase(30, 1, 1, 90, 9, padding=3, bias=False),  # taps in a block of 8 and a single one
+    Conv1dCase(2, 3, 3, 500, 12, dilation=2, padding=5, groups=3),  # taps 2 apart: no window
+    Conv1dCase(2, 2, 2, 600, 8, stride=2, padding=3, groups=2),  # stride phases
+    Conv1dCase(2, 1, 1, 400, 33),  # a tap past 32
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", ONE_CHANNEL_CASES, ids=str)
+def test_one_output_channel_taps_at_every_offset(case, dtype, threads):
+    """Blocks of one output channel load some taps through windows of aligned vectors (AVX-512):
+    rows starting at every offset from a vector boundary, tap blocks of 4 and 8, dilation and stride."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+        y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    finally:
+        torch.set_num_threads(previous)
+    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
+
+
 WEIGHT_BIAS_CASES = [
     Conv1dCase(3, 2, 4, 300, 9),  # 4-channel row blocks
     Conv1dCase(4, 6, 6, 257, 3, padding=1, groups=6),  # depthwise, taps < 8, a ragged vector tail

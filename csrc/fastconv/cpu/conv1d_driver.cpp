@@ -21,15 +21,11 @@ int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_item));
 }
 
-// A per-thread buffer that grows and is kept between calls.
+// A per-thread, 64-byte aligned buffer that grows and is kept between calls.
 template <typename T>
 T* workspace(int slot, int64_t n) {
   thread_local std::vector<T> buffers[2];
-  auto& buf = buffers[slot];
-  if (static_cast<int64_t>(buf.size()) < n) {
-    buf.resize(n);
-  }
-  return buf.data();
+  return scratch_buffer(buffers[slot], n);
 }
 
 // dst[r * row_len + j] = src[j * S + r] for j in [lo, hi): a fixed stride
@@ -201,7 +197,11 @@ void forward_impl(const Geometry& g, const scalar_t* in,
           for (int64_t oc = 0; oc < cout_g; ++oc) {
             const T* src = staged + oc * span + s * t.pitch;
             scalar_t* o = dst + (s * g.out_channels + oc) * g.out_length;
-            for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
+            if constexpr (std::is_same_v<scalar_t, T>) {
+              std::memcpy(o, src, n * sizeof(T));
+            } else {
+              for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
+            }
           }
         }
       }

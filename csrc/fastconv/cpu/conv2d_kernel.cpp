@@ -277,12 +277,13 @@ void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T*
   const int64_t rows = d.batch * d.groups * OH;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, cout_g * taps * OW));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> stage(cin_g * KH * row_len);
+    std::vector<T> stage_buffer;
+    T* const stage = cpu::scratch_buffer(stage_buffer, cin_g * KH * row_len);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t oh = item % OH, g = item / OH % d.groups, n = item / OH / d.groups;
       for (int64_t c = 0; c < cin_g; ++c) {
         for (int64_t kh = 0; kh < KH; ++kh) {
-          T* dst = stage.data() + (c * KH + kh) * row_len;
+          T* dst = stage + (c * KH + kh) * row_len;
           const int64_t ih = oh * d.stride[0] - d.padding[0] + kh * d.dilation[0];
           if (ih < 0 || ih >= H) {
             std::fill(dst, dst + row_len, T(0));
@@ -297,7 +298,7 @@ void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T*
           std::fill(dst + hi, dst + row_len, T(0));
         }
       }
-      cpu::ForwardTile<T> tile{stage.data(), offsets.data(), taps, w + g * cout_g * taps,
+      cpu::ForwardTile<T> tile{stage, offsets.data(), taps, w + g * cout_g * taps,
                                bias ? bias + g * cout_g : nullptr,
                                y + ((n * d.out_channels + g * cout_g) * OH + oh) * OW, OH * OW,
                                cout_g, OW, streaming};

@@ -16,7 +16,7 @@ namespace fastconv::cpu {
 
 template <typename T>
 struct ForwardTile {
-  const T* scratch;         // input rows of the group, padded and deinterleaved
+  const T* scratch;         // input rows of the group, padded and deinterleaved; see scratch_buffer
   const int64_t* offsets;   // taps: offset of output position 0 in scratch
   int64_t taps;             // C_in / groups * K
   const T* weight;          // [C_out / groups][taps], contiguous
@@ -96,8 +96,23 @@ struct MixTile {
 constexpr int64_t kStreamingBytes = int64_t(16) << 20;
 
 // Input positions a tile of `length` outputs may read past its last tap,
-// so vector loads of a partial last vector stay inside the scratch row.
+// so vector loads of a partial last vector, and the aligned vectors one
+// past a block that the forward kernel shifts into place, stay inside the
+// scratch row.
 constexpr int64_t kScratchSlack = 16;
+
+// A scratch buffer of n elements in buf, aligned to 64 bytes: the forward
+// kernel loads some taps' vectors as aligned vectors (see forward_block).
+template <typename T>
+T* scratch_buffer(std::vector<T>& buf, int64_t n) {
+  constexpr int64_t kAlign = 64;
+  const auto need = static_cast<size_t>(n + kAlign / static_cast<int64_t>(sizeof(T)));
+  if (buf.size() < need) {
+    buf.resize(need);
+  }
+  const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+  return reinterpret_cast<T*>((addr + kAlign - 1) & ~static_cast<uintptr_t>(kAlign - 1));
+}
 
 struct KernelTable {
   const char* name;
