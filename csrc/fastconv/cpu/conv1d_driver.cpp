@@ -197,11 +197,7 @@ void forward_impl(const Geometry& g, const scalar_t* in,
           for (int64_t oc = 0; oc < cout_g; ++oc) {
             const T* src = staged + oc * span + s * t.pitch;
             scalar_t* o = dst + (s * g.out_channels + oc) * g.out_length;
-            if constexpr (std::is_same_v<scalar_t, T>) {
-              std::memcpy(o, src, n * sizeof(T));
-            } else {
-              for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
-            }
+            for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
           }
         }
       }
