@@ -5,5 +5,11 @@
 #define FASTCONV_ISA_NAME "avx512"
 #define FASTCONV_VEC_BYTES 64
 #define FASTCONV_VEC_REGS 32
+// GCC 12's avx512fintrin.h passes an undefined vector as the (unused) merge
+// source of valignd/valignq, and -Wmaybe-uninitialized reported that at every
+// inlined use of a lane alignment here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "fastconv/cpu/tile_kernels_impl.h"
 #endif
