@@ -278,6 +278,18 @@ def test_strided_rows_across_tiles(stride, padding, dtype):
     assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
 
 
+def assert_matches_reference_on_threads(case, dtype, threads):
+    """fastconv on `threads` threads against the float64 reference, forward and every gradient."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+        y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+    finally:
+        torch.set_num_threads(previous)
+    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
+
+
 PACKED_ROW_CASES = [
     Conv1dCase(300, 1, 1, 64, 16, padding=8),
     Conv1dCase(97, 1, 1, 23, 5, stride=3, padding=4, dilation=2),
@@ -292,14 +304,7 @@ PACKED_ROW_CASES = [
 @pytest.mark.parametrize("case", PACKED_ROW_CASES, ids=str)
 def test_short_rows_packed_into_tiles(case, dtype, threads):
     """Many short rows of one group share a tile: each sample's edges, the gaps between them, ragged last tiles."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
-        y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
-    finally:
-        torch.set_num_threads(previous)
-    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
+    assert_matches_reference_on_threads(case, dtype, threads)
 
 
 ONE_CHANNEL_CASES = [
@@ -319,14 +324,7 @@ ONE_CHANNEL_CASES = [
 def test_one_output_channel_taps_at_every_offset(case, dtype, threads):
     """Blocks of one output channel load some taps through windows of aligned vectors (AVX-512):
     rows starting at every offset from a vector boundary, tap blocks of 4 and 8, dilation and stride."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x, w, b = case.tensors(dtype=dtype, requires_grad=True)
-        y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
-    finally:
-        torch.set_num_threads(previous)
-    assert_matches_float64_reference(case, dtype, (x, w, b), y, grads)
+    assert_matches_reference_on_threads(case, dtype, threads)
 
 
 WEIGHT_BIAS_CASES = [
