@@ -28,6 +28,21 @@ T* workspace(int slot, int64_t n) {
   return scratch_buffer(buffers[slot], n);
 }
 
+// dst[j] = src[j] for j < n, converted: bfloat16 through the per-ISA
+// vectorized conversions (tile_kernels.h).
+template <typename From, typename To>
+void convert_row(const From* src, To* dst, int64_t n) {
+  if constexpr (std::is_same_v<From, To>) {
+    std::memcpy(dst, src, n * sizeof(To));
+  } else if constexpr (std::is_same_v<From, c10::BFloat16> && std::is_same_v<To, float>) {
+    kernels().widen_bf16(reinterpret_cast<const uint16_t*>(src), dst, n);
+  } else if constexpr (std::is_same_v<From, float> && std::is_same_v<To, c10::BFloat16>) {
+    kernels().narrow_bf16(src, reinterpret_cast<uint16_t*>(dst), n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<To>(src[j]);
+  }
+}
+
 // dst[r * row_len + j] = src[j * S + r] for j in [lo, hi): a fixed stride
 // lets the compiler vectorize the deinterleave.
 template <int S, typename scalar_t, typename T>
@@ -102,11 +117,7 @@ void fill_phases(const Geometry& g, const scalar_t* in_row, int64_t l0, int64_t 
   const int64_t hi = std::max(lo, end_valid(g.stride - 1));
   if (g.stride == 1) {
     std::fill(dst, dst + lo, T(0));
-    if constexpr (std::is_same_v<scalar_t, T>) {
-      std::memcpy(dst + lo, in_row + base + lo, (hi - lo) * sizeof(T));
-    } else {
-      for (int64_t j = lo; j < hi; ++j) dst[j] = static_cast<T>(in_row[base + j]);
-    }
+    convert_row(in_row + base + lo, dst + lo, hi - lo);
     std::fill(dst + hi, dst + count, T(0));
     return;
   }
@@ -197,7 +208,7 @@ void forward_impl(const Geometry& g, const scalar_t* in,
           for (int64_t oc = 0; oc < cout_g; ++oc) {
             const T* src = staged + oc * span + s * t.pitch;
             scalar_t* o = dst + (s * g.out_channels + oc) * g.out_length;
-            for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(src[j]);
+            convert_row(src, o, n);
           }
         }
       }
@@ -234,7 +245,7 @@ void weight_grad_impl(const Geometry& g, const scalar_t* grad_out, const scalar_
           for (int64_t s = 0; s < rows; ++s) {
             for (int64_t oc = 0; oc < cout_g; ++oc) {
               const scalar_t* src = gy + (s * g.out_channels + oc) * g.out_length;
-              for (int64_t j = 0; j < n; ++j) staged[(s * cout_g + oc) * n + j] = static_cast<T>(src[j]);
+              convert_row(src, staged + (s * cout_g + oc) * n, n);
             }
           }
         }

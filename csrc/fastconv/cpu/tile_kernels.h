@@ -124,6 +124,9 @@ struct KernelTable {
   void (*convolve_f64)(const ConvolveRows<double>&);
   void (*mix_f32)(const MixTile<float>&);
   void (*mix_f64)(const MixTile<double>&);
+  // n bfloat16 values (as their bits) to float and back (round to nearest even).
+  void (*widen_bf16)(const uint16_t* src, float* dst, int64_t n);
+  void (*narrow_bf16)(const float* src, uint16_t* dst, int64_t n);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced

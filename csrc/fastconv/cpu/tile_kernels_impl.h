@@ -871,6 +871,29 @@ void mix_tile(const MixTile<T>& a) {
   mix_tail(a, whole);
 }
 
+// ---- bfloat16 rows to and from float, for the driver's staging and results.
+// Plain loops over 16-bit words that the compiler vectorizes for each
+// instruction set; compiled as generic code in the driver they ran at SSE
+// width, and converting took more of a bfloat16 depthwise forward than its
+// multiply-adds did.
+
+void widen_bf16(const uint16_t* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = uint32_t(src[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(bits));
+  }
+}
+
+// Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, bit for bit.
+void narrow_bf16(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, src + i, sizeof(bits));
+    const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    dst[i] = src[i] != src[i] ? uint16_t(0x7FC0) : rounded;
+  }
+}
+
 }  // namespace
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
@@ -890,6 +913,8 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::convolve_rows<double>,
       &FASTCONV_ISA::mix_tile<float>,
       &FASTCONV_ISA::mix_tile<double>,
+      &FASTCONV_ISA::widen_bf16,
+      &FASTCONV_ISA::narrow_bf16,
   };
   return table;
 }
