@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_cases
+from conftest import Conv1dCase, random_cases
 
 import fastconv_ext
 
@@ -88,3 +88,45 @@ def test_every_level_fft_channel_mixing(capability, channels, groups):
     w = torch.randn(channels + 2 * groups, channels // groups, 200, generator=gen, dtype=torch.float64)
     got = fastconv_ext.conv1d(x, w, padding=7, groups=groups, algorithm="fft")
     torch.testing.assert_close(got, F.conv1d(x, w, padding=7, groups=groups))
+
+
+HALF_ROW_CASES = [
+    Conv1dCase(3, 8, 8, 700, 4, padding=3, groups=8),  # depthwise: rows staged and written back
+    Conv1dCase(40, 1, 1, 85, 16, padding=8),  # packed rows
+    Conv1dCase(2, 2, 4, 900, 9, stride=2, padding=4),  # stride phases (not converted as whole rows)
+    Conv1dCase(None, 3, 2, 300, 5, padding=2),  # unbatched
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", HALF_ROW_CASES, ids=str)
+def test_every_level_16_bit_is_float32_rounded_bit_for_bit(capability, case, dtype, threads):
+    """16-bit rows are widened to float and results narrowed by per-ISA loops: the
+    results must be the float32 computation on the same values, rounded as torch rounds, to the bit
+    (infinities included; NaN in the same places, whatever its payload)."""
+    x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+    with torch.no_grad():
+        x.view(-1)[::97] = float("nan")
+        x.view(-1)[5::101] = float("inf")
+        x.view(-1)[7::103] = 3e38 if dtype == torch.bfloat16 else 6e4  # near the largest finite value
+    wide = [t.detach().float().requires_grad_() for t in (x, w, b)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = fastconv_ext.conv1d(x, w, b, **case.args())
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        got = (y,) + torch.autograd.grad(y, (x, w, b), gy)
+        y_wide = fastconv_ext.conv1d(*wide, **case.args())
+        ref = (y_wide,) + torch.autograd.grad(y_wide, wide, gy.float())
+    finally:
+        torch.set_num_threads(previous)
+    names = ("output", "grad_input", "grad_weight", "grad_bias")
+    for name, g, r in zip(names, got, ref):
+        r = r.to(dtype)
+        assert g.dtype == dtype
+        assert torch.equal(g.isnan(), r.isnan())
+        # NaN in the input reaches the output and the weight gradient only.
+        assert bool(g.isnan().any()) == (name in ("output", "grad_weight")), name
+        number = ~g.isnan()
+        assert torch.equal(g[number].view(torch.int16), r[number].view(torch.int16))

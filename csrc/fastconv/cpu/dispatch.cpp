@@ -32,10 +32,11 @@ const std::vector<Candidate>& candidates() {
       {"avx512", &kernels_avx512,
        [] {
          return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("f16c");
        }},
       {"avx2", &kernels_avx2,
-       [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }},
+       [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"); }},
 #endif
       {"default", &kernels_default_isa, [] { return true; }},
   };

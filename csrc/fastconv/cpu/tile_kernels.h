@@ -127,6 +127,9 @@ struct KernelTable {
   // n bfloat16 values (as their bits) to float and back (round to nearest even).
   void (*widen_bf16)(const uint16_t* src, float* dst, int64_t n);
   void (*narrow_bf16)(const float* src, uint16_t* dst, int64_t n);
+  // The same for float16 (round to nearest even); null where the level lacks F16C.
+  void (*widen_f16)(const uint16_t* src, float* dst, int64_t n);
+  void (*narrow_f16)(const float* src, uint16_t* dst, int64_t n);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced

@@ -5,6 +5,7 @@
 //   FASTCONV_ISA_NAME   the capability's name ("avx512", "avx2", "default")
 //   FASTCONV_VEC_BYTES  vector width in bytes (64, 32, 16)
 //   FASTCONV_VEC_REGS   vector registers available (32 or 16)
+//   FASTCONV_HAS_F16C   1 where the instruction set includes F16C (float16 conversions)
 // Everything here has internal linkage or lives in the per-ISA namespace, and
 // only <cstdint>/<cstring> are included, so no inline function compiled for
 // one instruction set can be merged into code that runs on another.
@@ -894,6 +895,28 @@ void narrow_bf16(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
+#if FASTCONV_HAS_F16C
+// float16 rows with the F16C conversions (vcvtph2ps, and vcvtps2ph rounding to
+// nearest even, as c10::Half does); without F16C the driver converts element
+// by element.
+void widen_f16(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);
+}
+
+void narrow_f16(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
 }  // namespace
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
@@ -915,6 +938,13 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::mix_tile<double>,
       &FASTCONV_ISA::widen_bf16,
       &FASTCONV_ISA::narrow_bf16,
+#if FASTCONV_HAS_F16C
+      &FASTCONV_ISA::widen_f16,
+      &FASTCONV_ISA::narrow_f16,
+#else
+      nullptr,
+      nullptr,
+#endif
   };
   return table;
 }

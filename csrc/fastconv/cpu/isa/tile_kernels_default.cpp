@@ -4,4 +4,5 @@
 #define FASTCONV_ISA_NAME "default"
 #define FASTCONV_VEC_BYTES 16
 #define FASTCONV_VEC_REGS 16
+#define FASTCONV_HAS_F16C 0
 #include "fastconv/cpu/tile_kernels_impl.h"
