@@ -121,13 +121,15 @@ inline void fma_window(Vec (&acc)[V], const Vec (&window)[V + 1], Vec wv, int s,
 // Whether a block of one output channel loads odd taps' vectors through a
 // window of aligned vectors. On AMD Zen 4 (AVX-512) a vector load that
 // crosses a cache line costs about two, and the taps load at every offset,
-// so a block of one output channel -- a load per FMA -- ran at 1.6 cycles
-// per FMA, bound by its loads. A window of V + 1 aligned vectors in registers
+// so a block of one output channel -- a load per FMA -- is bound by its
+// loads: 1.22-1.26 TSC ticks per FMA at K = 16 in a micro-benchmark, against
+// 0.74 with aligned loads. A window of V + 1 aligned vectors in registers
 // serves every tap whose offset falls in its first vector, shifted into place
 // on the shuffle unit; taking odd taps from it and even ones from memory
-// balances the two: 0.83 cycles per FMA at K = 16 (0.73 fully unrolled),
-// while all taps from windows ran at 0.99, shuffle-bound. With more output
-// channels a load serves several FMAs and is no bottleneck.
+// balances the two: 0.83 (compile-time shifts: 0.81), while all taps from
+// windows ran at 0.99, shuffle-bound, and vpermt2ps with a run-time index at
+// 1.05. With more output channels a load serves several FMAs and is no
+// bottleneck.
 template <typename T, int R, int V>
 constexpr bool use_window() {
   return FASTCONV_VEC_BYTES == 64 && R == 1 && V >= 4;
