@@ -101,7 +101,10 @@ def conv1d(
     overlap-save for long signals, a complex matmul per frequency for channel mixing).
     ``'auto'`` picks the one a cost model predicts faster for the shape, dtype, device and
     thread count; its constants come from ``python -m fastconv_ext.calibrate`` (a per-machine
-    profile) or built-in defaults. The gradients use the same algorithm.
+    profile) or built-in defaults. A forced ``'direct'`` or ``'fft'`` holds for both
+    gradients; with ``'auto'`` the input gradient follows the forward's choice and the weight
+    gradient is chosen by its own cost (its FFT inverts ``C_out * C_in / groups`` transforms
+    as long as the sequence).
 
     Args:
         input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``; float32, float64, float16 or

@@ -238,6 +238,9 @@ def test_result_independent_of_thread_count():
     "case",
     [
         Conv1dCase(2, 64, 48, 300, 3, padding=1),  # weight gradient through oneDNN (float, bfloat16)
+        # bfloat16 forward and grad_input through oneDNN, on CPUs with bfloat16 dot products
+        Conv1dCase(4, 64, 64, 1100, 3, padding=1),
+        Conv1dCase(2, 40, 36, 500, 15, padding=7),  # 15 taps: the weight gradient stays in fastconv
         Conv1dCase(None, 32, 32, 97, 5, stride=2, padding=2, dilation=2),
         Conv1dCase(3, 64, 64, 50, 3, groups=2, bias=False),
     ],

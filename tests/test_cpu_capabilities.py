@@ -80,14 +80,21 @@ def test_every_level_convolves_every_length_pair(capability, dtype):
                                            msg=lambda msg: f"{capability} {n}x{m} {mode}: {msg}")
 
 
-@pytest.mark.parametrize("channels,groups", [(1, 1), (5, 1), (16, 1), (12, 3)], ids=str)
-def test_every_level_fft_channel_mixing(capability, channels, groups):
-    """The FFT path's per-frequency channel mixing kernel against F.conv1d."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+# Lengths 181 and 320 take one transform of 200 and 360 points: 101 and 181 frequencies, a
+# partial last vector of 5 complex values at 8 per vector (float32, AVX-512).
+@pytest.mark.parametrize("channels,groups,kernel,length", [
+    (1, 1, 200, 3000), (5, 1, 200, 3000), (16, 1, 200, 3000), (12, 3, 200, 3000), (37, 1, 9, 3000),
+    (40, 2, 33, 3000), (6, 1, 41, 181), (9, 3, 61, 320)], ids=str)
+def test_every_level_fft_channel_mixing(capability, channels, groups, kernel, length, dtype):
+    """The FFT path's per-frequency channel mixing kernel against F.conv1d: blocks of 4 output
+    channels and the rest, whole vectors of frequencies and the partial last one."""
     gen = torch.Generator().manual_seed(channels)
-    x = torch.randn(2, channels, 3000, generator=gen, dtype=torch.float64)
-    w = torch.randn(channels + 2 * groups, channels // groups, 200, generator=gen, dtype=torch.float64)
-    got = fastconv_ext.conv1d(x, w, padding=7, groups=groups, algorithm="fft")
-    torch.testing.assert_close(got, F.conv1d(x, w, padding=7, groups=groups))
+    x = torch.randn(2, channels, length, generator=gen, dtype=torch.float64)
+    w = torch.randn(channels + 2 * groups, channels // groups, kernel, generator=gen, dtype=torch.float64)
+    got = fastconv_ext.conv1d(x.to(dtype), w.to(dtype), padding=7, groups=groups, algorithm="fft")
+    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4 * (channels // groups * kernel) ** 0.5)
+    torch.testing.assert_close(got.double(), F.conv1d(x, w, padding=7, groups=groups), **tol)
 
 
 HALF_ROW_CASES = [

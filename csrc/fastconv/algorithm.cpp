@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -121,7 +122,8 @@ double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads)
 double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
   const int64_t kernel = d.dilation * (d.kernel_size - 1) + 1;
   const int64_t outputs = (d.out_length - 1) * d.stride + 1;
-  const fft::FftPlan plan = fft::plan_correlation(kernel, outputs);
+  const fft::FftPlan plan = fft::plan_correlation(
+      kernel, outputs, fft::correlation_work(d.batch, d.in_channels, d.out_channels, d.groups));
   const double n = double(plan.size), spectrum = n / 2 + 1;
   const double transforms = double(plan.segments) * d.batch * (d.in_channels + d.out_channels) +
       double(d.out_channels) * d.in_channels_per_group();
@@ -140,13 +142,41 @@ std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device) {
   return {cpu_cost_profile(), at::get_num_threads()};
 }
 
-Conv1dAlgorithm choose_conv1d_algorithm(
-    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
+namespace {
+
+// `algorithm` if it names one, else the faster by the model: the direct
+// kernels on direct_dims, the FFT on fft_dims.
+Conv1dAlgorithm choose(c10::string_view algorithm, c10::DeviceType device, const Conv1dIntDims& direct_dims,
+                       const Conv1dIntDims& fft_dims) {
   if (algorithm == "direct") return Conv1dAlgorithm::kDirect;
   if (algorithm == "fft") return Conv1dAlgorithm::kFft;
   const auto [p, threads] = cost_profile_for(device);
-  return fft_seconds(d, p, threads) < direct_seconds(d, p, threads) ? Conv1dAlgorithm::kFft
-                                                                     : Conv1dAlgorithm::kDirect;
+  return fft_seconds(fft_dims, p, threads) < direct_seconds(direct_dims, p, threads) ? Conv1dAlgorithm::kFft
+                                                                                     : Conv1dAlgorithm::kDirect;
+}
+
+}  // namespace
+
+Conv1dAlgorithm choose_conv1d_algorithm(
+    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
+  return choose(algorithm, device, d, d);
+}
+
+Conv1dIntDims weight_gradient_correlation(const Conv1dIntDims& d) {
+  Conv1dIntDims c = d;
+  c.batch = d.in_channels_per_group();
+  c.in_channels = d.groups * d.batch;
+  c.kernel_size = std::max<int64_t>(0, (d.out_length - 1) * d.stride + 1);
+  c.out_length = d.dilation * (d.kernel_size - 1) + 1;
+  c.stride = 1;
+  c.dilation = 1;
+  return c;
+}
+
+Conv1dAlgorithm choose_conv1d_weight_algorithm(
+    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
+  if (d.out_length <= 0 || d.batch == 0) return choose_conv1d_algorithm(d, algorithm, device);
+  return choose(algorithm, device, d, weight_gradient_correlation(d));
 }
 
 }  // namespace fastconv

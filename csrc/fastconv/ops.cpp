@@ -58,19 +58,21 @@ TORCH_LIBRARY(fastconv, m) {
         return capability ? cpu::set_capability(*capability)
                           : std::string(cpu::kernels().name);
       });
-  // The algorithm conv1d (and its gradients) would run for these arguments.
+  // The algorithm conv1d (and grad_input) would run for these arguments, or
+  // its weight gradient with weight_gradient=True.
   m.def(
       "_conv1d_algorithm(Tensor input, Tensor weight, SymInt[1] stride=1, "
       "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1, "
-      "str algorithm=\"auto\") -> str",
+      "str algorithm=\"auto\", bool weight_gradient=False) -> str",
       [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
          c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
-         c10::string_view algorithm) -> std::string {
+         c10::string_view algorithm, bool weight_gradient) -> std::string {
         const auto d = concrete(
             check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm));
-        return choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft
-            ? "fft"
-            : "direct";
+        const auto device = input.device().type();
+        const auto choice = weight_gradient ? choose_conv1d_weight_algorithm(d, algorithm, device)
+                                            : choose_conv1d_algorithm(d, algorithm, device);
+        return choice == Conv1dAlgorithm::kFft ? "fft" : "direct";
       });
   // The cost model's predicted seconds of conv1d for these arguments:
   // [direct, fft], with the profile in use for the input's device.

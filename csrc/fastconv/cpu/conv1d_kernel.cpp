@@ -6,6 +6,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/conv1d.h>
+#include <ATen/ops/conv_transpose1d.h>
 #include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -19,6 +21,7 @@
 #include "fastconv/bias_grad.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/conv1d_driver.h"
+#include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/shape.h"
 
@@ -58,13 +61,34 @@ std::vector<at::opmath_type<scalar_t>> transposed_flipped_weight(const scalar_t*
   return out;
 }
 
+bool many_channels(const Conv1dIntDims& d, int64_t at_least) {
+  return d.in_channels_per_group() >= at_least && d.out_channels_per_group() >= at_least;
+}
+
 // Where many channels mix, the weight gradient is one large GEMM that oneDNN
 // runs at the FMA peak, while the tile kernel re-streams its operands from L2
-// (measured: 2x slower at 128 x 128 channels, K = 5). oneDNN's float and
-// bfloat16 paths are used there; its double and half paths are slow.
+// (128 x 128 channels, K = 5: 0.67x the time in float, 0.36x in bfloat16).
+// But from 15 taps oneDNN's weight gradient takes another path, 2.5x slower
+// (64 x 64 channels, float: 13.6 ms at K = 14, 34.7 ms at K = 15), and beats
+// the tile kernel only from 256 (float) or 128 (bfloat16) channels. Its
+// double and half paths are slow.
 bool onednn_weight_grad_is_faster(const Conv1dIntDims& d, at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kBFloat16) &&
-      d.in_channels_per_group() >= 32 && d.out_channels_per_group() >= 32;
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
+  if (d.kernel_size <= 14) return many_channels(d, 32);
+  return many_channels(d, dtype == at::kBFloat16 ? 128 : 256);
+}
+
+// bfloat16 forward and grad_input where many channels mix, on a CPU with
+// bfloat16 dot products (which the tile kernels, widening to float, do not
+// use): oneDNN took 0.3-0.7x the time from 48 channels (64 x 64, K = 3:
+// 2.4 against 4.2 ms), about the same at 32. Not at stride 2 (2x slower),
+// nor from 15 taps (its backward-data path: 2.4-4.5x slower at K = 33), nor
+// below about 2^24 multiply-adds, where its fixed costs outweigh the gain
+// (64 channels, 2 x 256, K = 3: 0.14 ms against the tile kernel's 0.105).
+bool onednn_bf16_is_faster(const Conv1dIntDims& d, at::ScalarType dtype) {
+  const double macs = double(d.batch) * d.out_channels * d.out_length * d.in_channels_per_group() * d.kernel_size;
+  return dtype == at::kBFloat16 && d.stride == 1 && d.kernel_size <= 14 && many_channels(d, 32) &&
+      macs >= double(1 << 24) && cpu::has_bf16_dot_product();
 }
 
 at::Tensor conv1d_cpu(
@@ -80,6 +104,9 @@ at::Tensor conv1d_cpu(
   const auto d = concrete(sym);
   if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
     return fft::conv1d_forward(input, weight, bias, d);
+  }
+  if (onednn_bf16_is_faster(d, input.scalar_type())) {
+    return at::conv1d(input, weight, bias, {d.stride}, {d.padding}, {d.dilation}, d.groups);
   }
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
@@ -111,6 +138,10 @@ at::Tensor conv1d_input_backward_cpu(
   if (choose_conv1d_algorithm(d, algorithm, grad_output.device().type()) == Conv1dAlgorithm::kFft) {
     return fft::conv1d_input_backward(grad_output, weight, d);
   }
+  if (onednn_bf16_is_faster(d, grad_output.scalar_type())) {
+    // At stride 1 the transposed convolution gives back exactly input_length.
+    return at::conv_transpose1d(grad_output, weight, std::nullopt, {1}, {d.padding}, {0}, d.groups, {d.dilation});
+  }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = weight.contiguous();
   at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
@@ -137,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> weight_grads_cpu(
       grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm,
       with_bias ? "fastconv.conv1d_weight_bias_backward" : "fastconv.conv1d_weight_backward");
   const auto d = concrete(sym);
-  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+  if (choose_conv1d_weight_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
     return {fft::conv1d_weight_backward(grad_output, input, d),
             with_bias ? conv_bias_grad(grad_output, 1) : at::Tensor()};
   }

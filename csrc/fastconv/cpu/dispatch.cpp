@@ -88,6 +88,15 @@ std::vector<std::string> supported_capabilities() {
   return out;
 }
 
+bool has_bf16_dot_product() {
+#if defined(__x86_64__) || defined(_M_X64)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
 std::string set_capability(const std::string& name) {
   const KernelTable* table = choose(name);
   active.store(table, std::memory_order_release);

@@ -74,21 +74,20 @@ struct ConvolveRows {
   int64_t v_strides[kConvolveMaxDims];
 };
 
-// The FFT path's channel mixing for one sample and group: for segments
-// b < segments and values j < length (interleaved complex: re, im),
+// The FFT path's channel mixing for one group: for rows b < rows (segments
+// of any sample) and values j < length (interleaved complex: re, im),
 //   y[o][b][j] = sum_c x[c][b][j] (*) w[o][c][j]   (complex product)
-// with w given as wr = (re, re) and wi = (-im, im) per complex value, so that
-// x (*) w = x * wr + swap(x) * wi lane by lane (swap exchanges re and im).
 template <typename T>
 struct MixTile {
-  const T* x;                    // x[c * x_channel_stride + b * x_segment_stride + j]
-  int64_t x_channel_stride, x_segment_stride;
-  const T* wr;                   // wr[(o * in_channels + c) * w_stride + j]; wi alike
-  const T* wi;
+  const T* x;                    // x[c * x_channel_stride + x_rows[b] + j]
+  int64_t x_channel_stride;
+  const int64_t* x_rows;
+  const T* w;                    // w[(o * in_channels + c) * w_stride + j]
   int64_t w_stride;
-  T* y;                          // y[o * y_channel_stride + b * y_segment_stride + j]
-  int64_t y_channel_stride, y_segment_stride;
-  int64_t in_channels, out_channels, segments, length;  // length even
+  T* y;                          // y[o * y_channel_stride + y_rows[b] + j]
+  int64_t y_channel_stride;
+  const int64_t* y_rows;
+  int64_t in_channels, out_channels, rows, length;  // length even
 };
 
 // Outputs from this size on are written with non-temporal stores, around the
@@ -148,6 +147,10 @@ inline void run(const MixTile<double>& t) { kernels().mix_f64(t); }
 
 // Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();
+
+// Whether the CPU has bfloat16 dot-product instructions (AVX512_BF16): oneDNN
+// multiplies bfloat16 with them, where the tile kernels widen to float.
+bool has_bf16_dot_product();
 
 // Selects a capability by name ("" resets to the environment / best); returns
 // the active one. Throws for an unknown or unsupported name.

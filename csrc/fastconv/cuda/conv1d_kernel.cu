@@ -470,7 +470,7 @@ at::Tensor conv1d_weight_backward_cuda(
   const auto sym = check_conv1d_weight_backward(
       grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
-  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
+  if (choose_conv1d_weight_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
     return fft::conv1d_weight_backward(grad_output, input, d);
   }
   c10::cuda::CUDAGuard guard(input.device());

@@ -21,13 +21,25 @@ at::Tensor conv1d_input_backward(
 at::Tensor conv1d_weight_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d);
 
+// What a correlation transforms and multiplies, for weighing transform
+// lengths: per segment, `signals` transforms (samples x (C_in + C_out), in
+// and back) and `mixes` complex multiply-adds per frequency (samples x C_out
+// x C_in / groups); once, `kernels` transforms (C_out x C_in / groups).
+struct FftWork {
+  double signals, mixes, kernels;
+};
+
+// The sizes of a correlation as FftWork: `samples` rows of `in_channels`
+// channels against `out_channels` kernels of in_channels / groups each.
+FftWork correlation_work(int64_t samples, int64_t in_channels, int64_t out_channels, int64_t groups);
+
 // The FFT length a correlation producing `outputs` values with a kernel of
 // `kernel` taps uses per segment, and how many segments (overlap-save).
 struct FftPlan {
   int64_t size;      // transform length n (fast_length)
   int64_t segments;  // 1 without overlap-save
 };
-FftPlan plan_correlation(int64_t kernel, int64_t outputs);
+FftPlan plan_correlation(int64_t kernel, int64_t outputs, const FftWork& work);
 
 // The relative time of one length-n transform: n log2 n, and 1.3x that for
 // lengths with factors 3 or 5 (MKL here: powers of two take 33-37 ns per
