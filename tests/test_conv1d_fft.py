@@ -132,22 +132,29 @@ def test_auto_choice_follows_the_profile_deterministically(restore_profile):
     assert direct > 0 and fft > 0
 
 
-def test_weight_gradient_chooses_by_its_own_fft_cost(restore_profile):
-    """The weight gradient's FFT takes C_out x C_in / groups inverse transforms as long as the
-    sequence: at 64 x 64 channels and K = 33 it ran 9x slower than the direct weight gradient,
-    while the forward's FFT ran 2.5x faster than its direct kernels. Each is chosen by its own cost."""
-    many = (torch.empty(4, 64, 4096), torch.empty(64, 64, 33))
-    long_kernel = (torch.empty(1, 1, 1 << 16), torch.empty(1, 1, 2048))
-    args = ([1], [16], [1], 1)
-    assert ops._conv1d_algorithm(*many, *args) == "fft"
-    assert ops._conv1d_algorithm(*many, *args, weight_gradient=True) == "direct"
-    assert ops._conv1d_algorithm(*long_kernel, weight_gradient=True) == "fft"
-    assert ops._conv1d_algorithm(*many, *args, algorithm="fft", weight_gradient=True) == "fft"
-    # Whichever runs, the weight gradient is the same.
-    x, gy = torch.randn(2, 8, 300, dtype=torch.float64), torch.randn(2, 8, 300, dtype=torch.float64)
-    got = {alg: ops.conv1d_weight_backward(gy, x, 33, [1], [16], [1], 1, alg) for alg in ("auto", "direct", "fft")}
-    torch.testing.assert_close(got["auto"], got["direct"])
+@pytest.mark.parametrize("case", [
+    Conv1dCase(2, 8, 8, 3000, 33, padding=16, bias=False),  # by segments: many channel pairs
+    Conv1dCase(2, 6, 6, 300, 200, padding=199, groups=6, bias=False),  # whole correlation: K ~ L
+    Conv1dCase(3, 4, 6, 700, 41, stride=2, padding=30, dilation=3, groups=2, bias=False),
+], ids=str)
+def test_weight_gradient_by_either_correlation(case, restore_profile):
+    """The weight gradient's FFT runs by segments of grad_output or as one correlation with the
+    whole of it, whichever is cheaper; the auto choice weighs that against the direct kernels.
+    Whichever runs, the gradient is the same."""
+    x, w, _ = case.tensors()
+    args = ([case.stride], [case.padding], [case.dilation], case.groups)
+    # A profile where the FFT costs nothing picks it for the weight gradient too, and the reverse.
+    profile = ops._cost_profile()
+    ops._cost_profile([1.0, 1.0, 1.0] + profile[3:])
+    assert ops._conv1d_algorithm(x, w, *args, weight_gradient=True) == "fft"
+    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0, 1.0] + profile[7:])
+    assert ops._conv1d_algorithm(x, w, *args, weight_gradient=True) == "direct"
+    gy = torch.randn(F.conv1d(x, w, **case.args()).shape, dtype=torch.float64)
+    got = {a: ops.conv1d_weight_backward(gy, x, case.kernel_size, *args, a) for a in ("direct", "fft")}
     torch.testing.assert_close(got["fft"], got["direct"])
+    ref = torch.ops.aten.convolution_backward(gy, x, w, None, *args[:3], False, [0], case.groups,
+                                              [False, True, False])[1]
+    torch.testing.assert_close(got["direct"], ref)
 
 
 def test_profile_file_is_read_and_bad_values_rejected(tmp_path):

@@ -162,21 +162,11 @@ Conv1dAlgorithm choose_conv1d_algorithm(
   return choose(algorithm, device, d, d);
 }
 
-Conv1dIntDims weight_gradient_correlation(const Conv1dIntDims& d) {
-  Conv1dIntDims c = d;
-  c.batch = d.in_channels_per_group();
-  c.in_channels = d.groups * d.batch;
-  c.kernel_size = std::max<int64_t>(0, (d.out_length - 1) * d.stride + 1);
-  c.out_length = d.dilation * (d.kernel_size - 1) + 1;
-  c.stride = 1;
-  c.dilation = 1;
-  return c;
-}
-
 Conv1dAlgorithm choose_conv1d_weight_algorithm(
     const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
   if (d.out_length <= 0 || d.batch == 0) return choose_conv1d_algorithm(d, algorithm, device);
-  return choose(algorithm, device, d, weight_gradient_correlation(d));
+  return choose(algorithm, device, d,
+                fft::weight_gradient_by_whole_correlation(d) ? fft::weight_gradient_correlation(d) : d);
 }
 
 }  // namespace fastconv

@@ -51,17 +51,13 @@ double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
 Conv1dAlgorithm choose_conv1d_algorithm(
     const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device);
 
-// The same for the weight gradient, whose FFT is another problem: it
-// correlates each input channel with grad_output over the batch, with
-// C_out x C_in / groups inverse transforms as long as the sequence (64 x 64
-// channels, K = 9, L = 4096: 74 ms, against 11 ms for the FFT forward).
+// The same for the weight gradient, whose FFT is one of two correlations
+// (fft_conv1d.h), the cheaper for the sizes: by segments of the forward's
+// sizes, or the input with the whole of grad_output, whose C_out x C_in /
+// groups inverse transforms as long as the sequence made it 10x slower than
+// the direct kernels where the forward's FFT was the faster (64 x 64
+// channels, K = 9, L = 4096: 74 ms against 7).
 Conv1dAlgorithm choose_conv1d_weight_algorithm(
     const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device);
-
-// The correlation the weight gradient's FFT runs (fft_conv1d.cpp), as
-// convolution sizes: input channels as the batch, the batch as channels,
-// grad_output (upsampled by the stride) as the kernels, the dilated kernel's
-// taps as the outputs.
-Conv1dIntDims weight_gradient_correlation(const Conv1dIntDims& d);
 
 }  // namespace fastconv
