@@ -16,7 +16,7 @@ namespace {
 // every w vector read from memory served one multiply. Blocks are cut
 // evenly, in multiples of kAlign values (a 64-byte vector of float):
 // frequencies 64 + 64 + 1 left one thread a block of one value while the
-// other worked.
+// other worked. No block is empty: block <= 64, so (blocks - 1) * block < F.
 constexpr int64_t kBlock = 64;
 constexpr int64_t kAlign = 8;
 constexpr int64_t kRows = 32;
@@ -38,7 +38,6 @@ void mix_channels(const T* X, const T* W, T* Y, int64_t N, int64_t G, int64_t Cg
       const int64_t gb = item / chunks, g = gb / blocks, q0 = item % chunks * kRows;
       const int64_t f0 = gb % blocks * block, len = std::min(block, F - f0);
       const int64_t count = std::min(kRows, rows - q0);
-      if (len <= 0) continue;
       // Row q is segment q % S of sample q / S, in the group's channels.
       for (int64_t i = 0; i < count; ++i) {
         const int64_t n = (q0 + i) / S, s = (q0 + i) % S;
