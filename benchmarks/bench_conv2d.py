@@ -43,6 +43,7 @@ class Shape:
     weight: tuple  # (C_out, C_in, KH, KW)
     stride: int = 1
     padding: int = 0
+    groups: int = 1
     quick: bool = False
 
     def flops(self) -> float:
@@ -60,16 +61,19 @@ SHAPES = [
     Shape("resnet 256->256 3x3 14^2", (8, 256, 14, 14), (256, 256, 3, 3), padding=1),
     Shape("resnet 64->256 1x1 56^2", (32, 64, 56, 56), (256, 64, 1, 1)),
     Shape("resnet 64->128 3x3 s2", (32, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
+    Shape("depthwise 32 3x3 112^2", (8, 32, 112, 112), (32, 1, 3, 3), padding=1, groups=32),
+    Shape("depthwise 128 3x3 28^2", (32, 128, 28, 28), (128, 1, 3, 3), padding=1, groups=128),
+    Shape("depthwise 64 5x5 56^2", (8, 64, 56, 56), (64, 1, 5, 5), padding=2, groups=64),
 ]
 
 
-def unfold_einsum(x, w, b, stride, padding):
+def unfold_einsum(x, w, b, stride, padding, groups):
     n, _, h, wd = x.shape
     co, _, kh, kw = w.shape
     oh = (h + 2 * padding - kh) // stride + 1
     ow = (wd + 2 * padding - kw) // stride + 1
-    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)
-    y = torch.einsum("ok,nkl->nol", w.reshape(co, -1), cols).reshape(n, co, oh, ow)
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride).reshape(n, groups, -1, oh * ow)
+    y = torch.einsum("gok,ngkl->ngol", w.reshape(groups, co // groups, -1), cols).reshape(n, co, oh, ow)
     return y + b.view(1, -1, 1, 1)
 
 
@@ -78,7 +82,7 @@ def run_shape(shape, device, backward, repeats, peak):
     x = torch.randn(shape.input, device=device, requires_grad=backward)
     w = torch.randn(shape.weight, device=device, requires_grad=backward)
     b = torch.randn(shape.weight[0], device=device, requires_grad=backward)
-    kw = dict(stride=shape.stride, padding=shape.padding)
+    kw = dict(stride=shape.stride, padding=shape.padding, groups=shape.groups)
     impls = {
         "F.conv2d": lambda: F.conv2d(x, w, b, **kw),
         "unfold": lambda: unfold_einsum(x, w, b, **kw),

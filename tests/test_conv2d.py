@@ -307,6 +307,7 @@ def test_large_output_streamed_is_correct(size):
     Conv2dCase(2, 32, 24, (9, 11), (3, 3), padding=(1, 1)),  # shifted GEMM
     Conv2dCase(2, 4, 6, (9, 11), (3, 3), padding=(1, 1)),  # im2col
     Conv2dCase(2, 3, 6, (9, 11), (3, 3), padding=(1, 1)),  # direct rows (27 taps)
+    Conv2dCase(2, 3, 3, (9, 11), (3, 3), padding=(1, 1), groups=3),  # depthwise, bands of rows
 ], ids=str)
 def test_non_finite_values_propagate_like_torch(case):
     """Inf and NaN in the input and grad_output land where F.conv2d puts them, in every result."""
@@ -333,13 +334,31 @@ def test_non_finite_values_propagate_like_torch(case):
     Conv2dCase(1, 2, 9, (20, 33), (5, 3), stride=(2, 1), padding=(2, 0), dilation=(1, 2)),
     Conv2dCase(3, 4, 6, (15, 40), (1, 7), padding=(0, 5), groups=2),
     Conv2dCase(None, 1, 17, (8, 300), (3, 3), padding=(4, 4), dilation=(3, 1)),
+    # Bands of several output rows (rows under 128 outputs, vertical stride 1):
+    Conv2dCase(3, 48, 48, (28, 28), (3, 3), padding=(1, 1), groups=48),  # depthwise, several bands
+    Conv2dCase(2, 20, 20, (31, 13), (5, 5), padding=(2, 2), groups=20, bias=False),
+    Conv2dCase(2, 6, 9, (33, 17), (3, 2), padding=(2, 0), dilation=(3, 2), groups=3),  # dilated rows
+    Conv2dCase(1, 8, 8, (7, 5), (3, 3), padding=(2, 1), groups=8),  # more padding than image
+    Conv2dCase(4, 16, 32, (14, 14), (3, 3), padding=(1, 1), groups=16),  # 2 outputs per group
 ], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_direct_rows_path(case, dtype):
-    """Layers with <= 32 taps per group and horizontal stride 1: the conv1d micro-kernels on staged rows."""
-    x, w, b = case.tensors(dtype=dtype)
-    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else {}
-    torch.testing.assert_close(fastconv_ext.conv2d(x, w, b, **case.args()), F.conv2d(x, w, b, **case.args()), **tol)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_rows_path(case, dtype, threads):
+    """Layers with <= 32 taps per group and horizontal stride 1: the conv1d micro-kernels on
+    staged rows, forward, weight gradient, and grad_input (a convolution at stride 1)."""
+    x, w, b = case.tensors(dtype=dtype, requires_grad=True)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y, grads = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
+    finally:
+        torch.set_num_threads(saved)
+    y_ref, grads_ref = forward_and_grads(F.conv2d, case, *(t.detach().double().requires_grad_() if t is not None
+                                                            else None for t in (x, w, b)))
+    for got, ref in zip((y, *grads), (y_ref, *grads_ref)):
+        assert got.dtype == dtype
+        tol = dict(rtol=1e-5, atol=1e-5 * ref.abs().max().item()) if dtype == torch.float32 else {}
+        torch.testing.assert_close(got.double(), ref, **tol)
 
 
 def test_large_output_on_huge_pages_is_correct():

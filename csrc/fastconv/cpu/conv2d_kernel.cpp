@@ -265,46 +265,139 @@ bool use_direct_rows(const Conv2dIntDims& d, at::ScalarType dtype) {
       taps_per_group(d) <= kDirectMaxTaps;
 }
 
-template <typename T>
-void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T* bias, T* y, bool streaming) {
-  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
-  const int64_t H = d.in_size[0], W = d.in_size[1], OH = d.out_size[0], OW = d.out_size[1];
+// Output rows are computed in bands. A band of `rows` output rows stages the
+// input rows it reads once per input channel, each zero-padded to a pitch of
+// P = OW + dw * (KW - 1) and laid one after another, so that output (r, ow)
+// is position r * P + ow of one long row and each tap one offset into it:
+// the band is a single conv1d tile, whose P - OW extra outputs per row are
+// computed and dropped. Bands of several rows (vertical stride 1, rows of
+// fewer than kBandBelow outputs) do what packed rows do for conv1d: a
+// depthwise 3x3 layer on 28x28 images, one output row to a tile, spent more
+// on each tile's edges and calls than on its multiply-adds, and staged every
+// input row KH times.
+constexpr int64_t kBandBelow = 128;
+// Staged input and output values of a band, per thread: they stay in L2.
+constexpr int64_t kBandBytes = 192 << 10;
+
+struct DirectBands {
+  int64_t rows;     // output rows per band
+  int64_t count;    // bands per (sample, group)
+  int64_t pitch;    // P
+  int64_t step;     // input rows from one staged row to the next
+  int64_t staged;   // staged rows per input channel
+  int64_t channel;  // scratch values per input channel
+  int64_t span(int64_t r, int64_t out_width) const { return (r - 1) * pitch + out_width; }
+};
+
+DirectBands plan_bands(const Conv2dIntDims& d, int64_t elem_size) {
+  const int64_t OH = d.out_size[0], OW = d.out_size[1], KH = d.kernel_size[0], dh = d.dilation[0];
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  const int64_t pitch = OW + d.dilation[1] * (d.kernel_size[1] - 1);
+  int64_t rows = 1;
+  if (d.stride[0] == 1 && OW < kBandBelow && OH > 0 && OW > 0 && d.batch > 0) {
+    const int64_t fit = (kBandBytes / (elem_size * pitch) - cin_g * dh * (KH - 1)) / (cin_g + cout_g);
+    // Enough bands to keep every thread busy, when the image allows it.
+    const int64_t images = d.batch * d.groups;
+    const int64_t want = (4 * at::get_num_threads() + images - 1) / images;
+    rows = std::clamp<int64_t>(std::min(fit, (OH + want - 1) / want), 1, std::max<int64_t>(OH, 1));
+    rows = (OH + (OH + rows - 1) / rows - 1) / ((OH + rows - 1) / rows);  // equal bands
+  }
+  // One row: only the KH rows its taps read, dh apart.
+  const int64_t step = rows == 1 ? dh : 1;
+  const int64_t staged = rows + dh * (KH - 1) / step;
+  return DirectBands{rows, (OH + rows - 1) / rows, pitch, step, staged, staged * pitch + cpu::kScratchSlack};
+}
+
+// Tap (c, kh, kw), the weight's own order, reads the staged rows at this offset.
+std::vector<int64_t> band_offsets(const Conv2dIntDims& d, const DirectBands& b) {
   const int64_t KH = d.kernel_size[0], KW = d.kernel_size[1];
-  const int64_t row_len = OW + d.dilation[1] * (KW - 1) + cpu::kScratchSlack;
-  // Tap (c, kh, kw), the weight's own order, reads staged row c * KH + kh at kw * dw.
-  std::vector<int64_t> offsets(taps);
-  for (int64_t t = 0; t < taps; ++t) offsets[t] = t / KW * row_len + t % KW * d.dilation[1];
-  const int64_t rows = d.batch * d.groups * OH;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, cout_g * taps * OW));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> offsets(taps_per_group(d));
+  for (int64_t t = 0; t < taps_per_group(d); ++t) {
+    const int64_t c = t / (KH * KW), kh = t / KW % KH, kw = t % KW;
+    offsets[t] = c * b.channel + kh * d.dilation[0] / b.step * b.pitch + kw * d.dilation[1];
+  }
+  return offsets;
+}
+
+// Work items are (sample, group, band); each thread stages the band's input
+// rows in its own buffer and calls f(n, g, oh0, rows, stage).
+template <typename T, typename F>
+void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const T* x, F f) {
+  const int64_t cin_g = d.in_channels_per_group(), H = d.in_size[0], W = d.in_size[1];
+  const int64_t pw = d.padding[1];
+  const int64_t items = d.batch * d.groups * b.count;
+  const int64_t work = cin_g * d.out_channels_per_group() * d.kernel_size[0] * d.kernel_size[1] * b.rows * b.pitch;
+  at::parallel_for(0, items, std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, work)),
+                   [&](int64_t begin, int64_t end) {
     std::vector<T> stage_buffer;
-    T* const stage = cpu::scratch_buffer(stage_buffer, cin_g * KH * row_len);
+    T* const stage = cpu::scratch_buffer(stage_buffer, cin_g * b.channel);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t oh = item % OH, g = item / OH % d.groups, n = item / OH / d.groups;
+      const int64_t band = item % b.count, g = item / b.count % d.groups, n = item / b.count / d.groups;
+      const int64_t oh0 = band * b.rows, rows = std::min(b.rows, d.out_size[0] - oh0);
       for (int64_t c = 0; c < cin_g; ++c) {
-        for (int64_t kh = 0; kh < KH; ++kh) {
-          T* dst = stage + (c * KH + kh) * row_len;
-          const int64_t ih = oh * d.stride[0] - d.padding[0] + kh * d.dilation[0];
-          if (ih < 0 || ih >= H) {
-            std::fill(dst, dst + row_len, T(0));
-            continue;
-          }
-          // dst[j] = x[.., ih, j - pw], zero outside the row.
-          const T* src = x + ((n * d.in_channels + g * cin_g + c) * H + ih) * W;
-          const int64_t lo = std::clamp<int64_t>(d.padding[1], 0, row_len);
-          const int64_t hi = std::clamp<int64_t>(d.padding[1] + W, lo, row_len);
+        const T* plane = x + (n * d.in_channels + g * cin_g + c) * H * W;
+        T* dst = stage + c * b.channel;
+        for (int64_t r = 0; r < b.staged; ++r, dst += b.pitch) {
+          // dst[j] = x[.., ih, j - pw], zero outside the image.
+          const int64_t ih = oh0 * d.stride[0] - d.padding[0] + r * b.step;
+          const int64_t lo = std::clamp<int64_t>(pw, 0, b.pitch);
+          const int64_t hi = ih < 0 || ih >= H ? lo : std::clamp<int64_t>(pw + W, lo, b.pitch);
           std::fill(dst, dst + lo, T(0));
-          std::copy(src + (lo - d.padding[1]), src + (hi - d.padding[1]), dst + lo);
-          std::fill(dst + hi, dst + row_len, T(0));
+          if (hi > lo) std::copy(plane + ih * W + (lo - pw), plane + ih * W + (hi - pw), dst + lo);
+          std::fill(dst + hi, dst + b.pitch, T(0));
         }
+        std::fill(dst, dst + cpu::kScratchSlack, T(0));
       }
-      cpu::ForwardTile<T> tile{stage, offsets.data(), taps, w + g * cout_g * taps,
-                               bias ? bias + g * cout_g : nullptr,
-                               y + ((n * d.out_channels + g * cout_g) * OH + oh) * OW, OH * OW,
-                               cout_g, OW, streaming};
-      cpu::run(tile);
+      f(n, g, oh0, rows, stage);
     }
   });
+}
+
+template <typename T>
+void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T* bias, T* y, bool streaming) {
+  const int64_t cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
+  const int64_t OH = d.out_size[0], OW = d.out_size[1];
+  const DirectBands b = plan_bands(d, sizeof(T));
+  const std::vector<int64_t> offsets = band_offsets(d, b);
+  for_each_band(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
+    T* y_band = y + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW;
+    const T* w_g = w + g * cout_g * taps;
+    const T* b_g = bias ? bias + g * cout_g : nullptr;
+    if (b.rows == 1) {
+      // Straight into y.
+      return cpu::run(cpu::ForwardTile<T>{stage, offsets.data(), taps, w_g, b_g, y_band, OH * OW, cout_g, OW, streaming});
+    }
+    // Through a [C_out/g][span] block, then row by row into y.
+    thread_local std::vector<T> out_buffer;
+    const int64_t span = b.span(rows, OW);
+    T* out = cpu::scratch_buffer(out_buffer, cout_g * span);
+    cpu::run(cpu::ForwardTile<T>{stage, offsets.data(), taps, w_g, b_g, out, span, cout_g, span});
+    for (int64_t oc = 0; oc < cout_g; ++oc) {
+      for (int64_t r = 0; r < rows; ++r) {
+        std::copy_n(out + oc * span + r * b.pitch, OW, y_band + oc * OH * OW + r * OW);
+      }
+    }
+  });
+}
+
+// grad_weight of the layers conv2d_direct_rows runs, on the same bands: the
+// conv1d weight-gradient kernel takes a band's rows one by one (so nothing
+// meets the dropped outputs). Per-thread partial sums, added in thread order:
+// deterministic.
+template <typename T>
+at::Tensor conv2d_weight_backward_direct(const Conv2dIntDims& d, const T* gy, const T* x,
+                                         const at::TensorOptions& options) {
+  const int64_t cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
+  const int64_t OH = d.out_size[0], OW = d.out_size[1];
+  const DirectBands b = plan_bands(d, sizeof(T));
+  const std::vector<int64_t> offsets = band_offsets(d, b);
+  const at::Tensor partial = at::zeros({at::get_num_threads(), d.out_channels, taps}, options);
+  for_each_band(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
+    T* acc = partial.mutable_data_ptr<T>() + (at::get_thread_num() * d.out_channels + g * cout_g) * taps;
+    cpu::run(cpu::WeightTile<T>{stage, offsets.data(), taps, gy + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW,
+                                OH * OW, cout_g, OW, acc, rows, b.pitch, OW});
+  });
+  return partial.sum(0);
 }
 
 at::Tensor conv2d_cpu(
@@ -397,6 +490,14 @@ at::Tensor conv2d_weight_backward_cpu(
   const auto d = concrete(sym);
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
+  if (use_direct_rows(d, x.scalar_type())) {
+    at::Tensor gw;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
+      gw = conv2d_weight_backward_direct<scalar_t>(d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                   x.options());
+    });
+    return gw.view_symint(conv2d_weight_shape(sym));
+  }
   // Inputs must be finite for the shifted GEMM (Inf * 0 is NaN).
   if (use_shifted_gemm(d) && at::isfinite(x).all().item<bool>()) {
     at::Tensor gw;
@@ -455,7 +556,9 @@ at::Tensor conv2d_input_backward_cpu(
   const auto sym = check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto d = concrete(sym);
-  if (auto padding_t = transposed_padding(d); padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)))) {
+  if (auto padding_t = transposed_padding(d);
+      padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)) ||
+                    use_direct_rows(transposed(d, *padding_t), grad_output.scalar_type()))) {
     // Then grad_input is the stride-1 convolution of grad_output with the
     // flipped, transposed weights (C_in, C_out/g, KH, KW): no col2im.
     const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group(),
