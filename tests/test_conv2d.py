@@ -126,6 +126,28 @@ def test_low_precision_matches_float64_reference(case, dtype, device):
         torch.testing.assert_close(g.double(), g_ref, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
+@pytest.mark.parametrize("case", [
+    Conv2dCase(2, 32, 24, (9, 8), (3, 3), stride=(2, 2), padding=(1, 1)),  # output padding 0 and 1
+    Conv2dCase(None, 16, 16, (11, 10), (3, 2), stride=(2, 3), padding=(1, 0), dilation=(2, 1)),
+    Conv2dCase(2, 32, 32, (12, 13), (3, 3), padding=(1, 1), groups=32),  # depthwise
+    Conv2dCase(2, 32, 32, (12, 12), (3, 3), stride=(2, 2), padding=(1, 1), groups=32, bias=False),
+    Conv2dCase(2, 32, 32, (12, 12), (3, 3), padding=(1, 1), groups=2),  # 16 channels per group
+    Conv2dCase(2, 32, 32, (12, 12), (3, 3), stride=(2, 2), padding=(1, 1), groups=8),  # 4 per group
+    Conv2dCase(2, 16, 32, (10, 10), (3, 3), padding=(1, 1), groups=16),  # depthwise multiplier
+    Conv2dCase(2, 32, 16, (9, 9), (1, 1), stride=(2, 2)),
+], ids=str)
+def test_bfloat16_layers_oneDNN_takes(case):
+    """bfloat16 layers that go to oneDNN on CPUs with bfloat16 dot products (and the ones that
+    do not): forward and gradients against float64, grad_input at every output padding."""
+    x, w, b = case.tensors(dtype=torch.bfloat16, requires_grad=True)
+    y, grads = forward_and_grads(fastconv_ext.conv2d, case, x, w, b)
+    y_ref, grads_ref = forward_and_grads(F.conv2d, case, *(t.detach().double().requires_grad_() if t is not None
+                                                            else None for t in (x, w, b)))
+    for got, ref in zip((y, *grads), (y_ref, *grads_ref)):
+        assert got.dtype == torch.bfloat16 and got.shape == ref.shape
+        torch.testing.assert_close(got.double(), ref, rtol=1.6e-2, atol=2e-2 * (ref.abs().max().item() + 1))
+
+
 @pytest.mark.parametrize(
     "case",
     [

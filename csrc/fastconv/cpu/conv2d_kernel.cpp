@@ -15,6 +15,9 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/native/CPUBlas.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/conv_transpose2d.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/isfinite.h>
@@ -400,6 +403,34 @@ at::Tensor conv2d_weight_backward_direct(const Conv2dIntDims& d, const T* gy, co
   return partial.sum(0);
 }
 
+// bfloat16 on a CPU with bfloat16 dot products (AVX512_BF16): oneDNN
+// multiplies with them, where fastconv widens to float, and took 0.35-0.7x
+// fastconv's time on dense, grouped and depthwise layers (2 threads, Zen 4;
+// the layers are in benchmarks/RESULTS.md). Not where it is slower: a
+// depthwise multiplier (one input and several output channels per group:
+// 1.5-2.9x, every op); grad_input from fewer than 16 input channels (1.8x),
+// or at stride > 1 of depthwise and 1x1 layers (3.9x, 1.2x); and grad_weight
+// of groups of 2-8 channels (1.6-4.8x).
+enum class Conv2dOp { kForward, kInput, kWeight };
+
+bool onednn_bf16_is_faster(const Conv2dIntDims& d, at::ScalarType dtype, Conv2dOp op) {
+  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  const bool images = d.batch > 0 && d.in_size[0] > 0 && d.in_size[1] > 0 && d.out_size[0] > 0 && d.out_size[1] > 0;
+  if (dtype != at::kBFloat16 || !images || (cin_g == 1 && cout_g > 1) || !cpu::has_bf16_dot_product()) {
+    return false;
+  }
+  switch (op) {
+    case Conv2dOp::kForward:
+      return true;
+    case Conv2dOp::kInput:
+      return d.in_channels >= 16 && ((d.stride[0] == 1 && d.stride[1] == 1) ||
+                                     (cin_g > 1 && d.kernel_size[0] * d.kernel_size[1] > 1));
+    case Conv2dOp::kWeight:
+      return d.groups == 1 || cin_g == 1 || (cin_g >= 16 && cout_g >= 16);
+  }
+  return false;
+}
+
 at::Tensor conv2d_cpu(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -410,6 +441,10 @@ at::Tensor conv2d_cpu(
     c10::SymInt groups) {
   const auto sym = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
   const auto d = concrete(sym);
+  if (onednn_bf16_is_faster(d, input.scalar_type(), Conv2dOp::kForward)) {
+    // Contiguous in, contiguous out, as the fake kernel says (oneDNN keeps channels-last).
+    return at::conv2d(input.contiguous(), weight.contiguous(), bias, d.stride, d.padding, d.dilation, d.groups);
+  }
   const at::Tensor x = input.contiguous();
   const at::Tensor w = grouped_weight(weight, d, false);
   const bool has_bias = bias.has_value() && bias->defined();
@@ -490,6 +525,14 @@ at::Tensor conv2d_weight_backward_cpu(
   const auto d = concrete(sym);
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
+  if (onednn_bf16_is_faster(d, x.scalar_type(), Conv2dOp::kWeight)) {
+    // oneDNN reads only the weight's shape: a broadcast zero stands in for it.
+    const at::Tensor shape_only = at::zeros({1}, x.options()).expand(concrete_shape(conv2d_weight_shape(sym)));
+    return std::get<1>(at::convolution_backward(
+        d.batched ? gy : gy.unsqueeze(0), d.batched ? x : x.unsqueeze(0), shape_only, std::nullopt, d.stride,
+        d.padding, d.dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, d.groups, {false, true, false}))
+        .contiguous();
+  }
   if (use_direct_rows(d, x.scalar_type())) {
     at::Tensor gw;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
@@ -556,6 +599,16 @@ at::Tensor conv2d_input_backward_cpu(
   const auto sym = check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups);
   const auto d = concrete(sym);
+  if (onednn_bf16_is_faster(d, grad_output.scalar_type(), Conv2dOp::kInput)) {
+    // The transposed convolution, with the output padding that gives back input_size.
+    std::array<int64_t, 2> output_padding{};
+    for (int i = 0; i < 2; ++i) {
+      output_padding[i] = d.in_size[i] - ((d.out_size[i] - 1) * d.stride[i] - 2 * d.padding[i] +
+                                          d.dilation[i] * (d.kernel_size[i] - 1) + 1);
+    }
+    return at::conv_transpose2d(grad_output.contiguous(), weight.contiguous(), std::nullopt, d.stride, d.padding,
+                                output_padding, d.groups, d.dilation);
+  }
   if (auto padding_t = transposed_padding(d);
       padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)) ||
                     use_direct_rows(transposed(d, *padding_t), grad_output.scalar_type()))) {
