@@ -5,9 +5,10 @@ Competitors, same process, interleaved, medians after warm-up:
   unfold     -- the seed report's F.unfold + einsum (+ view back to an image)
   fastconv   -- fastconv_ext.conv2d
 For each: forward, and forward + backward (input, weight and bias gradients).
-Achieved GFLOP/s is reported against the machine's measured fp32 peak.
+Achieved GFLOP/s is reported against the machine's measured fp32 peak (for every dtype).
 
     python benchmarks/bench_conv2d.py [--quick] [--both-allocators] [--out-dir DIR] [--device cuda]
+                                      [--dtype float32|bfloat16|float16]
 
 On CUDA, --tf32 also runs every shape with torch.backends.cuda.matmul.allow_tf32 and
 torch.backends.cudnn.allow_tf32 on (the first governs fastconv's GEMMs, the second F.conv2d).
@@ -77,11 +78,11 @@ def unfold_einsum(x, w, b, stride, padding, groups):
     return y + b.view(1, -1, 1, 1)
 
 
-def run_shape(shape, device, backward, repeats, peak):
+def run_shape(shape, device, backward, repeats, peak, dtype=torch.float32):
     torch.manual_seed(0)
-    x = torch.randn(shape.input, device=device, requires_grad=backward)
-    w = torch.randn(shape.weight, device=device, requires_grad=backward)
-    b = torch.randn(shape.weight[0], device=device, requires_grad=backward)
+    x = torch.randn(shape.input, device=device, dtype=dtype, requires_grad=backward)
+    w = torch.randn(shape.weight, device=device, dtype=dtype, requires_grad=backward)
+    b = torch.randn(shape.weight[0], device=device, dtype=dtype, requires_grad=backward)
     kw = dict(stride=shape.stride, padding=shape.padding, groups=shape.groups)
     impls = {
         "F.conv2d": lambda: F.conv2d(x, w, b, **kw),
@@ -90,8 +91,12 @@ def run_shape(shape, device, backward, repeats, peak):
     }
     gy = impls["F.conv2d"]().detach().normal_()
     # TF32 rounds the operands to 10 mantissa bits, on both sides differently.
-    tol = 1e-2 if device == "cuda" and torch.backends.cuda.matmul.allow_tf32 else 1e-3
-    torch.testing.assert_close(impls["fastconv"](), impls["F.conv2d"](), rtol=tol, atol=tol)
+    # 16-bit results are each rounded once from float sums, which may differ by an ulp or two.
+    tol = {torch.float32: 1e-3, torch.bfloat16: 3e-2, torch.float16: 4e-3}[dtype]
+    if device == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        tol = 1e-2
+    ref = impls["F.conv2d"]().float()
+    torch.testing.assert_close(impls["fastconv"]().float(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
     def timed(fn):
         def call():
@@ -124,6 +129,7 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tf32", action="store_true", help="CUDA: also run with TF32 allowed")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 11; quick 5)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out-dir", default=None, help="write conv2d_<device>_<allocator>.{md,json} here")
     parser.add_argument("--both-allocators", action="store_true",
                         help="also rerun in a child process with the tuned glibc allocator")
@@ -134,12 +140,12 @@ def main(argv=None):
     mode = allocator_mode()
     if args.device == "cuda":
         peak = float("nan")
-        header = f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}"
+        header = f"{args.dtype}; device: {torch.cuda.get_device_name()}, torch {torch.__version__}"
     else:
         progress(f"measuring machine limits ({mode} allocator)...")
         limits = measure_machine(quick=args.quick)
         peak = limits.gflops
-        header = (f"allocator: {mode}; {limits.threads} threads; fp32 peak {limits.gflops:.0f} GFLOP/s, "
+        header = (f"{args.dtype}; allocator: {mode}; {limits.threads} threads; fp32 peak {limits.gflops:.0f} GFLOP/s, "
                   f"copy {limits.gbps:.0f} GB/s, first touch {limits.touch_ms_per_mib:.2f} ms/MiB")
     settings = [False, True] if args.tf32 else [False]
     results = []
@@ -150,7 +156,7 @@ def main(argv=None):
             for shape in shapes:
                 progress(f"[{len(results) + 1}/{len(shapes) * len(modes) * len(settings)}] {shape.name} "
                          f"{'fwd+bwd' if backward else 'fwd'}{' tf32' if tf32 else ''}")
-                r = run_shape(shape, args.device, backward, repeats, peak)
+                r = run_shape(shape, args.device, backward, repeats, peak, getattr(torch, args.dtype))
                 r["tf32"] = tf32
                 if tf32:
                     r["mode"] += " tf32"
@@ -160,7 +166,7 @@ def main(argv=None):
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"conv2d_{args.device}_{mode}"
+        stem = f"conv2d_{args.device}_{mode}" if args.dtype == "float32" else f"conv2d_{args.device}_{args.dtype}_{mode}"
         (out / f"{stem}.md").write_text(text + "\n")
         (out / f"{stem}.json").write_text(json.dumps(dict(header=header, results=results), indent=1))
     if args.both_allocators and mode == "default" and args.device == "cpu":

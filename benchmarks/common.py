@@ -38,17 +38,24 @@ def rerun_with_tuned_allocator(argv: Sequence[str]) -> int:
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
                      min_seconds: float = 0.0) -> Dict[str, float]:
-    """Median seconds per call of each function, calls interleaved."""
+    """Median seconds per call of each function, calls interleaved.
+
+    The order rotates from round to round, so no function always runs right after the same
+    other one: a heavy call leaves cold caches and dirty lines to whatever comes next (bfloat16
+    depthwise conv2d, the same oneDNN call on both sides, measured 0.73-0.90x "slower" when it
+    always followed the unfold + einsum baseline)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     start = time.perf_counter()
     n = 0
     while n < repeats or time.perf_counter() - start < min_seconds:
-        for name, fn in fns.items():
+        for i in range(len(names)):
+            name = names[(i + n) % len(names)]
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             samples[name].append(time.perf_counter() - t0)
         n += 1
         if n >= 50 * repeats:

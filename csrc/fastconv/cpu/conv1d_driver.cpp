@@ -1,11 +1,11 @@
 #include "fastconv/cpu/conv1d_driver.h"
+#include "fastconv/cpu/convert_row.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -26,27 +26,6 @@ template <typename T>
 T* workspace(int slot, int64_t n) {
   thread_local std::vector<T> buffers[2];
   return scratch_buffer(buffers[slot], n);
-}
-
-// dst[j] = src[j] for j < n, converted: bfloat16 and float16 through the
-// per-ISA vectorized conversions (tile_kernels.h).
-template <typename From, typename To>
-void convert_row(const From* src, To* dst, int64_t n) {
-  const auto* src16 = reinterpret_cast<const uint16_t*>(src);
-  auto* dst16 = reinterpret_cast<uint16_t*>(dst);
-  if constexpr (std::is_same_v<From, To>) {
-    return (void)std::memcpy(dst, src, n * sizeof(To));
-  } else if constexpr (std::is_same_v<From, c10::BFloat16> && std::is_same_v<To, float>) {
-    return kernels().widen_bf16(src16, dst, n);
-  } else if constexpr (std::is_same_v<From, float> && std::is_same_v<To, c10::BFloat16>) {
-    return kernels().narrow_bf16(src, dst16, n);
-  } else if constexpr (std::is_same_v<From, c10::Half> && std::is_same_v<To, float>) {
-    if (const auto widen = kernels().widen_f16) return widen(src16, dst, n);
-  } else if constexpr (std::is_same_v<From, float> && std::is_same_v<To, c10::Half>) {
-    if (const auto narrow = kernels().narrow_f16) return narrow(src, dst16, n);
-  }
-  // Element by element: the scalar c10::Half conversions, or no vector level.
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<To>(src[j]);
 }
 
 // dst[r * row_len + j] = src[j * S + r] for j in [lo, hi): a fixed stride

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "fastconv/cpu/allocation.h"
+#include "fastconv/cpu/convert_row.h"
 #include "fastconv/cpu/im2col.h"
 #include "fastconv/cpu/streaming_store.h"
 #include "fastconv/cpu/tile_kernels.h"
@@ -263,9 +264,8 @@ at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t
 // value loaded once per tap for all of them.
 constexpr int64_t kDirectMaxTaps = 32;
 
-bool use_direct_rows(const Conv2dIntDims& d, at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kDouble) && d.stride[1] == 1 && !is_pointwise(d) &&
-      taps_per_group(d) <= kDirectMaxTaps;
+bool use_direct_rows(const Conv2dIntDims& d) {
+  return d.stride[1] == 1 && !is_pointwise(d) && taps_per_group(d) <= kDirectMaxTaps;
 }
 
 // Output rows are computed in bands. A band of `rows` output rows stages the
@@ -323,9 +323,10 @@ std::vector<int64_t> band_offsets(const Conv2dIntDims& d, const DirectBands& b) 
 }
 
 // Work items are (sample, group, band); each thread stages the band's input
-// rows in its own buffer and calls f(n, g, oh0, rows, stage).
-template <typename T, typename F>
-void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const T* x, F f) {
+// rows in its own buffer, in the accumulation type T, and calls
+// f(n, g, oh0, rows, stage).
+template <typename T, typename scalar_t, typename F>
+void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const scalar_t* x, F f) {
   const int64_t cin_g = d.in_channels_per_group(), H = d.in_size[0], W = d.in_size[1];
   const int64_t pw = d.padding[1];
   const int64_t items = d.batch * d.groups * b.count;
@@ -338,7 +339,7 @@ void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const T* x, F f
       const int64_t band = item % b.count, g = item / b.count % d.groups, n = item / b.count / d.groups;
       const int64_t oh0 = band * b.rows, rows = std::min(b.rows, d.out_size[0] - oh0);
       for (int64_t c = 0; c < cin_g; ++c) {
-        const T* plane = x + (n * d.in_channels + g * cin_g + c) * H * W;
+        const scalar_t* plane = x + (n * d.in_channels + g * cin_g + c) * H * W;
         T* dst = stage + c * b.channel;
         for (int64_t r = 0; r < b.staged; ++r, dst += b.pitch) {
           // dst[j] = x[.., ih, j - pw], zero outside the image.
@@ -346,7 +347,7 @@ void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const T* x, F f
           const int64_t lo = std::clamp<int64_t>(pw, 0, b.pitch);
           const int64_t hi = ih < 0 || ih >= H ? lo : std::clamp<int64_t>(pw + W, lo, b.pitch);
           std::fill(dst, dst + lo, T(0));
-          if (hi > lo) std::copy(plane + ih * W + (lo - pw), plane + ih * W + (hi - pw), dst + lo);
+          if (hi > lo) cpu::convert_row(plane + ih * W + (lo - pw), dst + lo, hi - lo);
           std::fill(dst + hi, dst + b.pitch, T(0));
         }
         std::fill(dst, dst + cpu::kScratchSlack, T(0));
@@ -356,19 +357,24 @@ void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const T* x, F f
   });
 }
 
-template <typename T>
-void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T* bias, T* y, bool streaming) {
+// y = conv(x, w) + bias; w and bias in the accumulation type T.
+template <typename scalar_t, typename T>
+void conv2d_direct_rows(const Conv2dIntDims& d, const scalar_t* x, const T* w, const T* bias, scalar_t* y,
+                        bool streaming) {
   const int64_t cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
   const int64_t OH = d.out_size[0], OW = d.out_size[1];
   const DirectBands b = plan_bands(d, sizeof(T));
   const std::vector<int64_t> offsets = band_offsets(d, b);
-  for_each_band(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
-    T* y_band = y + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW;
+  for_each_band<T>(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
+    scalar_t* y_band = y + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW;
     const T* w_g = w + g * cout_g * taps;
     const T* b_g = bias ? bias + g * cout_g : nullptr;
-    if (b.rows == 1) {
-      // Straight into y.
-      return cpu::run(cpu::ForwardTile<T>{stage, offsets.data(), taps, w_g, b_g, y_band, OH * OW, cout_g, OW, streaming});
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      if (b.rows == 1) {
+        // Straight into y.
+        return cpu::run(
+            cpu::ForwardTile<T>{stage, offsets.data(), taps, w_g, b_g, y_band, OH * OW, cout_g, OW, streaming});
+      }
     }
     // Through a [C_out/g][span] block, then row by row into y.
     thread_local std::vector<T> out_buffer;
@@ -377,7 +383,7 @@ void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T*
     cpu::run(cpu::ForwardTile<T>{stage, offsets.data(), taps, w_g, b_g, out, span, cout_g, span});
     for (int64_t oc = 0; oc < cout_g; ++oc) {
       for (int64_t r = 0; r < rows; ++r) {
-        std::copy_n(out + oc * span + r * b.pitch, OW, y_band + oc * OH * OW + r * OW);
+        cpu::convert_row(out + oc * span + r * b.pitch, y_band + oc * OH * OW + r * OW, OW);
       }
     }
   });
@@ -387,18 +393,28 @@ void conv2d_direct_rows(const Conv2dIntDims& d, const T* x, const T* w, const T*
 // conv1d weight-gradient kernel takes a band's rows one by one (so nothing
 // meets the dropped outputs). Per-thread partial sums, added in thread order:
 // deterministic.
-template <typename T>
-at::Tensor conv2d_weight_backward_direct(const Conv2dIntDims& d, const T* gy, const T* x,
-                                         const at::TensorOptions& options) {
+// 16-bit grad_output rows are converted into a [C_out/g][rows][OW] block first.
+template <typename scalar_t, typename T>
+at::Tensor conv2d_weight_backward_direct(const Conv2dIntDims& d, const scalar_t* gy, const scalar_t* x) {
   const int64_t cout_g = d.out_channels_per_group(), taps = taps_per_group(d);
   const int64_t OH = d.out_size[0], OW = d.out_size[1];
   const DirectBands b = plan_bands(d, sizeof(T));
   const std::vector<int64_t> offsets = band_offsets(d, b);
-  const at::Tensor partial = at::zeros({at::get_num_threads(), d.out_channels, taps}, options);
-  for_each_band(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
+  const at::Tensor partial = at::zeros({at::get_num_threads(), d.out_channels, taps},
+                                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  for_each_band<T>(d, b, x, [&](int64_t n, int64_t g, int64_t oh0, int64_t rows, const T* stage) {
     T* acc = partial.mutable_data_ptr<T>() + (at::get_thread_num() * d.out_channels + g * cout_g) * taps;
-    cpu::run(cpu::WeightTile<T>{stage, offsets.data(), taps, gy + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW,
-                                OH * OW, cout_g, OW, acc, rows, b.pitch, OW});
+    const scalar_t* gy_band = gy + ((n * d.out_channels + g * cout_g) * OH + oh0) * OW;
+    if constexpr (std::is_same_v<scalar_t, T>) {
+      cpu::run(cpu::WeightTile<T>{stage, offsets.data(), taps, gy_band, OH * OW, cout_g, OW, acc, rows, b.pitch, OW});
+    } else {
+      thread_local std::vector<T> gy_buffer;
+      T* gy_t = cpu::scratch_buffer(gy_buffer, cout_g * rows * OW);
+      for (int64_t oc = 0; oc < cout_g; ++oc) {
+        cpu::convert_row(gy_band + oc * OH * OW, gy_t + oc * rows * OW, rows * OW);
+      }
+      cpu::run(cpu::WeightTile<T>{stage, offsets.data(), taps, gy_t, rows * OW, cout_g, OW, acc, rows, b.pitch, OW});
+    }
   });
   return partial.sum(0);
 }
@@ -464,13 +480,11 @@ at::Tensor conv2d_cpu(
       conv2d_shifted<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), weight, bp, y.mutable_data_ptr<scalar_t>());
       return;
     }
-    if constexpr (same_type) {
-      if (use_direct_rows(d, x.scalar_type())) {
-        // Streamed stores only where every output row starts on a cache line.
-        conv2d_direct_rows<T>(d, x.const_data_ptr<T>(), wp, bp, y.mutable_data_ptr<T>(),
-                              streaming && d.out_size[1] * int64_t(sizeof(T)) % 64 == 0);
-        return;
-      }
+    if (use_direct_rows(d)) {
+      // Streamed stores only where every output row starts on a cache line.
+      conv2d_direct_rows<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), wp, bp, y.mutable_data_ptr<scalar_t>(),
+                                      streaming && d.out_size[1] * int64_t(sizeof(T)) % 64 == 0);
+      return;
     }
     for_each_tile<T>(d, plan_tiles(d, 1), 0, 1, [&](int64_t g, int64_t row0, int64_t rows, T* col, T* acc) {
       const int64_t cols = rows * d.out_size[1];
@@ -533,13 +547,13 @@ at::Tensor conv2d_weight_backward_cpu(
         d.padding, d.dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, d.groups, {false, true, false}))
         .contiguous();
   }
-  if (use_direct_rows(d, x.scalar_type())) {
+  if (use_direct_rows(d)) {
     at::Tensor gw;
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
-      gw = conv2d_weight_backward_direct<scalar_t>(d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                                   x.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
+      gw = conv2d_weight_backward_direct<scalar_t, at::opmath_type<scalar_t>>(
+          d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>());
     });
-    return gw.view_symint(conv2d_weight_shape(sym));
+    return gw.view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
   }
   // Inputs must be finite for the shifted GEMM (Inf * 0 is NaN).
   if (use_shifted_gemm(d) && at::isfinite(x).all().item<bool>()) {
@@ -611,7 +625,7 @@ at::Tensor conv2d_input_backward_cpu(
   }
   if (auto padding_t = transposed_padding(d);
       padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)) ||
-                    use_direct_rows(transposed(d, *padding_t), grad_output.scalar_type()))) {
+                    use_direct_rows(transposed(d, *padding_t)))) {
     // Then grad_input is the stride-1 convolution of grad_output with the
     // flipped, transposed weights (C_in, C_out/g, KH, KW): no col2im.
     const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group(),

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "fastconv/cpu/convert_row.h"
 #include "fastconv/shape.h"
 
 namespace fastconv::cpu {
@@ -58,8 +59,8 @@ void im2col_tile(
             for (int64_t ow = lo; ow < hi; ++ow) x_row[ow * sw] += seg[ow];
           } else {
             std::fill(seg, seg + lo, T(0));
-            if (sw == 1) {  // memmove where the types match: glibc's widest vectors
-              std::copy(x_row + lo, x_row + hi, seg + lo);
+            if (sw == 1) {  // memmove where the types match, else the vectorized conversions
+              convert_row(x_row + lo, seg + lo, hi - lo);
             } else {
               for (int64_t ow = lo; ow < hi; ++ow) seg[ow] = static_cast<T>(x_row[ow * sw]);
             }
@@ -142,8 +143,7 @@ void copy_output_tile(
         }
       } else {
         for (int64_t oc = 0; oc < cout_g; ++oc) {
-          T* t_run = tile + oc * cols + q * OW;
-          for (int64_t i = 0; i < run; ++i) t_run[i] = static_cast<T>(y_run[oc * P + i]);
+          convert_row(y_run + oc * P, tile + oc * cols + q * OW, run);
         }
       }
     } else {
