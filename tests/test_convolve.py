@@ -80,19 +80,27 @@ def columns_reference(a, v, mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("n,m,shared_v", [(2, 2, False), (7, 7, False), (9, 9, False), (6, 3, True)])
+@pytest.mark.parametrize("n,m,shared_v", [(2, 2, False), (7, 7, False), (9, 9, False), (6, 3, True), (9, 1, False)])
 def test_large_outputs_streamed_past_the_caches(n, m, shared_v, dtype):
-    # Outputs of 16 MiB or more leave the row-vector kernel (7x7, 6x3) through non-temporal
-    # stores; the other kernels write them directly.
+    # Outputs of 16 MiB or more leave the row-vector kernel (7x7, 6x3) and the scaled copy
+    # (9x1) through non-temporal stores, 16-row windows at a time; the other kernels write them
+    # directly. 3 threads start their chunks of rows inside a window.
     rows = (16 << 20) // (n * dtype.itemsize) + 1001
     gen = torch.Generator().manual_seed(n * 10 + m)
     a = torch.randn(rows, n, generator=gen, dtype=dtype)
     v = torch.randn(1 if shared_v else rows, m, generator=gen, dtype=dtype)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
-    for mode in MODES:
-        out = fastconv_ext.convolve(a, v, mode)
-        assert out.nbytes >= 16 << 20 or mode == "valid"
-        torch.testing.assert_close(out.double(), columns_reference(a, v, mode), **tol, msg=lambda e: f"{mode}: {e}")
+    threads = torch.get_num_threads()
+    try:
+        for count in (threads, 3):
+            torch.set_num_threads(count)
+            for mode in MODES:
+                out = fastconv_ext.convolve(a, v, mode)
+                assert out.nbytes >= 16 << 20 or mode == "valid"
+                torch.testing.assert_close(out.double(), columns_reference(a, v, mode), **tol,
+                                           msg=lambda e: f"{count} threads, {mode}: {e}")
+    finally:
+        torch.set_num_threads(threads)
 
 
 BROADCAST_SHAPES = [

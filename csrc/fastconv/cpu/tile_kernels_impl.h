@@ -541,6 +541,13 @@ inline V shift_up(V x, std::integer_sequence<int, I...>) {
   }
 }
 
+// load_first reads no element past the N it returns (a masked load).
+#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
+constexpr bool kMaskedLoads = true;
+#else
+constexpr bool kMaskedLoads = false;
+#endif
+
 // The first N elements at p, zeros in the lanes above (a masked load with AVX-512).
 template <typename T, int N, int... I>
 inline typename Simd<T>::V load_first(const T* p, std::integer_sequence<int, I...>) {
@@ -571,16 +578,17 @@ constexpr bool use_row_vectors() {
 }
 
 // Rows [0, rows) while a row's vector load and store stay inside rows'
-// own a and out (they run past the row, into the next); returns the first
-// row not done. out rows are written in order, so each store's overrun is
-// overwritten by the next row's.
-template <typename T, int N, int M, int VStep>
+// own a and out (they run past the row, into the next; OutSlack: out has a
+// vector's room past its last row); returns the first row not done. out rows
+// are written in order, so each store's overrun is overwritten by the next row's.
+template <typename T, int N, int M, int VStep, bool OutSlack>
 int64_t row_vectors(const T* __restrict__ a, const T* __restrict__ v, T* __restrict__ out, int64_t rows) {
   using S = Simd<T>;
   using Vec = typename S::V;
   constexpr int W = S::kLanes, L = N + M - 1;
   constexpr auto lanes = std::make_integer_sequence<int, W>{};
-  constexpr int kOverrunA = (W - N + N - 1) / N, kOverrunOut = (W - L + L - 1) / L;  // rows
+  constexpr int kOverrunA = kMaskedLoads ? 0 : (W - N + N - 1) / N;  // rows
+  constexpr int kOverrunOut = OutSlack ? 0 : (W - L + L - 1) / L;
   const int64_t end = rows - (kOverrunA > kOverrunOut ? kOverrunA : kOverrunOut);
   int64_t r = 0;
   for (; r < end; ++r) {
@@ -598,12 +606,12 @@ int64_t row_vectors(const T* __restrict__ a, const T* __restrict__ v, T* __restr
 // A function of its own so that __restrict__ on the parameters tells the
 // compiler out aliases neither input: it then vectorizes across rows (on
 // restrict-qualified locals GCC kept every load of v scalar, 2-4x slower).
-template <typename T, int N, int M, int VStep>
+template <typename T, int N, int M, int VStep, bool OutSlack = false>
 void contiguous_rows(const T* __restrict__ a, const T* __restrict__ v, T* __restrict__ out, int64_t rows) {
   constexpr int L = N + M - 1;
   int64_t r = 0;
   if constexpr (use_row_vectors<T, N, M>()) {
-    r = row_vectors<T, N, M, VStep>(a, v, out, rows);
+    r = row_vectors<T, N, M, VStep, OutSlack>(a, v, out, rows);
   }
   for (; r < rows; ++r) {
     for (int i = 0; i < L; ++i) {
@@ -631,13 +639,37 @@ void stream_copy(const T* src, T* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
+// contiguous_window computes kWindowRows rows at a time into stack buffers
+// aligned to, and inside, one kStageBytes page. Where the thread's stack put
+// the buffer decided the speed: 10^6 rows of 5x2 took 1.0-1.2 or 1.5-1.9 ms
+// from one process to the next, and a replica with the buffer's offset swept
+// through its page ran fast while the buffer stayed inside the page, up to
+// 1.7x slower where it crossed (AMD Zen 4 VM; the cause not pinned down: a
+// store loop in L1 showed no page-split penalty). 16 rows of any length are
+// whole vectors, so windows that start on a vector of out stay on one. The
+// inputs kPrefetchRows ahead are prefetched a window at a time: the replica
+// then ran 10^6 rows within 0-2% of a loop that only moves the same bytes
+// (5x2, 6x6, 9x2, 9x4, 9x7), against 4-12% slower with 32-row windows and no
+// prefetch, and 10-30% slower prefetching 100-row windows.
+constexpr int64_t kStageBytes = 4096;
+constexpr int64_t kWindowRows = 16;
+constexpr int64_t kPrefetchRows = 128;
+
+template <typename T>
+void prefetch_bytes(const T* begin, const T* end) {
+  for (auto p = reinterpret_cast<const char*>(begin); p < reinterpret_cast<const char*>(end); p += 64) {
+    __builtin_prefetch(p);
+  }
+}
+
 // Contiguous rows: whole convolutions straight into out; a window of them
-// ('same', 'valid'), or rows of a large output, through a stack buffer of
-// kWindowRows rows. Large outputs of the row-vector kernel leave it with
-// non-temporal stores: 10^6 rows ran at 1.1-1.2x of the memory floor, a
-// read-for-ownership of every output line included (7x2: median 1.37 against
-// 1.85 ms over six alternating runs). The compute-bound across-rows loop
-// (9x9) ran slower so.
+// ('same', 'valid'), or rows of a large output, through the stack buffers.
+// Large outputs of the row-vector kernel leave it with non-temporal stores:
+// 10^6 rows ran at 1.1-1.2x of the memory floor, a read-for-ownership of
+// every output line included (7x2: median 1.37 against 1.85 ms over six
+// alternating runs), and a scaled copy (M = 1) took 1.35 against 1.56 ms
+// (9x1). The across-rows loop ran slower so: 9x9 (compute-bound), and 3x3
+// (1.22 against 1.02 ms).
 template <typename T, int N, int M, int VStep>
 void contiguous_window(const ConvolveRows<T>& p) {
   constexpr int L = N + M - 1;
@@ -645,16 +677,23 @@ void contiguous_window(const ConvolveRows<T>& p) {
   const T* v = p.v + p.row_begin * VStep;
   const int64_t rows = p.row_end - p.row_begin;
   const bool whole = p.offset == 0 && p.length == L;
-  const bool streaming = p.streaming && use_row_vectors<T, N, M>();
+  const bool streaming = p.streaming && (use_row_vectors<T, N, M>() || M == 1);
   if (whole && !streaming) {
     return contiguous_rows<T, N, M, VStep>(a, v, p.out + p.row_begin * L, rows);
   }
-  constexpr int64_t kWindowRows = 64;
-  T full[kWindowRows * L];
-  T window[kWindowRows * 2 * kConvolveSmall];  // p.length <= 2 * kConvolveSmall
-  for (int64_t r0 = 0; r0 < rows; r0 += kWindowRows) {
-    const int64_t n = rows - r0 < kWindowRows ? rows - r0 : kWindowRows;
-    contiguous_rows<T, N, M, VStep>(a + r0 * N, v + r0 * VStep, full, n);
+  alignas(kStageBytes) T full[kWindowRows * L + Simd<T>::kLanes];  // a vector's slack
+  alignas(kStageBytes) T window[kWindowRows * 2 * kConvolveSmall];  // p.length <= 2 * kConvolveSmall
+  static_assert(sizeof(full) <= kStageBytes && sizeof(window) <= kStageBytes);
+  // Windows end on multiples of kWindowRows rows of the whole output.
+  for (int64_t r0 = 0, r1; r0 < rows; r0 = r1) {
+    r1 = (p.row_begin + r0) / kWindowRows * kWindowRows + kWindowRows - p.row_begin;
+    r1 = r1 < rows ? r1 : rows;
+    const int64_t n = r1 - r0, ahead = r0 + kPrefetchRows;
+    if (ahead + n <= rows) {
+      prefetch_bytes(a + ahead * N, a + (ahead + n) * N);
+      prefetch_bytes(v + ahead * VStep, v + (ahead + n) * VStep);
+    }
+    contiguous_rows<T, N, M, VStep, true>(a + r0 * N, v + r0 * VStep, full, n);
     T* out = p.out + (p.row_begin + r0) * p.length;
     T* dst = streaming ? window : out;
     if (!whole) {
