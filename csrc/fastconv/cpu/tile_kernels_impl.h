@@ -19,6 +19,14 @@
 
 #include "fastconv/cpu/tile_kernels.h"
 
+// 64-byte vectors on x86: the AVX-512 intrinsics below (lane alignment, masked
+// loads) in place of their generic vector-extension forms.
+#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
+#define FASTCONV_X86_AVX512 1
+#else
+#define FASTCONV_X86_AVX512 0
+#endif
+
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
 
@@ -96,7 +104,7 @@ struct Simd {
 // The vector K lanes into the pair (lo, hi): valignd/valignq with AVX-512.
 template <typename V, int W, int K, int... I>
 inline V lanes_from(V lo, V hi, std::integer_sequence<int, I...>) {
-#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
+#if FASTCONV_X86_AVX512
   if constexpr (W == 16) {
     return (V)_mm512_alignr_epi32((__m512i)hi, (__m512i)lo, K);
   } else {
@@ -529,7 +537,7 @@ inline V shift_up(V x, std::integer_sequence<int, I...>) {
   if constexpr (K == 0) {
     return x;
   } else {
-#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
+#if FASTCONV_X86_AVX512
     if constexpr (W == 16) {
       return (V)_mm512_alignr_epi32((__m512i)x, _mm512_setzero_si512(), W - K);
     } else {
@@ -542,18 +550,14 @@ inline V shift_up(V x, std::integer_sequence<int, I...>) {
 }
 
 // load_first reads no element past the N it returns (a masked load).
-#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
-constexpr bool kMaskedLoads = true;
-#else
-constexpr bool kMaskedLoads = false;
-#endif
+constexpr bool kMaskedLoads = FASTCONV_X86_AVX512;
 
 // The first N elements at p, zeros in the lanes above (a masked load with AVX-512).
 template <typename T, int N, int... I>
 inline typename Simd<T>::V load_first(const T* p, std::integer_sequence<int, I...>) {
   using S = Simd<T>;
   using V = typename S::V;
-#if FASTCONV_VEC_BYTES == 64 && (defined(__x86_64__) || defined(_M_X64))
+#if FASTCONV_X86_AVX512
   constexpr auto mask = static_cast<uint16_t>((1u << N) - 1);
   if constexpr (S::kLanes == 16) {
     return (V)_mm512_maskz_loadu_ps(mask, p);
