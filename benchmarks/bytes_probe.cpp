@@ -17,31 +17,42 @@ namespace {
 constexpr int64_t kRows = 16;          // a block: whole vectors of a, v and out
 constexpr int64_t kPrefetchBlocks = 8;  // 128 rows ahead
 
-torch::Tensor bytes_probe(const torch::Tensor& a, const torch::Tensor& v, torch::Tensor out) {
+torch::Tensor bytes_probe(const torch::Tensor& a, const torch::Tensor& v, const torch::Tensor& out) {
   TORCH_CHECK(a.dim() == 2 && v.dim() == 2 && a.size(0) == v.size(0) && a.size(0) % kRows == 0,
               "bytes_probe: a [N, n], v [N, m], N a multiple of 16");
   const int64_t blocks = a.size(0) / kRows, n = a.size(1), m = v.size(1), length = n + m - 1;
   TORCH_CHECK(n >= 1 && m >= 2, "bytes_probe: n >= 1, m >= 2");
-  TORCH_CHECK(a.is_contiguous() && v.is_contiguous() && out.is_contiguous() && a.dtype() == torch::kFloat &&
-                  v.dtype() == torch::kFloat && out.dtype() == torch::kFloat && out.numel() == a.size(0) * length &&
-                  reinterpret_cast<uintptr_t>(out.data_ptr()) % 64 == 0,
-              "bytes_probe: contiguous float32, out [N, n + m - 1] 64-byte aligned");
+  for (const auto* t : {&a, &v, &out}) {
+    TORCH_CHECK(t->is_contiguous() && t->dtype() == torch::kFloat, "bytes_probe: contiguous float32 tensors");
+  }
+  TORCH_CHECK(out.numel() == a.size(0) * length && reinterpret_cast<uintptr_t>(out.data_ptr()) % 64 == 0,
+              "bytes_probe: out [N, n + m - 1], 64-byte aligned");
   const float* A = a.const_data_ptr<float>();
   const float* V = v.const_data_ptr<float>();
   float* O = out.mutable_data_ptr<float>();
+  const auto prefetch = [](const float* p, int64_t vectors) {
+    for (int64_t k = 0; k < vectors; ++k) {
+      _mm_prefetch(reinterpret_cast<const char*>(p + k * kRows), _MM_HINT_T0);
+    }
+  };
   at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const float* ab = A + b * kRows * n;
       const float* vb = V + b * kRows * m;
       float* ob = O + b * kRows * length;
       if (b + kPrefetchBlocks < blocks) {
-        for (int64_t k = 0; k < n; ++k) _mm_prefetch(reinterpret_cast<const char*>(ab + (kPrefetchBlocks * n + k) * kRows), _MM_HINT_T0);
-        for (int64_t k = 0; k < m; ++k) _mm_prefetch(reinterpret_cast<const char*>(vb + (kPrefetchBlocks * m + k) * kRows), _MM_HINT_T0);
+        prefetch(ab + kPrefetchBlocks * kRows * n, n);
+        prefetch(vb + kPrefetchBlocks * kRows * m, m);
       }
-      for (int64_t k = 0; k < n; ++k) _mm512_stream_ps(ob + k * kRows, _mm512_loadu_ps(ab + k * kRows));
-      for (int64_t k = 0; k < m - 2; ++k) _mm512_stream_ps(ob + (n + k) * kRows, _mm512_loadu_ps(vb + k * kRows));
-      _mm512_stream_ps(ob + (length - 1) * kRows,
-                       _mm512_add_ps(_mm512_loadu_ps(vb + (m - 2) * kRows), _mm512_loadu_ps(vb + (m - 1) * kRows)));
+      for (int64_t k = 0; k < n; ++k) {
+        _mm512_stream_ps(ob + k * kRows, _mm512_loadu_ps(ab + k * kRows));
+      }
+      for (int64_t k = 0; k < m - 2; ++k) {
+        _mm512_stream_ps(ob + (n + k) * kRows, _mm512_loadu_ps(vb + k * kRows));
+      }
+      const __m512 tail =
+          _mm512_add_ps(_mm512_loadu_ps(vb + (m - 2) * kRows), _mm512_loadu_ps(vb + (m - 1) * kRows));
+      _mm512_stream_ps(ob + (length - 1) * kRows, tail);
     }
     _mm_sfence();
   });

@@ -222,21 +222,22 @@ def test_every_cpu_level():
     # Each level has its own vector width, so its own choice of row kernel: a vector per row,
     # several rows packed into one vector, or the across-rows loop. 37 rows leave every packing
     # a remainder; a single v row takes the broadcast kernels.
-    previous = ops._cpu_capability()
     gen = torch.Generator().manual_seed(3)
+    cases = []
+    for n, m in itertools.product(range(1, 10), repeat=2):
+        a = torch.randn(37, n, generator=gen, dtype=torch.float64)
+        for v in (torch.randn(37, m, generator=gen, dtype=torch.float64),
+                  torch.randn(1, m, generator=gen, dtype=torch.float64)):
+            cases += [(a, v, mode, scipy_rows(a, v, mode)) for mode in MODES]
+    previous = ops._cpu_capability()
     try:
         for level in ops._cpu_capabilities():
             ops._cpu_capability(level)
-            for n, m in itertools.product(range(1, 10), repeat=2):
-                a = torch.randn(37, n, generator=gen, dtype=torch.float64)
-                for v in (torch.randn(37, m, generator=gen, dtype=torch.float64),
-                          torch.randn(1, m, generator=gen, dtype=torch.float64)):
-                    for mode in MODES:
-                        ref = columns_reference(a, v, mode)
-                        msg = lambda e: f"{level} {n}x{m} v {tuple(v.shape)} {mode}: {e}"  # noqa: E731
-                        torch.testing.assert_close(fastconv_ext.convolve(a, v, mode), ref, msg=msg)
-                        torch.testing.assert_close(fastconv_ext.convolve(a.float(), v.float(), mode).double(), ref,
-                                                   rtol=1e-5, atol=1e-5, msg=msg)
+            for a, v, mode, ref in cases:
+                msg = lambda e: f"{level} a {tuple(a.shape)} v {tuple(v.shape)} {mode}: {e}"  # noqa: E731
+                torch.testing.assert_close(fastconv_ext.convolve(a, v, mode), ref, msg=msg)
+                torch.testing.assert_close(fastconv_ext.convolve(a.float(), v.float(), mode).double(), ref,
+                                           rtol=1e-5, atol=1e-5, msg=msg)
     finally:
         ops._cpu_capability(previous)
 
