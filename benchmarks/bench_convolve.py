@@ -11,15 +11,23 @@ start, and, at N = 10^6, `probe` -- bytes_probe.cpp, a kernel that moves the
 same bytes as fastconv's streaming row kernel, the same way, with no arithmetic,
 timed in the same rounds (built on first use; needs a C++ compiler and AVX-512).
 
+At N = 10^6 every pair is also timed with each call right after an untimed call of
+itself (common.time_interleaved's after_itself): a call then pays for the dirty
+lines it leaves behind, not for those of whatever ran before it. --predecessors
+shows why it matters: the time of each call after each other one, for one pair.
+
     python benchmarks/bench_convolve.py [--both-allocators] [--out-dir DIR]
+    python benchmarks/bench_convolve.py --predecessors 9x3
 """
 
 import argparse
 import itertools
 import json
 import os
+import random
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -85,7 +93,8 @@ def unfold_einsum(a, v):
     return torch.einsum("ntk,nk->nt", windows, v.flip(-1))
 
 
-def run(N, n, m, repeats, limits, with_loop=True, probe=None):
+def candidates(N, n, m, with_loop=True, probe=None):
+    """The reference result and the candidates' calls for N random rows of n x m."""
     g = torch.Generator().manual_seed(N + n * 10 + m)
     a, v = torch.randn(N, n, generator=g), torch.randn(N, m, generator=g)
     # ref stays alive while the others are timed. With it alive, the trick runs without page
@@ -101,24 +110,73 @@ def run(N, n, m, repeats, limits, with_loop=True, probe=None):
         fns["loop"] = lambda: double_loop(a, v)
     if probe is not None and N >= PROBE_N:
         fns["probe"] = lambda: probe(a, v, got)  # writes over fastconv's result buffer
+    return ref, fns
+
+
+def run(N, n, m, repeats, limits, with_loop=True, probe=None):
+    ref, fns = candidates(N, n, m, with_loop, probe)  # noqa: F841 (ref stays alive, see above)
     t = time_interleaved(fns, repeats=repeats, min_seconds=0.1)
+    if N >= PROBE_N:
+        t.update({f"{k} after itself": val for k, val in
+                  time_interleaved(fns, repeats=repeats, min_seconds=0.1, after_itself=True).items()})
     nbytes = 4 * N * (n + m + n + m - 1)
     t["floor"] = nbytes / (limits.gbps * 1e9)
     return t
 
 
-def probe_summary(pairs):
+def predecessor_table(n, m, probe, repeats=9):
+    """Median time of each candidate (rows) right after an untimed call of each (columns), N = 10^6."""
+    ref, fns = candidates(PROBE_N, n, m, with_loop=False, probe=probe)  # noqa: F841
+    order = [(before, timed) for before in fns for timed in fns]
+    samples = {key: [] for key in order}
+    shuffle = random.Random(0)
+    for i in range(repeats):
+        progress(f"predecessors {n}x{m}: round {i + 1} of {repeats}")
+        shuffle.shuffle(order)
+        for before, timed in order:
+            fns[before]()
+            t0 = time.perf_counter()
+            fns[timed]()
+            samples[(before, timed)].append(time.perf_counter() - t0)
+    rows = [[timed] + [f"{statistics.median(samples[(before, timed)]) * 1e3:.3f}" for before in fns]
+            for timed in fns]
+    return (f"N = {PROBE_N}, {n}x{m}: ms of each call (row) right after an untimed call of each (column), "
+            f"median of {repeats}\n\n" + format_table(["timed \\ after"] + list(fns), rows))
+
+
+def speedup_lines(N, pairs, suffix=""):
+    """The smallest speedups over the trick among the pairs, timed with the keys' `suffix`."""
+    speed = {(r["n"], r["m"]): r["trick" + suffix] / r["fastconv" + suffix] for r in pairs}
+    below = sorted(speed, key=speed.get)[:5]
+    lines = [f"\nN={N}, every length pair 2..9{suffix and ', each call' + suffix}: smallest speedup over "
+             f"the trick {speed[below[0]]:.1f}x (at {below[0][0]}x{below[0][1]}); lowest five: "
+             + ", ".join(f"{n}x{m} {speed[(n, m)]:.1f}x" for n, m in below)]
+    if "probe" + suffix in pairs[0]:
+        lines.append(probe_summary(pairs, suffix))
+    return lines
+
+
+def probe_summary(pairs, suffix=""):
     """How far the trick is from the bytes probe, and fastconv from the probe."""
-    by_probe = sorted(pairs, key=lambda r: r["trick"] / r["probe"])
-    under = [r for r in by_probe if r["trick"] < 5 * r["probe"]]
-    ratio = sorted(r["fastconv"] / r["probe"] for r in pairs)
+    trick, probe, fastconv = "trick" + suffix, "probe" + suffix, "fastconv" + suffix
+    by_probe = sorted(pairs, key=lambda r: r[trick] / r[probe])
+    under = [r for r in by_probe if r[trick] < 5 * r[probe]]
+    ratio = sorted(r[fastconv] / r[probe] for r in pairs)
     text = (f"bytes probe (same bytes, no arithmetic): smallest speedup over the trick "
-            f"{by_probe[0]['trick'] / by_probe[0]['probe']:.1f}x (at {by_probe[0]['n']}x{by_probe[0]['m']}); "
+            f"{by_probe[0][trick] / by_probe[0][probe]:.1f}x (at {by_probe[0]['n']}x{by_probe[0]['m']}); "
             f"fastconv / probe time: median {statistics.median(ratio):.2f}, {ratio[0]:.2f}-{ratio[-1]:.2f}")
     if under:
         text += (f"; pairs where even the probe is under 5x the trick ({len(under)}): "
-                 + ", ".join(f"{r['n']}x{r['m']} {r['trick'] / r['probe']:.2f}x" for r in under))
+                 + ", ".join(f"{r['n']}x{r['m']} {r[trick] / r[probe]:.2f}x" for r in under))
     return text
+
+
+def length_pair(text):
+    """'9x3' -> (9, 3), for argparse."""
+    n, m = (int(x) for x in text.split("x"))
+    if n < 1 or m < 1:
+        raise ValueError(text)
+    return n, m
 
 
 def main(argv=None):
@@ -127,7 +185,12 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=None, help="write convolve_<allocator>.{md,json} here")
     parser.add_argument("--both-allocators", action="store_true",
                         help="also rerun in a child process with the tuned glibc allocator")
+    parser.add_argument("--predecessors", metavar="NxM", default=None, type=length_pair,
+                        help="only print, for that pair at N = 10^6, each call's time after each other call")
     args = parser.parse_args(argv)
+    if args.predecessors:
+        print(predecessor_table(*args.predecessors, load_bytes_probe()), flush=True)
+        return 0
     mode = allocator_mode()
     progress(f"measuring machine limits ({mode} allocator)...")
     limits = measure_machine(quick=True)
@@ -148,11 +211,13 @@ def main(argv=None):
             t = run(N, n, m, repeats=5 if N >= 10**6 else 15, limits=limits, probe=probe)
             results.append(dict(N=N, n=n, m=m, **{k: val * 1e3 for k, val in t.items()}))
             opt = {k: f"{t[k] * 1e3:.3f}" if k in t else "-" for k in ("loop", "probe")}
+            itself = (f"{t['trick after itself'] / t['fastconv after itself']:.1f}x"
+                      if "trick after itself" in t else "-")
             rows.append([str(N), f"{n}x{m}", opt["loop"], f"{t['trick'] * 1e3:.3f}", f"{t['einsum'] * 1e3:.3f}",
-                         f"{t['fastconv'] * 1e3:.3f}", f"{t['trick'] / t['fastconv']:.1f}x", opt["probe"],
-                         f"{t['floor'] * 1e3:.3f}", f"{t['fastconv'] / t['floor']:.2f}"])
-    lines.append(format_table(["N", "n x m", "loop ms", "trick ms", "einsum ms", "fastconv ms",
-                               "vs trick", "probe ms", "floor ms", "x floor"], rows))
+                         f"{t['fastconv'] * 1e3:.3f}", f"{t['trick'] / t['fastconv']:.1f}x", itself,
+                         opt["probe"], f"{t['floor'] * 1e3:.3f}", f"{t['fastconv'] / t['floor']:.2f}"])
+    lines.append(format_table(["N", "n x m", "loop ms", "trick ms", "einsum ms", "fastconv ms", "vs trick",
+                               "after itself", "probe ms", "floor ms", "x floor"], rows))
     # Every length pair 2..9: the smallest speedup over the grouped-conv trick, and the pairs
     # where the trick itself runs within 5x of the memory floor (no kernel can be 5x faster).
     for N in ([10**4] if args.quick else [5, 100, 10**4, 10**6]):
@@ -160,21 +225,15 @@ def main(argv=None):
         for n, m in itertools.product(range(2, 10), repeat=2):
             progress(f"all pairs N={N}: {n}x{m}")
             t = run(N, n, m, repeats=11 if N >= 10**6 else 3, limits=limits, with_loop=False, probe=probe)
-            pairs_out.append(dict(n=n, m=m, speedup=t["trick"] / t["fastconv"],
-                                  **{k: val * 1e3 for k, val in t.items()}))
-        worst = min(pairs_out, key=lambda r: r["speedup"])
-        below = sorted(pairs_out, key=lambda r: r["speedup"])[:5]
+            pairs_out.append(dict(n=n, m=m, **{k: val * 1e3 for k, val in t.items()}))
+        lines += speedup_lines(N, pairs_out)
         bound = [r for r in pairs_out if r["trick"] < 5 * r["floor"]]
-        lines.append(f"\nN={N}, every length pair 2..9: smallest speedup over the trick {worst['speedup']:.1f}x "
-                     f"(at {worst['n']}x{worst['m']}); lowest five: "
-                     + ", ".join(f"{r['n']}x{r['m']} {r['speedup']:.1f}x" for r in below))
         if bound:
             lines.append(f"pairs where the trick is within 5x of the memory floor ({len(bound)}): "
                          + ", ".join(f"{r['n']}x{r['m']} ({r['trick'] / r['floor']:.1f}x)" for r in bound))
-        if "probe" in pairs_out[0]:
-            lines.append(probe_summary(pairs_out))
-        results.append(dict(N=N, all_pairs_min_speedup=worst["speedup"], at=[worst["n"], worst["m"]],
-                            pairs=pairs_out))
+        if "trick after itself" in pairs_out[0]:
+            lines += speedup_lines(N, pairs_out, " after itself")
+        results.append(dict(N=N, pairs=pairs_out))
     text = "\n".join(lines)
     print(text, flush=True)
     if args.out_dir:

@@ -38,13 +38,19 @@ def rerun_with_tuned_allocator(argv: Sequence[str]) -> int:
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
-                     min_seconds: float = 0.0) -> Dict[str, float]:
+                     min_seconds: float = 0.0, after_itself: bool = False) -> Dict[str, float]:
     """Median seconds per call of each function, calls interleaved.
 
     Each round runs the functions in a new (seeded) random order, so that none always runs
     right after the same other one: a call leaves cold caches and dirty lines to whatever comes
     next (fastconv's conv1d on 1000 rows of 64 took 46 us when it always ran right after
-    F.conv1d, 35 us when it ran after a light call)."""
+    F.conv1d, 35 us when it ran after a light call).
+
+    after_itself: each timed call comes right after an untimed call of the same function, so
+    it pays its own deferred costs (the dirty lines it leaves, which whatever runs next writes
+    back) and nobody else's. Random order charges a call for its predecessor's: 10^6 rows of
+    9x3 in convolve took 1.78 ms after fastconv and 2.03 ms after the grouped conv, whose own
+    time did not change with what ran before it (bench_convolve.py, --predecessors)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -56,6 +62,8 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup:
     while n < repeats or time.perf_counter() - start < min_seconds:
         order.shuffle(names)
         for name in names:
+            if after_itself:
+                fns[name]()
             t0 = time.perf_counter()
             fns[name]()
             samples[name].append(time.perf_counter() - t0)

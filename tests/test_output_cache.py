@@ -181,3 +181,34 @@ def test_cache_works_in_a_forked_child(cache):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _transparent_huge_pages():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _transparent_huge_pages(),
+                    reason="needs Linux with transparent huge pages enabled (always or madvise)")
+def test_large_results_get_huge_pages_from_a_reused_heap(tmp_path):
+    """With glibc told to reuse memory and a heap already faulted in at 4 KiB, a result of
+    32 MiB or more still gets a fresh mapping advised onto huge pages before its first touch."""
+    code = (
+        "import re, torch, fastconv_ext\n"
+        "x = torch.empty(256 << 20, dtype=torch.uint8).fill_(1)\n"
+        "del x  # stays in the heap: MALLOC_TRIM_THRESHOLD_\n"
+        "y = fastconv_ext.convolve(torch.randn(10**6, 6), torch.randn(10**6, 6))\n"
+        "for block in re.split(r'\\n(?=[0-9a-f]+-[0-9a-f]+ )', open('/proc/self/smaps').read()):\n"
+        "    lo, hi = (int(s, 16) for s in block.split()[0].split('-'))\n"
+        "    if lo <= y.data_ptr() < hi:\n"
+        "        huge = int(re.search(r'AnonHugePages:\\s+(\\d+)', block).group(1))\n"
+        "        print(y.data_ptr() % (2 << 20), ' hg ' in block.split('VmFlags:')[1] + ' ', huge)\n")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 40), MALLOC_TRIM_THRESHOLD_=str(1 << 40))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
+    offset, advised, huge_kib = out.stdout.split()
+    assert (offset, advised) == ("0", "True")
+    assert int(huge_kib) > 0, "no huge page in the result's mapping"

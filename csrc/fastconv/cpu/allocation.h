@@ -15,9 +15,10 @@ namespace fastconv::cpu {
 // buffers that large to the kernel (mmap, or a trimmed heap top), and the
 // next one page-faults on first touch at ~0.27 ms per MiB here -- several
 // times the convolution itself, and every call of a training step pays it
-// again. A reused buffer pays nothing. Buffers of 32 MiB or more are also
-// 2 MiB-aligned and advised onto transparent huge pages, so the first use
-// faults 512 times less. Freed buffers stay cached up to a limit (512 MiB by
+// again. A reused buffer pays nothing. Buffers of 32 MiB or more are mapped
+// fresh, 2 MiB-aligned and advised onto transparent huge pages before their
+// first touch, so that they fault 512 times less and miss the TLB less on
+// every use. Freed buffers stay cached up to a limit (512 MiB by
 // default, FASTCONV_CPU_CACHE_MB to change it); beyond it the oldest go back
 // to the system.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options);
