@@ -49,7 +49,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, warmup:
     after_itself: each timed call comes right after an untimed call of the same function, so
     it pays its own deferred costs (the dirty lines it leaves, which whatever runs next writes
     back) and nobody else's. Random order charges a call for its predecessor's: 10^6 rows of
-    9x3 in convolve took 1.78 ms after fastconv and 2.03 ms after the grouped conv, whose own
+    9x3 in convolve took 1.88 ms after fastconv and 2.11 ms after the grouped conv, whose own
     time did not change with what ran before it (bench_convolve.py, --predecessors)."""
     for _ in range(warmup):
         for fn in fns.values():
