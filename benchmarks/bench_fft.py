@@ -61,8 +61,8 @@ def run_point(length, kernel, channels):
     w = torch.randn(channels, channels, kernel, generator=g)
     pad = kernel // 2
     call = {a: (lambda a=a: ops.conv1d(x, w, None, [1], [pad], [1], 1, a)) for a in ("direct", "fft", "auto")}
-    predicted_direct, predicted_fft = ops._conv1d_cost(x, w, [1], [pad], [1], 1)
-    chosen = ops._conv1d_algorithm(x, w, [1], [pad], [1], 1)
+    predicted_direct, predicted_fft, _ = ops._conv1d_cost(x, w, [1], [pad], [1], 1)
+    chosen = ops._conv_path(x, w, [1], [pad], [1], 1)
     t = median_times(dict(call, by_hand=lambda: by_hand(x, w, pad)))
     # Accuracy of the FFT path against a float64 computation of the same inputs.
     y = call["fft"]()

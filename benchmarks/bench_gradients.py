@@ -53,8 +53,8 @@ def run_shape(channels, kernel, length, batch, repeats):
         "grad_weight": lambda a: ops.conv1d_weight_backward(gy, x, kernel, [1], [pad], [1], 1, a),
     }
     row = dict(channels=channels, kernel=kernel, length=length, batch=batch,
-               auto_forward=ops._conv1d_algorithm(x, w, [1], [pad], [1], 1),
-               auto_weight=ops._conv1d_algorithm(x, w, [1], [pad], [1], 1, "auto", True))
+               auto_forward=ops._conv_path(x, w, [1], [pad], [1], 1),
+               auto_weight=ops._conv_path(x, w, [1], [pad], [1], 1, "auto", "weight"))
     for name, op in ops_by_name.items():
         times = fastest_times({a: (lambda a=a: op(a)) for a in ALGORITHMS}, repeats)
         for a in ALGORITHMS:

@@ -1,5 +1,6 @@
-"""Measures this machine's constants for conv1d's automatic choice between the direct and
-the FFT algorithm, and writes them to the profile file the operator library reads.
+"""Measures this machine's constants for conv1d's automatic choice among its paths -- fastconv's
+direct kernels, its FFT, and PyTorch's own convolution ("native") -- and writes them to the
+profile file the operator library reads.
 
     python -m fastconv_ext.calibrate [--out PATH] [--repeats N] [--passes N]
 
@@ -7,7 +8,9 @@ The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per 
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
 group, one with 16 and more, geometric in between); n log2 n per real transform (1.3x for
 lengths with factors 3 or 5), complex
-multiply-adds and bytes of spectra (fresh memory is faulted in) for the FFT path. Each constant is fitted here from timings of the
+multiply-adds and bytes of spectra (fresh memory is faulted in) for the FFT path; for PyTorch's
+kernel a fixed cost and multiply-adds at a rate from one channel pair per group to 256 and more
+(a full GEMM). Each constant is fitted here from timings of the
 operator itself with the algorithm forced, using the current thread count, by least
 squares on relative error over shapes from a few microseconds to tens of milliseconds. The profile
 goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once per
@@ -29,7 +32,8 @@ import torch
 import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
 
 ops = torch.ops.fastconv
-KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads"]
+KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads",
+        "native_small", "native_dense", "native_call"]
 TINY = 1e-30
 
 
@@ -63,7 +67,7 @@ class Case:
             lambda: ops.conv1d(self.x, self.w, None, [1], [0], [1], self.groups, algorithm), repeats)
 
     def model(self, profile: Sequence[float]) -> List[float]:
-        """[direct, fft] seconds predicted with `profile` (the model is linear in it)."""
+        """[direct, fft, native] seconds predicted with `profile` (the model is linear in it)."""
         ops._cost_profile(list(profile))
         return ops._conv1d_cost(self.x, self.w, [1], [0], [1], self.groups)
 
@@ -125,9 +129,20 @@ def calibrate(repeats: int, log=print) -> List[float]:
         terms = ("fft_nlogn", "fft_cmac", "fft_byte")
         rows = [[c.model(unit(k, threads))[1] for k in terms] for c in ffts]
         fft_nlogn, fft_cmac, fft_byte = fit_relative(rows, [max(t - fft_call, 0.1 * t) for t in t_fft])
+        # PyTorch's kernel: one channel pair per group (depthwise), then a full GEMM.
+        native_small_cases = [Case(1, 1, 1, 4096, 64), Case(4, 64, 64, 8192, 7, groups=64),
+                              Case(2, 256, 256, 4096, 31, groups=256), Case(1, 1, 1, 65536, 16)]
+        t_native_small = [c.time("native", repeats) for c in native_small_cases]
+        native_call, native_small = fit_relative(
+            [[1.0, c.model(unit("native_small", threads))[2]] for c in native_small_cases], t_native_small)
+        native_dense_cases = [Case(4, 256, 256, 1024, 3), Case(2, 512, 512, 512, 2), Case(1, 384, 384, 2048, 5)]
+        native_dense = statistics.median(
+            (c.time("native", repeats) - native_call) / c.model(unit("native_dense", threads))[2]
+            for c in native_dense_cases)
         floor = 1e-15
         values = [max(v, floor) for v in
                   (direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call)] + [threads]
+        values += [max(v, floor) for v in (native_small, native_dense, native_call)]
     finally:
         ops._cost_profile(previous)
     return values

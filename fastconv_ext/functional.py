@@ -97,14 +97,15 @@ def conv1d(
 ) -> Tensor:
     r"""1-D convolution (cross-correlation) with the semantics of :func:`torch.nn.functional.conv1d`.
 
-    Two algorithms compute it: ``'direct'`` (tiled SIMD kernels) and ``'fft'`` (ATen's FFT,
-    overlap-save for long signals, a complex matmul per frequency for channel mixing).
-    ``'auto'`` picks the one a cost model predicts faster for the shape, dtype, device and
-    thread count; its constants come from ``python -m fastconv_ext.calibrate`` (a per-machine
-    profile) or built-in defaults. A forced ``'direct'`` or ``'fft'`` holds for both
-    gradients; with ``'auto'`` the input gradient follows the forward's choice and the weight
-    gradient is chosen by its own cost (its FFT inverts ``C_out * C_in / groups`` transforms
-    as long as the sequence).
+    Three paths compute it: ``'native'`` (PyTorch's own convolution: oneDNN, cuDNN),
+    ``'direct'`` (fastconv's tiled SIMD kernels) and ``'fft'`` (ATen's FFT, overlap-save for
+    long signals, a complex matmul per frequency for channel mixing). With ``'auto'`` each
+    operator (the forward, and each gradient on its own) takes the path that autotuning
+    measured fastest for its signature when autotuning is on (:func:`fastconv_ext.set_autotune`),
+    else the one the default rules choose: a cost model whose constants come from
+    ``python -m fastconv_ext.calibrate`` (a per-machine profile) or built-in defaults, and
+    which keeps PyTorch's kernel unless fastconv's is predicted clearly faster. A forced path
+    holds for every gradient too.
 
     Args:
         input: ``(N, C_in, L)`` or unbatched ``(C_in, L)``; float32, float64, float16 or
@@ -116,7 +117,7 @@ def conv1d(
             (no padding) or ``'same'`` (output as long as the input; stride must be 1).
         dilation: positive int or 1-tuple, spacing between kernel taps.
         groups: positive int dividing both ``C_in`` and ``C_out``.
-        algorithm: ``'auto'`` (default), ``'direct'`` or ``'fft'``.
+        algorithm: ``'auto'`` (default), ``'native'``, ``'direct'`` or ``'fft'``.
 
     Returns:
         ``(N, C_out, L_out)`` (or ``(C_out, L_out)``) with
@@ -139,11 +140,16 @@ def conv2d(
     padding: Union[str, int, List[int], Tuple[int, int]] = 0,
     dilation: Union[int, List[int], Tuple[int, int]] = 1,
     groups: int = 1,
+    algorithm: str = "auto",
 ) -> Tensor:
     r"""2-D convolution (cross-correlation) with the semantics of :func:`torch.nn.functional.conv2d`.
 
-    Computed as im2col + GEMM over tiles of output rows, so the extra memory is a
-    bounded per-thread workspace rather than a full column matrix (see the README).
+    Four paths compute it: ``'native'`` (PyTorch's own convolution), ``'direct'`` (rows of
+    1-D convolutions by fastconv's SIMD kernels, for few taps per group and horizontal stride
+    1), ``'im2col'`` (im2col + GEMM over tiles of output rows, a bounded per-thread
+    workspace) and ``'shifted'`` (a GEMM per tap on staged rows, stride 1). ``'auto'``
+    chooses per operator as for :func:`conv1d`: autotuned when autotuning is on, else the
+    default rules.
 
     Args:
         input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, any memory format
@@ -156,6 +162,8 @@ def conv2d(
             dimension, or ``'valid'`` or ``'same'`` (stride must be 1).
         dilation: positive int or pair.
         groups: positive int dividing both ``C_in`` and ``C_out``.
+        algorithm: ``'auto'`` (default), ``'native'``, ``'direct'``, ``'im2col'`` or
+            ``'shifted'``; a forced path that cannot run the arguments raises, saying why.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` (or unbatched), contiguous, with
@@ -168,7 +176,7 @@ def conv2d(
     stride_ = _tuple(stride, 2, "stride", "conv2d")
     dilation_ = _tuple(dilation, 2, "dilation", "conv2d")
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv2d")
-    return torch.ops.fastconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
+    return torch.ops.fastconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
 
 
 def convolve(a: Tensor, v: Tensor, mode: str = "full") -> Tensor:

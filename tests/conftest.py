@@ -2,13 +2,18 @@ import io
 import os
 import random
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 import pytest
 import torch
 
-import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
+# The autotuning cache of this test run, never the user's (read at the first tuned call).
+os.environ["FASTCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+os.environ.pop("FASTCONV_AUTOTUNE", None)
+
+import fastconv_ext  # noqa: E402,F401  (registers torch.ops.fastconv)
 
 
 def cuda_kernels_built() -> bool:

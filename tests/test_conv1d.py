@@ -1,5 +1,7 @@
 """fastconv.conv1d against torch.nn.functional.conv1d: forward and every gradient."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,15 +217,18 @@ def test_argument_forms_match_torch():
     torch.testing.assert_close(fastconv_ext.conv1d(x, w, b, 2, 1, 2, 1), F.conv1d(x, w, b, 2, 1, 2, 1))
 
 
-def test_result_independent_of_thread_count():
+@pytest.mark.parametrize("algorithm", ["direct", "fft"])
+def test_result_independent_of_thread_count(algorithm):
+    # Each path's result; which path runs may depend on the thread count.
     case = Conv1dCase(4, 8, 8, 3000, 7, padding=3)
+    conv = functools.partial(fastconv_ext.conv1d, algorithm=algorithm)
     x, w, b = case.tensors(dtype=torch.float32, requires_grad=True)
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, max(2, threads)):
             torch.set_num_threads(n)
-            y, grads = forward_and_grads(fastconv_ext.conv1d, case, x, w, b)
+            y, grads = forward_and_grads(conv, case, x, w, b)
             results.append((y, grads))
     finally:
         torch.set_num_threads(threads)

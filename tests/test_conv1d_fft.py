@@ -112,24 +112,46 @@ def restore_profile():
     ops._cost_profile(saved)
 
 
+NATIVE = slice(8, 11)  # the native_* entries of a cost profile
+
+
+def path(x, w, groups=1, algorithm="auto", op="forward"):
+    return ops._conv_path(x, w, [1], [0], [1], groups, algorithm, op)
+
+
+def with_costs(profile, direct=None, fft=None, native=None):
+    """The profile with the direct (0:3), FFT (3:7) or native (8:11) terms replaced by `value`."""
+    out = list(profile)
+    for value, part in ((direct, slice(0, 3)), (fft, slice(3, 7)), (native, NATIVE)):
+        if value is not None:
+            out[part] = [value] * (part.stop - part.start)
+    return out
+
+
 def test_auto_choice_follows_the_profile_deterministically(restore_profile):
     long_kernel = (torch.randn(1, 1, 1 << 16), torch.randn(1, 1, 2048))
     short_kernel = (torch.randn(4, 16, 4096), torch.randn(16, 1, 3))
-    # The built-in / measured profile: long kernels go to the FFT, short ones stay direct.
-    assert ops._conv1d_algorithm(*long_kernel) == "fft"
-    assert ops._conv1d_algorithm(*short_kernel, groups=16) == "direct"
-    choices = {ops._conv1d_algorithm(*long_kernel) for _ in range(20)}
+    # The built-in / measured profile: long kernels go to the FFT, short depthwise ones stay direct.
+    assert path(*long_kernel) == "fft"
+    assert path(*short_kernel, groups=16) == "direct"
+    choices = {path(*long_kernel) for _ in range(20)}
     assert choices == {"fft"}
-    # A profile where the FFT is absurdly expensive never picks it, and the reverse.
+    # A profile where the FFT is absurdly expensive never picks it, and the reverse; the same for
+    # PyTorch's kernel.
     profile = ops._cost_profile()
-    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0, 1.0] + profile[7:])
-    assert ops._conv1d_algorithm(*long_kernel) == "direct"
-    ops._cost_profile([1.0, 1.0, 1.0] + profile[3:])
-    assert ops._conv1d_algorithm(*short_kernel, groups=16) == "fft"
-    # Forced algorithms ignore the profile; the cost op reports both predictions.
-    assert ops._conv1d_algorithm(*short_kernel, groups=16, algorithm="direct") == "direct"
-    direct, fft = ops._conv1d_cost(*long_kernel)
-    assert direct > 0 and fft > 0
+    ops._cost_profile(with_costs(profile, fft=1.0, native=1.0))
+    assert path(*long_kernel) == "direct"
+    ops._cost_profile(with_costs(profile, direct=1.0, native=1.0))
+    assert path(*short_kernel, groups=16) == "fft"
+    ops._cost_profile(with_costs(profile, direct=1.0, fft=1.0))
+    assert path(*short_kernel, groups=16) == "native"
+    ops._cost_profile(with_costs(profile, native=1.0))
+    assert path(*short_kernel, groups=16) == "direct"
+    # Forced paths ignore the profile; the cost op reports the three predictions.
+    assert path(*short_kernel, groups=16, algorithm="direct") == "direct"
+    assert path(*short_kernel, groups=16, algorithm="native") == "native"
+    direct, fft, native = ops._conv1d_cost(*long_kernel)
+    assert direct > 0 and fft > 0 and native > 0
 
 
 @pytest.mark.parametrize("case", [
@@ -145,10 +167,10 @@ def test_weight_gradient_by_either_correlation(case, restore_profile):
     args = ([case.stride], [case.padding], [case.dilation], case.groups)
     # A profile where the FFT costs nothing picks it for the weight gradient too, and the reverse.
     profile = ops._cost_profile()
-    ops._cost_profile([1.0, 1.0, 1.0] + profile[3:])
-    assert ops._conv1d_algorithm(x, w, *args, weight_gradient=True) == "fft"
-    ops._cost_profile(profile[:3] + [1.0, 1.0, 1.0, 1.0] + profile[7:])
-    assert ops._conv1d_algorithm(x, w, *args, weight_gradient=True) == "direct"
+    ops._cost_profile(with_costs(profile, direct=1.0, native=1.0))
+    assert ops._conv_path(x, w, *args, "auto", "weight") == "fft"
+    ops._cost_profile(with_costs(profile, fft=1.0, native=1.0))
+    assert ops._conv_path(x, w, *args, "auto", "weight") == "direct"
     gy = torch.randn(F.conv1d(x, w, **case.args()).shape, dtype=torch.float64)
     got = {a: ops.conv1d_weight_backward(gy, x, case.kernel_size, *args, a) for a in ("direct", "fft")}
     torch.testing.assert_close(got["fft"], got["direct"])
@@ -167,8 +189,8 @@ def test_profile_file_is_read_and_bad_values_rejected(tmp_path):
     values = eval(out)
     assert values[0] == 1e-9 and values[1] == 2e-9 and values[6] == 0.5 and values[7] == 4
     with pytest.raises(RuntimeError, match=r"cost profile values must be positive"):
-        ops._cost_profile([1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-    with pytest.raises(RuntimeError, match=r"a cost profile has 8 values"):
+        ops._cost_profile([1.0, -1.0] + [1.0] * 9)
+    with pytest.raises(RuntimeError, match=r"a cost profile has 11 values"):
         ops._cost_profile([1.0])
 
 
@@ -180,21 +202,23 @@ def test_calibrate_writes_a_profile(tmp_path, restore_profile):
     lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
     keys = [k for k, _ in lines]
     assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call",
-                    "threads"]
+                    "threads", "native_small", "native_dense", "native_call"]
     assert all(float(v) > 0 for _, v in lines)
 
 
 def test_bad_algorithm_raises():
     x, w = torch.randn(1, 1, 8), torch.randn(1, 1, 3)
-    with pytest.raises(RuntimeError, match=r"algorithm must be 'auto', 'direct' or 'fft', but got 'fast'"):
+    with pytest.raises(RuntimeError, match=r"algorithm must be 'auto', 'native', 'direct' or 'fft', but got 'fast'"):
         fastconv_ext.conv1d(x, w, algorithm="fast")
     with pytest.raises(RuntimeError, match=r"conv1d_input_backward: algorithm must be"):
         ops.conv1d_input_backward(torch.randn(1, 1, 6), w, 8, [1], [0], [1], 1, "x")
-    with pytest.raises(ValueError, match=r"algorithm must be 'auto', 'direct' or 'fft'"):
+    with pytest.raises(RuntimeError, match=r"conv1d_weight_backward: algorithm must be"):
+        ops.conv1d_weight_backward(torch.randn(1, 1, 6), x, 3, [1], [0], [1], 1, "im2col")
+    with pytest.raises(ValueError, match=r"algorithm must be one of \['auto', 'native', 'direct', 'fft'\]"):
         fastconv_ext.Conv1d(1, 1, 3, algorithm="slow")
 
 
-@pytest.mark.parametrize("algorithm", ["fft", "direct"])
+@pytest.mark.parametrize("algorithm", ["fft", "direct", "native", "auto"])
 def test_opcheck_with_forced_algorithm(algorithm, device):
     case = Conv1dCase(2, 4, 6, 40, 7, stride=2, padding=3, dilation=2, groups=2)
     x, w, b = case.tensors(device=device, requires_grad=True)

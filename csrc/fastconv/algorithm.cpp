@@ -28,17 +28,18 @@ namespace {
 constexpr CostProfile kDefaultCpuProfile{
     /*direct_small=*/1.64e-11, /*direct_dense=*/9.96e-12, /*direct_call=*/1.32e-5,
     /*fft_nlogn=*/1.27e-10,    /*fft_cmac=*/4.88e-11,   /*fft_byte=*/1e-15, /*fft_call=*/5.73e-5,
-    /*threads=*/2};
+    /*threads=*/2, /*native_small=*/1e-10, /*native_dense=*/5e-12, /*native_call=*/1e-5};
 
 // No GPU has measured these: cuFFT against the tiled direct kernels,
 // as rough rates of an H100-class device.
 constexpr CostProfile kCudaProfile{
     /*direct_small=*/2e-13, /*direct_dense=*/1e-13, /*direct_call=*/1e-5,
     /*fft_nlogn=*/2e-12,    /*fft_cmac=*/1e-12,     /*fft_byte=*/5e-13, /*fft_call=*/4e-5,
-    /*threads=*/1};
+    /*threads=*/1, /*native_small=*/1e-13, /*native_dense=*/2e-14, /*native_call=*/1e-5};
 
 const char* kKeys[] = {"direct_small", "direct_dense", "direct_call", "fft_nlogn",
-                       "fft_cmac",     "fft_byte",     "fft_call",    "threads"};
+                       "fft_cmac",     "fft_byte",     "fft_call",    "threads",
+                       "native_small", "native_dense", "native_call"};
 constexpr size_t kNumKeys = sizeof(kKeys) / sizeof(kKeys[0]);
 
 std::mutex profile_mutex;
@@ -72,17 +73,19 @@ double interpolate_direct_rate(const CostProfile& p, int64_t pairs) {
 }  // namespace
 
 std::vector<double> CostProfile::to_vector() const {
-  return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call, threads};
+  return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac,     fft_byte,
+          fft_call,     threads,      native_small, native_dense, native_call};
 }
 
 CostProfile CostProfile::from_vector(const std::vector<double>& v) {
   TORCH_CHECK(v.size() == kNumKeys, "fastconv: a cost profile has ", kNumKeys, " values (",
-              "direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call, threads), but got ",
+              "direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac, fft_byte, fft_call, threads, ",
+              "native_small, native_dense, native_call), but got ",
               v.size());
   for (double x : v) {
     TORCH_CHECK(std::isfinite(x) && x > 0, "fastconv: cost profile values must be positive, but got ", x);
   }
-  return CostProfile{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+  return CostProfile{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
 }
 
 std::string cpu_profile_path() {
@@ -137,36 +140,20 @@ double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
       (transforms * fft::transform_cost(plan.size) * p.fft_nlogn + cmacs * p.fft_cmac) * p.threads / threads;
 }
 
+double native_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
+  const double macs = double(d.batch) * d.out_channels * d.out_length * d.in_channels_per_group() *
+      d.kernel_size;
+  // Geometric from one channel pair per group to 256 (a GEMM wide enough to
+  // run at its peak).
+  const double pairs = double(std::max<int64_t>(d.in_channels_per_group() * d.out_channels_per_group(), 1));
+  const double t = std::clamp(std::log2(pairs) / 8.0, 0.0, 1.0);
+  const double rate = p.native_small * std::pow(p.native_dense / p.native_small, t);
+  return p.native_call + macs * rate * p.threads / threads;
+}
+
 std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device) {
   if (device == c10::DeviceType::CUDA) return {kCudaProfile, 1};
   return {cpu_cost_profile(), at::get_num_threads()};
-}
-
-namespace {
-
-// `algorithm` if it names one, else the faster by the model: the direct
-// kernels on direct_dims, the FFT on fft_dims.
-Conv1dAlgorithm choose(c10::string_view algorithm, c10::DeviceType device, const Conv1dIntDims& direct_dims,
-                       const Conv1dIntDims& fft_dims) {
-  if (algorithm == "direct") return Conv1dAlgorithm::kDirect;
-  if (algorithm == "fft") return Conv1dAlgorithm::kFft;
-  const auto [p, threads] = cost_profile_for(device);
-  return fft_seconds(fft_dims, p, threads) < direct_seconds(direct_dims, p, threads) ? Conv1dAlgorithm::kFft
-                                                                                     : Conv1dAlgorithm::kDirect;
-}
-
-}  // namespace
-
-Conv1dAlgorithm choose_conv1d_algorithm(
-    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
-  return choose(algorithm, device, d, d);
-}
-
-Conv1dAlgorithm choose_conv1d_weight_algorithm(
-    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device) {
-  if (d.out_length <= 0 || d.batch == 0) return choose_conv1d_algorithm(d, algorithm, device);
-  return choose(algorithm, device, d,
-                fft::weight_gradient_by_whole_correlation(d) ? fft::weight_gradient_correlation(d) : d);
 }
 
 }  // namespace fastconv

@@ -1,5 +1,5 @@
-// The choice between direct and FFT conv1d: a cost model whose constants are
-// measured on the machine (python -m fastconv_ext.calibrate writes them to a
+// The cost model of conv1d's paths (direct, FFT and PyTorch's own kernel),
+// which path.cpp's default rules weigh: constants measured on the machine (python -m fastconv_ext.calibrate writes them to a
 // profile file, read once per process), with built-in defaults otherwise.
 #pragma once
 
@@ -14,8 +14,6 @@
 
 namespace fastconv {
 
-enum class Conv1dAlgorithm { kDirect, kFft };
-
 // Seconds = fixed cost + work / rate, for each algorithm. Per-thread-count:
 // work terms were measured with `threads` threads and scale inversely.
 struct CostProfile {
@@ -27,6 +25,9 @@ struct CostProfile {
   double fft_byte;      // seconds per byte of spectra and results written (fresh memory)
   double fft_call;      // seconds per call
   double threads;       // thread count the work terms were measured with
+  double native_small;  // PyTorch's kernel: seconds per multiply-add, one channel pair per group
+  double native_dense;  // the same from 256 channel pairs per group (a full GEMM)
+  double native_call;   // seconds per call
 
   std::vector<double> to_vector() const;
   static CostProfile from_vector(const std::vector<double>& v);
@@ -44,20 +45,6 @@ std::pair<CostProfile, int> cost_profile_for(c10::DeviceType device);
 // Predicted seconds of the forward convolution on `device` with each algorithm.
 double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
 double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
-
-// The algorithm `algorithm` names, or the one the model predicts faster for
-// "auto": for the forward, and for grad_input, which does the same work on
-// the same sizes.
-Conv1dAlgorithm choose_conv1d_algorithm(
-    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device);
-
-// The same for the weight gradient, whose FFT is one of two correlations
-// (fft_conv1d.h), the cheaper for the sizes: by segments of the forward's
-// sizes, or the input with the whole of grad_output, whose C_out x C_in /
-// groups inverse transforms as long as the sequence made it 10x slower than
-// the direct kernels where the forward's FFT was the faster (64 x 64
-// channels, K = 9, L = 4096: 74 ms against 7).
-Conv1dAlgorithm choose_conv1d_weight_algorithm(
-    const Conv1dIntDims& d, c10::string_view algorithm, c10::DeviceType device);
+double native_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads);
 
 }  // namespace fastconv

@@ -8,11 +8,33 @@
 #include <string>
 
 #include "fastconv/algorithm.h"
+#include "fastconv/autotune.h"
+#include "fastconv/path.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
+namespace {
+
+// The ConvCall of one operator of the family of `weight`'s dimensions, for a
+// forward call with these arguments.
+ConvCall introspected_call(const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+                           c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, const c10::SymInt& groups,
+                           c10::string_view algorithm, c10::string_view op) {
+  TORCH_CHECK(op == "forward" || op == "input" || op == "weight",
+              "fastconv._conv_path: op must be 'forward', 'input' or 'weight', but got '", std::string(op), "'");
+  const ConvOp kind = op == "forward" ? ConvOp::kForward : op == "input" ? ConvOp::kInput : ConvOp::kWeight;
+  if (weight.dim() == 3) {
+    return make_call(kind, concrete(check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups,
+                                                 algorithm)),
+                     input);
+  }
+  return make_call(
+      kind, concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm)), input);
+}
+
+}  // namespace
 
 TORCH_LIBRARY(fastconv, m) {
   m.def(
@@ -35,15 +57,15 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias=None, "
       "SymInt[2] stride=1, SymInt[2] padding=0, SymInt[2] dilation=1, "
-      "SymInt groups=1) -> Tensor");
+      "SymInt groups=1, str algorithm=\"auto\") -> Tensor");
   m.def(
       "conv2d_input_backward(Tensor grad_output, Tensor weight, "
       "SymInt[2] input_size, SymInt[2] stride, SymInt[2] padding, "
-      "SymInt[2] dilation, SymInt groups) -> Tensor");
+      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
   m.def(
       "conv2d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, "
-      "SymInt[2] dilation, SymInt groups) -> Tensor");
+      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
   m.def("convolve(Tensor a, Tensor v, str mode=\"full\") -> Tensor");
   // out[..., t] = full[..., t + offset] for t < length, zero outside the full
   // convolution: every mode of convolve, and both of its gradients.
@@ -58,24 +80,38 @@ TORCH_LIBRARY(fastconv, m) {
         return capability ? cpu::set_capability(*capability)
                           : std::string(cpu::kernels().name);
       });
-  // The algorithm conv1d (and grad_input) would run for these arguments, or
-  // its weight gradient with weight_gradient=True.
+  // The path an operator of the conv1d or conv2d family would run for a
+  // forward call with these arguments (op: "forward", "input" for its
+  // grad_input, "weight" for its grad_weight): the forced one, a tuned one
+  // in the autotuning cache, else the default rule's. Times nothing.
   m.def(
-      "_conv1d_algorithm(Tensor input, Tensor weight, SymInt[1] stride=1, "
-      "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1, "
-      "str algorithm=\"auto\", bool weight_gradient=False) -> str",
+      "_conv_path(Tensor input, Tensor weight, SymInt[] stride, SymInt[] padding, "
+      "SymInt[] dilation, SymInt groups=1, str algorithm=\"auto\", str op=\"forward\") -> str",
       [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
          c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
-         c10::string_view algorithm, bool weight_gradient) -> std::string {
-        const auto d = concrete(
-            check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm));
-        const auto device = input.device().type();
-        const auto choice = weight_gradient ? choose_conv1d_weight_algorithm(d, algorithm, device)
-                                            : choose_conv1d_algorithm(d, algorithm, device);
-        return choice == Conv1dAlgorithm::kFft ? "fft" : "direct";
+         c10::string_view algorithm, c10::string_view op) -> std::string {
+        return path_name(peek_path(introspected_call(input, weight, stride, padding, dilation, groups, algorithm, op),
+                                   algorithm));
+      });
+  // The values `algorithm` takes for an operator of `dims` spatial dimensions.
+  m.def("_algorithms(int dims) -> str[]", [](int64_t dims) {
+    TORCH_CHECK(dims == 1 || dims == 2, "fastconv._algorithms: dims must be 1 or 2, but got ", dims);
+    return algorithm_names(int(dims));
+  });
+  // The paths that can run that call, native first.
+  m.def(
+      "_conv_candidates(Tensor input, Tensor weight, SymInt[] stride, SymInt[] padding, "
+      "SymInt[] dilation, SymInt groups=1, str op=\"forward\") -> str[]",
+      [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+         c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups, c10::string_view op) {
+        std::vector<std::string> out;
+        for (Path p : candidates(introspected_call(input, weight, stride, padding, dilation, groups, "auto", op))) {
+          out.emplace_back(path_name(p));
+        }
+        return out;
       });
   // The cost model's predicted seconds of conv1d for these arguments:
-  // [direct, fft], with the profile in use for the input's device.
+  // [direct, fft, native], with the profile in use for the input's device.
   m.def(
       "_conv1d_cost(Tensor input, Tensor weight, SymInt[1] stride=1, "
       "SymInt[1] padding=0, SymInt[1] dilation=1, SymInt groups=1) -> float[]",
@@ -84,8 +120,22 @@ TORCH_LIBRARY(fastconv, m) {
         const auto d = concrete(
             check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, "auto"));
         const auto [profile, threads] = cost_profile_for(input.device().type());
-        return std::vector<double>{direct_seconds(d, profile, threads), fft_seconds(d, profile, threads)};
+        return std::vector<double>{direct_seconds(d, profile, threads), fft_seconds(d, profile, threads),
+                                   native_seconds(d, profile, threads)};
       });
+  // Autotuning (autotune.h): switch it on or off when `on` is given; returns
+  // whether it is on.
+  m.def("_autotune(bool? on=None) -> bool", [](std::optional<bool> on) {
+    if (on) autotune::set_enabled(*on);
+    return autotune::enabled();
+  });
+  // The autotuning cache: (file, fingerprint, [entries, hits, misses], tuning seconds).
+  m.def("_autotune_info() -> (str, str, int[], float)", [] {
+    const auto i = autotune::info();
+    return std::make_tuple(i.file, i.fingerprint, std::vector<int64_t>{i.entries, i.hits, i.misses},
+                           i.tuning_seconds);
+  });
+  m.def("_autotune_clear(bool file=False) -> ()", [](bool file) { autotune::clear(file); });
   // The CPU cost model's constants (see algorithm.h), after replacing them
   // with `values` when given. For calibration and tests.
   m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {
@@ -172,11 +222,12 @@ at::Tensor conv2d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv2d", "")
                        .typed<decltype(conv2d)>();
-  return op.call(input, weight, bias, stride, padding, dilation, groups);
+  return op.call(input, weight, bias, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv2d_input_backward(
@@ -186,12 +237,13 @@ at::Tensor conv2d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv2d_input_backward", "")
                        .typed<decltype(conv2d_input_backward)>();
   return op.call(
-      grad_output, weight, input_size, stride, padding, dilation, groups);
+      grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv2d_weight_backward(
@@ -201,12 +253,13 @@ at::Tensor conv2d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastconv::conv2d_weight_backward", "")
                        .typed<decltype(conv2d_weight_backward)>();
   return op.call(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view mode) {

@@ -22,7 +22,8 @@ namespace detail {
 }  // namespace detail
 
 // Same semantics as torch::nn::functional::conv1d / at::conv1d. algorithm:
-// "direct", "fft", or "auto" (the one the cost model predicts faster).
+// "auto" (path selection, path.h), or a path: "native" (PyTorch's own
+// convolution), "direct" or "fft". The gradient operators take the same.
 at::Tensor conv1d(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -67,7 +68,8 @@ std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
     c10::SymInt groups,
     c10::string_view algorithm = "auto");
 
-// Same semantics as torch::nn::functional::conv2d / at::conv2d.
+// Same semantics as torch::nn::functional::conv2d / at::conv2d. algorithm:
+// "auto", or a path: "native", "direct", "im2col" or "shifted".
 at::Tensor conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -75,7 +77,8 @@ at::Tensor conv2d(
     c10::SymIntArrayRef stride = {c10::SymInt(1), c10::SymInt(1)},
     c10::SymIntArrayRef padding = {c10::SymInt(0), c10::SymInt(0)},
     c10::SymIntArrayRef dilation = {c10::SymInt(1), c10::SymInt(1)},
-    c10::SymInt groups = 1);
+    c10::SymInt groups = 1,
+    c10::string_view algorithm = "auto");
 
 // Gradient of conv2d with respect to its input; input_size is (H, W).
 at::Tensor conv2d_input_backward(
@@ -85,7 +88,8 @@ at::Tensor conv2d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups);
+    c10::SymInt groups,
+    c10::string_view algorithm = "auto");
 
 // Gradient of conv2d with respect to its weight; kernel_size is (KH, KW).
 at::Tensor conv2d_weight_backward(
@@ -95,7 +99,8 @@ at::Tensor conv2d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups);
+    c10::SymInt groups,
+    c10::string_view algorithm = "auto");
 
 // True convolution of the rows (last dimension) of a and v, leading
 // dimensions broadcast; mode "full", "same" or "valid" as scipy.signal.convolve.

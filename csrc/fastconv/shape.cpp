@@ -280,11 +280,6 @@ std::vector<c10::SymInt> signal_shape(
 
 }  // namespace
 
-void check_algorithm(const char* op, c10::string_view algorithm) {
-  TORCH_CHECK(
-      algorithm == "auto" || algorithm == "direct" || algorithm == "fft", op,
-      ": algorithm must be 'auto', 'direct' or 'fft', but got '", std::string(algorithm), "'");
-}
 
 std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape) {
   std::vector<int64_t> out;
@@ -323,7 +318,7 @@ Conv1dSymDims check_conv1d(
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups,
     c10::string_view algorithm) {
-  check_algorithm("fastconv.conv1d", algorithm);
+  check_algorithm("fastconv.conv1d", algorithm, 1);
   return as_conv1d(check_conv<1>(
       "fastconv.conv1d", input, weight, bias, stride, padding, dilation, groups));
 }
@@ -337,7 +332,7 @@ Conv1dSymDims check_conv1d_input_backward(
     c10::SymIntArrayRef dilation,
     const c10::SymInt& groups,
     c10::string_view algorithm) {
-  check_algorithm("fastconv.conv1d_input_backward", algorithm);
+  check_algorithm("fastconv.conv1d_input_backward", algorithm, 1);
   return as_conv1d(check_conv_input_backward<1>(
       "fastconv.conv1d_input_backward", grad_output, weight, {input_length},
       stride, padding, dilation, groups));
@@ -353,7 +348,7 @@ Conv1dSymDims check_conv1d_weight_backward(
     const c10::SymInt& groups,
     c10::string_view algorithm,
     const char* op) {
-  check_algorithm(op, algorithm);
+  check_algorithm(op, algorithm, 1);
   return as_conv1d(check_conv_weight_backward<1>(
       op, grad_output, input, {kernel_size}, stride, padding, dilation, groups));
 }
@@ -396,7 +391,9 @@ Conv2dSymDims check_conv2d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
+  check_algorithm("fastconv.conv2d", algorithm, 2);
   return check_conv<2>(
       "fastconv.conv2d", input, weight, bias, stride, padding, dilation, groups);
 }
@@ -408,8 +405,10 @@ Conv2dSymDims check_conv2d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
   constexpr const char* op = "fastconv.conv2d_input_backward";
+  check_algorithm(op, algorithm, 2);
   return check_conv_input_backward<2>(
       op, grad_output, weight, spatial<2>(op, "input_size", input_size), stride,
       padding, dilation, groups);
@@ -422,8 +421,10 @@ Conv2dSymDims check_conv2d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups) {
+    const c10::SymInt& groups,
+    c10::string_view algorithm) {
   constexpr const char* op = "fastconv.conv2d_weight_backward";
+  check_algorithm(op, algorithm, 2);
   return check_conv_weight_backward<2>(
       op, grad_output, input, spatial<2>(op, "kernel_size", kernel_size),
       stride, padding, dilation, groups);

@@ -74,8 +74,9 @@ std::vector<c10::SymInt> conv1d_input_shape(const Conv1dSymDims& d);
 // Weight shape, (C_out, C_in / groups, K).
 std::vector<c10::SymInt> conv1d_weight_shape(const Conv1dSymDims& d);
 
-// algorithm: "auto", "direct" or "fft"; anything else raises, naming the op.
-void check_algorithm(const char* op, c10::string_view algorithm);
+// algorithm: "auto" or a path name of an N-d operator (path.h); anything
+// else raises, naming the op and the allowed values. Defined in path.cpp.
+void check_algorithm(const char* op, c10::string_view algorithm, int dims);
 
 // fastconv::conv1d(input, weight, bias, ...).
 Conv1dSymDims check_conv1d(
@@ -130,7 +131,8 @@ Conv2dSymDims check_conv2d(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 Conv2dSymDims check_conv2d_input_backward(
     const at::Tensor& grad_output,
@@ -139,7 +141,8 @@ Conv2dSymDims check_conv2d_input_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 Conv2dSymDims check_conv2d_weight_backward(
     const at::Tensor& grad_output,
@@ -148,7 +151,8 @@ Conv2dSymDims check_conv2d_weight_backward(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    const c10::SymInt& groups);
+    const c10::SymInt& groups,
+    c10::string_view algorithm);
 
 // ---- convolve: true convolution of the rows (last dimension) of a and v,
 // leading dimensions broadcast; a window of the full result.

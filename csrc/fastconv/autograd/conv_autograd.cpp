@@ -11,8 +11,8 @@
 //   (gw, gb) = weight_bias_backward(gy, x)
 //                                   d(gy) = conv(x, g_w) + g_b,  dx = input_backward(gy, g_w)
 // One template serves both families; Ops names the family's operators. A
-// conv1d algorithm chosen by the caller ("direct", "fft") applies to every
-// derivative too.
+// path forced by the caller (algorithm="native", "direct", ...) applies to
+// every derivative too; with "auto" each operator chooses its own.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -22,6 +22,8 @@
 #include "fastconv/autograd/record.h"
 #include "fastconv/bias_grad.h"
 #include "fastconv/ops.h"
+#include "fastconv/path.h"
+#include "fastconv/shape.h"
 
 namespace fastconv {
 namespace {
@@ -34,7 +36,7 @@ struct HyperParams {
   std::vector<c10::SymInt> padding;
   std::vector<c10::SymInt> dilation;
   c10::SymInt groups;
-  std::string algorithm;  // conv1d only
+  std::string algorithm;
 };
 
 HyperParams make_hyper_params(
@@ -82,6 +84,13 @@ struct Conv1dOps {
     return conv1d_weight_bias_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
   }
   static Size size_of(const at::Tensor& t) { return t.sym_size(-1); }
+  // Every conv1d path runs every gradient.
+  static const HyperParams& for_input(const HyperParams& p, const at::Tensor&, const at::Tensor&, const Size&) {
+    return p;
+  }
+  static const HyperParams& for_weight(const HyperParams& p, const at::Tensor&, const at::Tensor&, const Size&) {
+    return p;
+  }
 };
 
 struct Conv2dOps {
@@ -89,15 +98,32 @@ struct Conv2dOps {
   static constexpr int64_t kDims = 2;
   static at::Tensor forward(const at::Tensor& x, const at::Tensor& w,
                             const std::optional<at::Tensor>& b, const HyperParams& p) {
-    return conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups);
+    return conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
   }
   static at::Tensor input_backward(const at::Tensor& gy, const at::Tensor& w, const Size& size,
                                    const HyperParams& p) {
-    return conv2d_input_backward(gy, w, size, p.stride, p.padding, p.dilation, p.groups);
+    return conv2d_input_backward(gy, w, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
   }
   static at::Tensor weight_backward(const at::Tensor& gy, const at::Tensor& x, const Size& size,
                                     const HyperParams& p) {
-    return conv2d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups);
+    return conv2d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm);
+  }
+  // A forced path runs each gradient it can run (path.h).
+  static HyperParams for_input(const HyperParams& p, const at::Tensor& gy, const at::Tensor& w, const Size& size) {
+    HyperParams out = p;
+    out.algorithm = conv2d_derivative_algorithm(
+        ConvOp::kInput,
+        check_conv2d_input_backward(gy, w, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm), gy,
+        p.algorithm);
+    return out;
+  }
+  static HyperParams for_weight(const HyperParams& p, const at::Tensor& gy, const at::Tensor& x, const Size& size) {
+    HyperParams out = p;
+    out.algorithm = conv2d_derivative_algorithm(
+        ConvOp::kWeight,
+        check_conv2d_weight_backward(gy, x, size, p.stride, p.padding, p.dilation, p.groups, p.algorithm), x,
+        p.algorithm);
+    return out;
   }
   static std::tuple<at::Tensor, at::Tensor> weight_bias_backward(
       const at::Tensor& gy, const at::Tensor& x, const Size& size, const HyperParams& p) {
@@ -135,13 +161,15 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor grad_input, grad_weight, grad_bias;
     if (ctx->needs_input_grad(0)) {
-      grad_input = Ops::input_backward(grad, weight, Ops::size_of(input), p);
+      grad_input = Ops::input_backward(grad, weight, Ops::size_of(input),
+                                       Ops::for_input(p, grad, weight, Ops::size_of(input)));
     }
     const bool bias_wanted = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    const auto& p_weight = Ops::for_weight(p, grad, input, Ops::size_of(weight));
     if (ctx->needs_input_grad(1) && bias_wanted) {
-      std::tie(grad_weight, grad_bias) = Ops::weight_bias_backward(grad, input, Ops::size_of(weight), p);
+      std::tie(grad_weight, grad_bias) = Ops::weight_bias_backward(grad, input, Ops::size_of(weight), p_weight);
     } else if (ctx->needs_input_grad(1)) {
-      grad_weight = Ops::weight_backward(grad, input, Ops::size_of(weight), p);
+      grad_weight = Ops::weight_backward(grad, input, Ops::size_of(weight), p_weight);
     } else if (bias_wanted) {
       grad_bias = conv_bias_grad(grad, Ops::kDims);
     }
@@ -178,7 +206,8 @@ class InputBackwardFunction
       d_grad_output = Ops::forward(g, weight, std::nullopt, p);
     }
     if (ctx->needs_input_grad(1)) {
-      d_weight = Ops::weight_backward(grad_output, g, Ops::size_of(weight), p);
+      d_weight = Ops::weight_backward(grad_output, g, Ops::size_of(weight),
+                                      Ops::for_weight(p, grad_output, g, Ops::size_of(weight)));
     }
     return {d_grad_output, d_weight, at::Tensor(), at::Tensor()};
   }
@@ -213,7 +242,8 @@ class WeightBackwardFunction
       d_grad_output = Ops::forward(input, g, std::nullopt, p);
     }
     if (ctx->needs_input_grad(1)) {
-      d_input = Ops::input_backward(grad_output, g, Ops::size_of(input), p);
+      d_input = Ops::input_backward(grad_output, g, Ops::size_of(input),
+                                    Ops::for_input(p, grad_output, g, Ops::size_of(input)));
     }
     return {d_grad_output, d_input, at::Tensor(), at::Tensor()};
   }
@@ -301,28 +331,28 @@ std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward_autograd(
 at::Tensor conv2d_autograd(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups, c10::string_view algorithm) {
   return apply_or_compute<ConvFunction<Conv2dOps>>(
       {input, weight, bias.value_or(at::Tensor())}, input, weight, bias,
-      make_hyper_params(stride, padding, dilation, groups));
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 at::Tensor conv2d_input_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& weight, c10::SymIntArrayRef input_size,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups, c10::string_view algorithm) {
   return apply_or_compute<InputBackwardFunction<Conv2dOps>>(
       {grad_output, weight}, grad_output, weight, input_size.vec(),
-      make_hyper_params(stride, padding, dilation, groups));
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 at::Tensor conv2d_weight_backward_autograd(
     const at::Tensor& grad_output, const at::Tensor& input, c10::SymIntArrayRef kernel_size,
     c10::SymIntArrayRef stride, c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups, c10::string_view algorithm) {
   return apply_or_compute<WeightBackwardFunction<Conv2dOps>>(
       {grad_output, input}, grad_output, input, kernel_size.vec(),
-      make_hyper_params(stride, padding, dilation, groups));
+      make_hyper_params(stride, padding, dilation, groups, algorithm));
 }
 
 }  // namespace

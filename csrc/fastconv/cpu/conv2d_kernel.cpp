@@ -1,4 +1,7 @@
-// conv2d on CPU through im2col + GEMM, over tiles of output rows (im2col.h).
+// conv2d on CPU: the paths path.h chooses among. "im2col" (+ GEMM, over
+// tiles of output rows, im2col.h), "shifted" (a GEMM per tap on staged rows),
+// "direct" (rows of 1-D convolutions by the conv1d micro-kernels) and
+// "native" (PyTorch's own, native.h).
 //
 // Each tile's column matrix is built in a per-thread buffer of about
 // kColumnBudget elements, so it stays in L2 while the GEMM (matmul below)
@@ -15,9 +18,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/native/CPUBlas.h>
-#include <ATen/ops/conv2d.h>
-#include <ATen/ops/conv_transpose2d.h>
-#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/isfinite.h>
@@ -37,6 +37,8 @@
 #include "fastconv/cpu/im2col.h"
 #include "fastconv/cpu/streaming_store.h"
 #include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/native.h"
+#include "fastconv/path.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -97,12 +99,6 @@ void matmul(
   }
 }
 
-// 1x1 kernel, no stride, no padding: the column matrix is the input itself.
-bool is_pointwise(const Conv2dIntDims& d) {
-  return d.kernel_size[0] == 1 && d.kernel_size[1] == 1 && d.stride[0] == 1 && d.stride[1] == 1 &&
-      d.padding[0] == 0 && d.padding[1] == 0;
-}
-
 // Weights in the accumulation type, per group: (groups, C_out/g, Kc), or
 // transposed to (groups, Kc, C_out/g).
 at::Tensor grouped_weight(const at::Tensor& weight, const Conv2dIntDims& d, bool transposed) {
@@ -137,17 +133,7 @@ void for_each_tile(
 // pixels of each row are computed and dropped. Staging writes KH * KW times
 // less than im2col; the GEMMs' K is C_in/g, and their N, C_out/g, is the
 // dimension oneDNN vectorizes (so it needs a few vectors of it; ragged pixel
-// counts there would cost 10-15%).
-constexpr int64_t kShiftedMinChannels = 16;
-
-bool use_shifted_gemm(const Conv2dIntDims& d) {
-  // padding <= dw * (KW - 1) keeps W_out <= S: rows do not overlap.
-  const int64_t stride = d.in_size[1] + d.padding[1];
-  return d.stride[0] == 1 && d.stride[1] == 1 && !is_pointwise(d) &&
-      d.padding[1] <= d.dilation[1] * (d.kernel_size[1] - 1) &&
-      d.in_channels_per_group() >= kShiftedMinChannels && d.out_channels_per_group() >= kShiftedMinChannels &&
-      4 * d.out_size[1] >= 3 * stride;
-}
+// counts there would cost 10-15%). path.cpp says where it can run.
 
 struct ShiftedPlan {
   int64_t width;  // S = W + pw, the staged row stride in pixels
@@ -262,13 +248,7 @@ at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t
 // is a sum of 1-D convolutions of its C_in/g * KH input rows, which the conv1d
 // micro-kernels (cpu/tile_kernels.h) compute straight off the staged rows,
 // up to 8 output channels x 8 vectors of pixels in registers, every staged
-// value loaded once per tap for all of them.
-constexpr int64_t kDirectMaxTaps = 32;
-
-bool use_direct_rows(const Conv2dIntDims& d) {
-  return d.stride[1] == 1 && !is_pointwise(d) && taps_per_group(d) <= kDirectMaxTaps;
-}
-
+// value loaded once per tap for all of them. path.cpp says where it can run.
 // Output rows are computed in bands. A band of `rows` output rows stages the
 // input rows it reads once per input channel, each zero-padded to a pitch of
 // P = OW + dw * (KW - 1) and laid one after another, so that output (r, ow)
@@ -450,68 +430,31 @@ at::Tensor conv2d_weight_backward_direct(const Conv2dIntDims& d, const scalar_t*
   return partial.sum(0);
 }
 
-// bfloat16 on a CPU with bfloat16 dot products (AVX512_BF16): oneDNN
-// multiplies with them, where fastconv widens to float, and took 0.35-0.7x
-// fastconv's time on dense, grouped and depthwise layers (2 threads, Zen 4;
-// the layers are in benchmarks/RESULTS.md). Not where it is slower: a
-// depthwise multiplier (one input and several output channels per group:
-// 1.5-2.9x, every op); grad_input from fewer than 16 input channels (1.8x),
-// or at stride > 1 of depthwise and 1x1 layers (3.9x, 1.2x); and grad_weight
-// of groups of 2-8 channels (1.6-4.8x).
-enum class Conv2dOp { kForward, kInput, kWeight };
-
-bool onednn_bf16_is_faster(const Conv2dIntDims& d, at::ScalarType dtype, Conv2dOp op) {
-  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
-  const bool images = d.batch > 0 && d.in_size[0] > 0 && d.in_size[1] > 0 && d.out_size[0] > 0 && d.out_size[1] > 0;
-  if (dtype != at::kBFloat16 || !images || (cin_g == 1 && cout_g > 1) || !cpu::has_bf16_dot_product()) {
-    return false;
-  }
-  switch (op) {
-    case Conv2dOp::kForward:
-      return true;
-    case Conv2dOp::kInput:
-      return d.in_channels >= 16 && ((d.stride[0] == 1 && d.stride[1] == 1) ||
-                                     (cin_g > 1 && d.kernel_size[0] * d.kernel_size[1] > 1));
-    case Conv2dOp::kWeight:
-      return d.groups == 1 || cin_g == 1 || (cin_g >= 16 && cout_g >= 16);
-  }
-  return false;
-}
-
-at::Tensor conv2d_cpu(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  const auto sym = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
-  const auto d = concrete(sym);
-  if (onednn_bf16_is_faster(d, input.scalar_type(), Conv2dOp::kForward)) {
-    // Contiguous in, contiguous out, as the fake kernel says (oneDNN keeps channels-last).
-    return at::conv2d(input.contiguous(), weight.contiguous(), bias, d.stride, d.padding, d.dilation, d.groups);
-  }
+// The forward convolution by `path` (direct, shifted or im2col).
+at::Tensor conv2d_forward_own(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              const Conv2dIntDims& d, Path path) {
   const at::Tensor x = input.contiguous();
   const at::Tensor w = grouped_weight(weight, d, false);
   const bool has_bias = bias.has_value() && bias->defined();
   const at::Tensor b = has_bias ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
-  at::Tensor y = cpu::empty_output(concrete_shape(conv2d_output_shape(sym)), input.options());
+  std::vector<int64_t> y_shape{d.out_channels, d.out_size[0], d.out_size[1]};
+  if (d.batched) y_shape.insert(y_shape.begin(), d.batch);
+  at::Tensor y = cpu::empty_output(y_shape, input.options());
   const int64_t taps = taps_per_group(d), cout_g = d.out_channels_per_group();
   const int64_t OH = d.out_size[0], P = OH * d.out_size[1];
   // A pointwise convolution reads its columns in place.
-  const bool pointwise = is_pointwise(d);
+  const bool pointwise = conv2d_is_pointwise(d);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     constexpr bool same_type = std::is_same_v<scalar_t, T>;
     const T* wp = w.const_data_ptr<T>();
     const T* bp = has_bias ? b.const_data_ptr<T>() : nullptr;
     const bool streaming = y.nbytes() >= cpu::kStreamingBytes;
-    if (use_shifted_gemm(d)) {
+    if (path == Path::kShifted) {
       conv2d_shifted<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), weight, bp, y.mutable_data_ptr<scalar_t>());
       return;
     }
-    if (use_direct_rows(d)) {
+    if (path == Path::kDirect) {
       // Streamed stores only where every output row starts on a cache line.
       conv2d_direct_rows<scalar_t, T>(d, x.const_data_ptr<scalar_t>(), wp, bp, y.mutable_data_ptr<scalar_t>(),
                                       streaming && d.out_size[1] * int64_t(sizeof(T)) % 64 == 0);
@@ -557,43 +500,45 @@ at::Tensor conv2d_cpu(
   return y;
 }
 
-at::Tensor conv2d_weight_backward_cpu(
-    const at::Tensor& grad_output,
+at::Tensor conv2d_cpu(
     const at::Tensor& input,
-    c10::SymIntArrayRef kernel_size,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  const auto sym = check_conv2d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
-  const auto d = concrete(sym);
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto d = concrete(check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm));
+  return run_selected(make_call(ConvOp::kForward, d, input), algorithm, [&](Path path) {
+    return path == Path::kNative ? native::forward(input, weight, bias, d, 2)
+                                 : conv2d_forward_own(input, weight, bias, d, path);
+  });
+}
+
+// grad_weight by `path` (not native): direct, shifted (im2col where an
+// input is not finite: Inf * 0 is NaN) or im2col.
+at::Tensor conv2d_weight_backward_own(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dIntDims& d,
+                                      Path path) {
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
-  if (onednn_bf16_is_faster(d, x.scalar_type(), Conv2dOp::kWeight)) {
-    // oneDNN reads only the weight's shape: a broadcast zero stands in for it.
-    const at::Tensor shape_only = at::zeros({1}, x.options()).expand(concrete_shape(conv2d_weight_shape(sym)));
-    return std::get<1>(at::convolution_backward(
-        d.batched ? gy : gy.unsqueeze(0), d.batched ? x : x.unsqueeze(0), shape_only, std::nullopt, d.stride,
-        d.padding, d.dilation, /*transposed=*/false, /*output_padding=*/{0, 0}, d.groups, {false, true, false}))
-        .contiguous();
-  }
-  if (use_direct_rows(d)) {
+  const std::vector<int64_t> weight_shape{d.out_channels, d.in_channels_per_group(), d.kernel_size[0],
+                                          d.kernel_size[1]};
+  if (path == Path::kDirect) {
     at::Tensor gw;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
       gw = conv2d_weight_backward_direct<scalar_t, at::opmath_type<scalar_t>>(
           d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>());
     });
-    return gw.view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
+    return gw.view(weight_shape).to(x.scalar_type());
   }
-  // Inputs must be finite for the shifted GEMM (Inf * 0 is NaN).
-  if (use_shifted_gemm(d) && at::isfinite(x).all().item<bool>()) {
+  if (path == Path::kShifted && at::isfinite(x).all().item<bool>()) {
     at::Tensor gw;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv2d_weight_backward_cpu", [&] {
       gw = conv2d_weight_backward_shifted<scalar_t, at::opmath_type<scalar_t>>(
           d, gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>());
     });
-    return gw.view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
+    return gw.view(weight_shape).to(x.scalar_type());
   }
   const auto opmath = at::toOpMathType(x.scalar_type());
   const int64_t taps = taps_per_group(d), cout_g = d.out_channels_per_group();
@@ -611,67 +556,47 @@ at::Tensor conv2d_weight_backward_cpu(
       matmul(taps, cout_g, cols, col, cols, gy_t, cout_g, gw_t, cout_g, true);
     });
   });
-  return partial.sum(0).transpose(1, 2).contiguous().view_symint(conv2d_weight_shape(sym)).to(x.scalar_type());
+  return partial.sum(0).transpose(1, 2).contiguous().view(weight_shape).to(x.scalar_type());
 }
 
-// Stride 1 with padding <= dilation * (K - 1): grad_input is then a
-// convolution with padding dilation * (K - 1) - padding.
-std::optional<std::array<int64_t, 2>> transposed_padding(const Conv2dIntDims& d) {
-  std::array<int64_t, 2> padding{};
-  for (int i = 0; i < 2; ++i) {
-    padding[i] = d.dilation[i] * (d.kernel_size[i] - 1) - d.padding[i];
-    if (d.stride[i] != 1 || padding[i] < 0) return std::nullopt;
-  }
-  return padding;
-}
-
-// The dimensions of that convolution (grad_output -> grad_input).
-Conv2dIntDims transposed(Conv2dIntDims d, const std::array<int64_t, 2>& padding) {
-  std::swap(d.in_channels, d.out_channels);
-  std::swap(d.in_size, d.out_size);
-  d.padding = padding;
-  return d;
-}
-
-at::Tensor conv2d_input_backward_cpu(
+at::Tensor conv2d_weight_backward_cpu(
     const at::Tensor& grad_output,
-    const at::Tensor& weight,
-    c10::SymIntArrayRef input_size,
+    const at::Tensor& input,
+    c10::SymIntArrayRef kernel_size,
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
-  const auto sym = check_conv2d_input_backward(
-      grad_output, weight, input_size, stride, padding, dilation, groups);
-  const auto d = concrete(sym);
-  if (onednn_bf16_is_faster(d, grad_output.scalar_type(), Conv2dOp::kInput)) {
-    // The transposed convolution, with the output padding that gives back input_size.
-    std::array<int64_t, 2> output_padding{};
-    for (int i = 0; i < 2; ++i) {
-      output_padding[i] = d.in_size[i] - ((d.out_size[i] - 1) * d.stride[i] - 2 * d.padding[i] +
-                                          d.dilation[i] * (d.kernel_size[i] - 1) + 1);
-    }
-    return at::conv_transpose2d(grad_output.contiguous(), weight.contiguous(), std::nullopt, d.stride, d.padding,
-                                output_padding, d.groups, d.dilation);
-  }
-  if (auto padding_t = transposed_padding(d);
-      padding_t && (is_pointwise(d) || use_shifted_gemm(transposed(d, *padding_t)) ||
-                    use_direct_rows(transposed(d, *padding_t)))) {
-    // Then grad_input is the stride-1 convolution of grad_output with the
-    // flipped, transposed weights (C_in, C_out/g, KH, KW): no col2im.
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto d = concrete(check_conv2d_weight_backward(
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm));
+  return run_selected(make_call(ConvOp::kWeight, d, input), algorithm, [&](Path path) {
+    return path == Path::kNative ? std::get<0>(native::weight_backward(grad_output, input, d, 2, false))
+                                 : conv2d_weight_backward_own(grad_output, input, d, path);
+  });
+}
+
+// grad_input by `path` (not native): direct and shifted run the transposed
+// stride-1 convolution (path.h), as im2col does for a pointwise layer (no
+// col2im); otherwise im2col's GEMM and col2im.
+at::Tensor conv2d_input_backward_own(const at::Tensor& grad_output, const at::Tensor& weight, const Conv2dIntDims& d,
+                                     Path path) {
+  if (const auto padding_t = conv2d_transposed_padding(d);
+      padding_t && (path != Path::kIm2col || conv2d_is_pointwise(d))) {
     const at::Tensor w_t = weight.reshape({d.groups, d.out_channels_per_group(), d.in_channels_per_group(),
                                            d.kernel_size[0], d.kernel_size[1]})
                                .transpose(1, 2)
                                .flip({3, 4})
                                .reshape({d.in_channels, d.out_channels_per_group(), d.kernel_size[0],
                                          d.kernel_size[1]});
-    const std::vector<c10::SymInt> pad(padding_t->begin(), padding_t->end());
-    return conv2d_cpu(grad_output, w_t, std::nullopt, stride, pad, dilation, groups);
+    return conv2d_forward_own(grad_output, w_t, std::nullopt, conv2d_transposed(d, *padding_t), path);
   }
+  std::vector<int64_t> gx_shape{d.in_channels, d.in_size[0], d.in_size[1]};
+  if (d.batched) gx_shape.insert(gx_shape.begin(), d.batch);
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor wt = grouped_weight(weight, d, true);
   // Accumulates in the op-math type: a float copy for 16-bit tensors.
-  at::Tensor gx = cpu::empty_output(concrete_shape(conv2d_input_shape(sym)), wt.options()).zero_();
+  at::Tensor gx = cpu::empty_output(gx_shape, wt.options()).zero_();
   // Tiles two apart must reach disjoint input rows: rows * sh >= dh * (KH - 1).
   const int64_t reach = d.dilation[0] * (d.kernel_size[0] - 1);
   const TilePlan plan = plan_tiles(d, (reach + d.stride[0] - 1) / d.stride[0]);
@@ -689,6 +614,23 @@ at::Tensor conv2d_input_backward_cpu(
     }
   });
   return gx.to(gy.scalar_type());
+}
+
+at::Tensor conv2d_input_backward_cpu(
+    const at::Tensor& grad_output,
+    const at::Tensor& weight,
+    c10::SymIntArrayRef input_size,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto d = concrete(check_conv2d_input_backward(
+      grad_output, weight, input_size, stride, padding, dilation, groups, algorithm));
+  return run_selected(make_call(ConvOp::kInput, d, grad_output), algorithm, [&](Path path) {
+    return path == Path::kNative ? native::input_backward(grad_output, weight, d, 2)
+                                 : conv2d_input_backward_own(grad_output, weight, d, path);
+  });
 }
 
 }  // namespace

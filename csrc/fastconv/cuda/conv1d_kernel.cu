@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -29,7 +30,9 @@
 
 #include <algorithm>
 
-#include "fastconv/algorithm.h"
+#include "fastconv/autotune.h"
+#include "fastconv/native.h"
+#include "fastconv/path.h"
 #include "fastconv/conv1d_geometry.h"
 #include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/shape.h"
@@ -402,21 +405,8 @@ at::Tensor weight_grad(const Conv1dGeometry& g, const at::Tensor& gy, const at::
 
 // ---- operators
 
-at::Tensor conv1d_cuda(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym =
-      check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  if (choose_conv1d_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
-    return fft::conv1d_forward(input, weight, bias, d);
-  }
+at::Tensor direct_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const Conv1dIntDims& d, const Conv1dSymDims& sym) {
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor w = weight.contiguous();
@@ -431,6 +421,40 @@ at::Tensor conv1d_cuda(
   return y;
 }
 
+at::Tensor conv1d_cuda(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias,
+    c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding,
+    c10::SymIntArrayRef dilation,
+    c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto sym =
+      check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
+  const auto d = concrete(sym);
+  const ConvCall call = make_call(ConvOp::kForward, d, input);
+  return run_selected(call, algorithm, [&](Path path) {
+    if (path == Path::kFft) return fft::conv1d_forward(input, weight, bias, d);
+    if (path == Path::kNative) return native::forward(input, weight, bias, call.d, 1);
+    return direct_forward(input, weight, bias, d, sym);
+  });
+}
+
+at::Tensor direct_input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d,
+                                 const Conv1dSymDims& sym) {
+  c10::cuda::CUDAGuard guard(grad_output.device());
+  const at::Tensor gy = grad_output.contiguous();
+  const at::Tensor wt = input_backward_weight(weight, d.groups);
+  at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cuda", [&] {
+        launch_gather<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(),
+                                wt.const_data_ptr<scalar_t>(), nullptr, gx.mutable_data_ptr<scalar_t>());
+      });
+  return gx;
+}
+
 at::Tensor conv1d_input_backward_cuda(
     const at::Tensor& grad_output,
     const at::Tensor& weight,
@@ -443,19 +467,25 @@ at::Tensor conv1d_input_backward_cuda(
   const auto sym = check_conv1d_input_backward(
       grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
-  if (choose_conv1d_algorithm(d, algorithm, grad_output.device().type()) == Conv1dAlgorithm::kFft) {
-    return fft::conv1d_input_backward(grad_output, weight, d);
-  }
-  c10::cuda::CUDAGuard guard(grad_output.device());
+  const ConvCall call = make_call(ConvOp::kInput, d, grad_output);
+  return run_selected(call, algorithm, [&](Path path) {
+    if (path == Path::kFft) return fft::conv1d_input_backward(grad_output, weight, d);
+    if (path == Path::kNative) return native::input_backward(grad_output, weight, call.d, 1);
+    return direct_input_backward(grad_output, weight, d, sym);
+  });
+}
+
+at::Tensor direct_weight_backward(const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d,
+                                  const Conv1dSymDims& sym) {
+  c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor wt = input_backward_weight(weight, d.groups);
-  at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
+  const at::Tensor x = input.contiguous();
+  at::Tensor gw;
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cuda", [&] {
-        launch_gather<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(),
-                                wt.const_data_ptr<scalar_t>(), nullptr, gx.mutable_data_ptr<scalar_t>());
+      at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cuda", [&] {
+        gw = weight_grad<scalar_t>(forward_geometry(d), gy, x);
       });
-  return gx;
+  return gw.view(concrete_shape(conv1d_weight_shape(sym))).to(x.scalar_type());
 }
 
 at::Tensor conv1d_weight_backward_cuda(
@@ -470,19 +500,21 @@ at::Tensor conv1d_weight_backward_cuda(
   const auto sym = check_conv1d_weight_backward(
       grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
-  if (choose_conv1d_weight_algorithm(d, algorithm, input.device().type()) == Conv1dAlgorithm::kFft) {
-    return fft::conv1d_weight_backward(grad_output, input, d);
-  }
-  c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  at::Tensor gw;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cuda", [&] {
-        gw = weight_grad<scalar_t>(forward_geometry(d), gy, x);
-      });
-  return gw.view(concrete_shape(conv1d_weight_shape(sym))).to(x.scalar_type());
+  const ConvCall call = make_call(ConvOp::kWeight, d, input);
+  return run_selected(call, algorithm, [&](Path path) {
+    if (path == Path::kFft) return fft::conv1d_weight_backward(grad_output, input, d);
+    if (path == Path::kNative) return std::get<0>(native::weight_backward(grad_output, input, call.d, 1, false));
+    return direct_weight_backward(grad_output, input, d, sym);
+  });
 }
+
+// Autotuning keys CUDA signatures by the GPU's model.
+const bool kNamerRegistered = [] {
+  autotune::register_device_namer(c10::DeviceType::CUDA, [](c10::DeviceIndex index) {
+    return std::string(at::cuda::getDeviceProperties(index)->name);
+  });
+  return true;
+}();
 
 }  // namespace
 

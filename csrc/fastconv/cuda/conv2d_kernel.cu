@@ -18,6 +18,8 @@
 
 #include <algorithm>
 
+#include "fastconv/native.h"
+#include "fastconv/path.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -151,9 +153,18 @@ void for_each_chunk(const Conv2dIntDims& d, const at::TensorOptions& opts, F f) 
 at::Tensor conv2d_cuda(
     const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups) {
-  const auto sym = check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+    c10::string_view algorithm) {
+  const auto sym = check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  // Native, or im2col: this kernel's own path, which "im2col" forces.
+  if (algorithm != "im2col") {
+    return run_selected(make_call(ConvOp::kForward, d, input), algorithm, [&](Path path) {
+      return path == Path::kNative
+          ? native::forward(input, weight, bias, d, 2)
+          : conv2d_cuda(input, weight, bias, stride, padding, dilation, groups, "im2col");
+    });
+  }
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous();
   const at::Tensor w = grouped_weight(weight, d);
@@ -180,10 +191,18 @@ at::Tensor conv2d_cuda(
 at::Tensor conv2d_weight_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input,
     c10::SymIntArrayRef kernel_size, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups) {
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv2d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (algorithm != "im2col") {
+    return run_selected(make_call(ConvOp::kWeight, d, input), algorithm, [&](Path path) {
+      return path == Path::kNative
+          ? std::get<0>(native::weight_backward(grad_output, input, d, 2, false))
+          : conv2d_weight_backward_cuda(grad_output, input, kernel_size, stride, padding, dilation, groups, "im2col");
+    });
+  }
   c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
@@ -209,10 +228,18 @@ at::Tensor conv2d_weight_backward_cuda(
 at::Tensor conv2d_input_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& weight,
     c10::SymIntArrayRef input_size, c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups) {
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto sym = check_conv2d_input_backward(
-      grad_output, weight, input_size, stride, padding, dilation, groups);
+      grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
+  if (algorithm != "im2col") {
+    return run_selected(make_call(ConvOp::kInput, d, grad_output), algorithm, [&](Path path) {
+      return path == Path::kNative
+          ? native::input_backward(grad_output, weight, d, 2)
+          : conv2d_input_backward_cuda(grad_output, weight, input_size, stride, padding, dilation, groups, "im2col");
+    });
+  }
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor w = grouped_weight(weight, d);

@@ -56,9 +56,10 @@ at::Tensor conv2d_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d =
-      check_conv2d(input, weight, bias, stride, padding, dilation, groups);
+      check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   return input.new_empty_symint(conv2d_output_shape(d));
 }
 
@@ -69,9 +70,10 @@ at::Tensor conv2d_input_backward_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d = check_conv2d_input_backward(
-      grad_output, weight, input_size, stride, padding, dilation, groups);
+      grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
   return grad_output.new_empty_symint(conv2d_input_shape(d));
 }
 
@@ -82,9 +84,10 @@ at::Tensor conv2d_weight_backward_meta(
     c10::SymIntArrayRef stride,
     c10::SymIntArrayRef padding,
     c10::SymIntArrayRef dilation,
-    c10::SymInt groups) {
+    c10::SymInt groups,
+    c10::string_view algorithm) {
   const auto d = check_conv2d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups);
+      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
   return input.new_empty_symint(conv2d_weight_shape(d));
 }
 

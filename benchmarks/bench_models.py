@@ -1,0 +1,290 @@
+"""Real models: each one as PyTorch runs it against the same model converted to fastconv.
+
+    python benchmarks/bench_models.py [--quick] [--models NAME ...] [--dtype float32|bfloat16]
+                                      [--compile] [--repeats N] [--out-dir DIR]
+
+The models are public architectures defined by maintained packages (``transformers`` for the
+speech, vision and sequence models, ``pytorch-tcn`` for the dilated TCN), built from their
+configurations with random weights -- nothing is downloaded. These packages are benchmark
+dependencies only (``requirements-bench.txt``). Where a configuration is cut down (fewer
+transformer layers), the convolutions are the original's; the note beside each model says so.
+
+For each model: inference (no_grad) and a training step (forward, backward of the summed
+output), with fastconv's default rules and autotuned (the tuning runs in the warm-up, and its
+cost is reported), against the untouched model in the same process, calls interleaved, medians
+after warm-up. Then a per-layer table of the autotuned model (every convolution: PyTorch's
+time and fastconv's, forward and forward+backward, and the chosen paths). ``--compile`` puts
+both sides under ``torch.compile``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fastconv_ext  # noqa: E402
+from common import format_table, geomean, progress, time_interleaved  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*left these layers alone.*")
+
+Builder = Callable[[], Tuple[nn.Module, Tuple[torch.Tensor, ...]]]
+
+
+def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
+    return transformers
+
+
+def wav2vec2(quick):
+    t = _transformers()
+    cfg = t.Wav2Vec2Config(num_hidden_layers=2 if quick else 4)
+    return t.Wav2Vec2Model(cfg), (torch.randn(1, 16000 if quick else 32000),)
+
+
+def wav2vec2_conformer(quick):
+    t = _transformers()
+    cfg = t.Wav2Vec2ConformerConfig(num_hidden_layers=2 if quick else 4)
+    return t.Wav2Vec2ConformerModel(cfg), (torch.randn(1, 16000 if quick else 32000),)
+
+
+def whisper_encoder(quick):
+    t = _transformers()
+    cfg = t.WhisperConfig(d_model=384, encoder_layers=2, encoder_attention_heads=6, decoder_layers=1,
+                          num_mel_bins=80, max_source_positions=1500)
+    return t.WhisperModel(cfg).encoder, (torch.randn(1, 80, 3000),)
+
+
+def convnext(quick):
+    t = _transformers()
+    cfg = t.ConvNextConfig(depths=[1, 1, 3, 1] if quick else [3, 3, 9, 3])
+    return t.ConvNextModel(cfg), (torch.randn(1, 3, 224, 224),)
+
+
+def mobilenet_v2(quick):
+    t = _transformers()
+    return t.MobileNetV2Model(t.MobileNetV2Config()), (torch.randn(1, 3, 224, 224),)
+
+
+def efficientnet_b0(quick):
+    t = _transformers()
+    cfg = t.EfficientNetConfig(width_coefficient=1.0, depth_coefficient=1.0, image_size=224)
+    return t.EfficientNetModel(cfg), (torch.randn(1, 3, 224, 224),)
+
+
+def mamba(quick):
+    t = _transformers()
+    cfg = t.MambaConfig(hidden_size=768, num_hidden_layers=2 if quick else 4, vocab_size=1000)
+
+    class Embedded(nn.Module):  # the mixer blocks on embeddings (float inputs, so bf16 applies)
+        def __init__(self):
+            super().__init__()
+            self.model = t.MambaModel(cfg)
+
+        def forward(self, x):
+            return self.model(inputs_embeds=x).last_hidden_state
+
+    return Embedded(), (torch.randn(1, 256 if quick else 1024, 768),)
+
+
+def tcn(quick):
+    from pytorch_tcn import TCN
+
+    model = TCN(num_inputs=64, num_channels=[64] * 10, kernel_size=3, dilations=[2 ** i for i in range(10)],
+                causal=True, use_norm=None, use_skip_connections=False)
+    return model, (torch.randn(1, 64, 4096 if quick else 16384),)
+
+
+MODELS: Dict[str, Callable[[bool], Tuple[nn.Module, Tuple[torch.Tensor, ...]]]] = {
+    "wav2vec2": wav2vec2,
+    "wav2vec2-conformer": wav2vec2_conformer,
+    "whisper-encoder": whisper_encoder,
+    "convnext": convnext,
+    "mobilenet-v2": mobilenet_v2,
+    "efficientnet-b0": efficientnet_b0,
+    "mamba": mamba,
+    "tcn": tcn,
+}
+QUICK = ["wav2vec2", "mobilenet-v2"]
+
+
+def output_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "last_hidden_state"):
+        return out.last_hidden_state
+    if isinstance(out, (tuple, list)):
+        return output_tensor(out[0])
+    raise TypeError(f"cannot find the output tensor in {type(out).__name__}")
+
+
+def build(name, quick, dtype, converted):
+    torch.manual_seed(0)
+    model, inputs = MODELS[name](quick)
+    model = model.to(dtype)
+    inputs = tuple(x.to(dtype) for x in inputs)
+    if converted:
+        fastconv_ext.convert(model)
+    return model, inputs
+
+
+def step_fns(model, inputs, train):
+    if not train:
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                return output_tensor(model(*inputs))
+        return infer
+    model.train()
+
+    def train_step():
+        model.zero_grad(set_to_none=True)
+        output_tensor(model(*inputs)).float().sum().backward()
+    return train_step
+
+
+def bench_model(name, args) -> Dict:
+    base, inputs = build(name, args.quick, args.dtype, converted=False)
+    fast, _ = build(name, args.quick, args.dtype, converted=True)
+    convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in fast.modules())
+    row = {"model": name, "convs": convs}
+    for train in (False, True):
+        phase = "train" if train else "infer"
+        ref = step_fns(base, inputs, train)
+        ours = step_fns(fast, inputs, train)
+        if args.compile:
+            ref, ours = torch.compile(ref), torch.compile(ours)
+        for mode in ("default", "autotuned"):
+            fastconv_ext.set_autotune(mode == "autotuned")
+            t0 = time.perf_counter()
+            misses0, tune0 = (fastconv_ext.autotune_cache_info()[k] for k in ("misses", "tuning_seconds"))
+            ours()  # tunes every new signature when autotuning is on
+            info = fastconv_ext.autotune_cache_info()
+            first = time.perf_counter() - t0
+            times = time_interleaved({"torch": ref, "fastconv": ours}, repeats=args.repeats, warmup=1)
+            row[f"{phase}_{mode}"] = times["torch"] / times["fastconv"]
+            row[f"{phase}_{mode}_ms"] = (1e3 * times["torch"], 1e3 * times["fastconv"])
+            if mode == "autotuned":
+                row[f"{phase}_tuned_signatures"] = info["misses"] - misses0
+                row[f"{phase}_tuning_s"] = info["tuning_seconds"] - tune0
+                row[f"{phase}_first_call_s"] = first
+    fastconv_ext.set_autotune(True)
+    row["layers"] = fastconv_ext.profile_layers(fast, inputs, train=True, repeats=args.layer_repeats)
+    fastconv_ext.set_autotune(False)
+    return row
+
+
+def layer_class(r) -> str:
+    w = r["weight"]
+    kind = f"conv{len(w) - 2}d"
+    cin_g, cout = w[1], w[0]
+    if cin_g == 1 and len(r["input"]) > 1:
+        return f"{kind} depthwise"
+    if all(k == 1 for k in w[2:]):
+        return f"{kind} pointwise"
+    return f"{kind} dense"
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        progress("matplotlib missing: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    names = [r["model"] for r in rows]
+    x = range(len(rows))
+    for i, (key, label) in enumerate([("infer_default", "inference, default"), ("infer_autotuned", "inference, autotuned"),
+                                      ("train_default", "training, default"), ("train_autotuned", "training, autotuned")]):
+        axes[0].bar([p + 0.2 * i - 0.3 for p in x], [r[key] for r in rows], width=0.2, label=label)
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set_xticks(list(x), names, rotation=30, ha="right")
+    axes[0].set_ylabel("speedup over PyTorch (x)")
+    axes[0].set_title("per model")
+    axes[0].legend(fontsize=7)
+    classes: Dict[str, List[float]] = {}
+    for r in rows:
+        for layer in r["layers"]:
+            classes.setdefault(layer_class(layer), []).append(layer["speedup"])
+    keys = sorted(classes)
+    axes[1].boxplot([classes[k] for k in keys], tick_labels=keys)
+    axes[1].axhline(1.0, color="k", lw=0.8)
+    axes[1].set_yscale("log")
+    axes[1].set_title("per layer (autotuned, forward+backward)")
+    axes[1].tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"two small models ({', '.join(QUICK)}), cut down")
+    parser.add_argument("--models", nargs="*", choices=sorted(MODELS), help="default: all (or the quick ones)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="both sides under torch.compile")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--layer-repeats", type=int, default=5)
+    parser.add_argument("--out-dir", default=None, help="write models_<dtype>[_compile].{json,md,png} here")
+    args = parser.parse_args(argv)
+    args.dtype = getattr(torch, args.dtype)
+    names = args.models or (QUICK if args.quick else list(MODELS))
+    fastconv_ext.clear_autotune_cache()
+    progress(f"{len(names)} models, {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+             f"{', torch.compile' if args.compile else ''}")
+    rows = []
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        row = bench_model(name, args)
+        rows.append(row)
+        worst = min(r["speedup"] for r in row["layers"]) if row["layers"] else float("nan")
+        progress(f"[{i + 1}/{len(names)}] {name}: inference {row['infer_default']:.2f}x default, "
+                 f"{row['infer_autotuned']:.2f}x autotuned; training {row['train_default']:.2f}x / "
+                 f"{row['train_autotuned']:.2f}x; slowest layer {worst:.2f}x ({time.perf_counter() - t0:.0f} s)")
+    headers = ["model", "convs", "infer default", "infer tuned", "train default", "train tuned",
+               "torch infer ms", "torch train ms", "tuned signatures", "tuning s", "slowest layer"]
+    table = [[r["model"], str(r["convs"]), f"{r['infer_default']:.2f}x", f"{r['infer_autotuned']:.2f}x",
+              f"{r['train_default']:.2f}x", f"{r['train_autotuned']:.2f}x", f"{r['infer_default_ms'][0]:.1f}",
+              f"{r['train_default_ms'][0]:.1f}", str(r["infer_tuned_signatures"] + r["train_tuned_signatures"]),
+              f"{r['infer_tuning_s'] + r['train_tuning_s']:.2f}",
+              f"{min((x['speedup'] for x in r['layers']), default=float('nan')):.2f}x"] for r in rows]
+    text = format_table(headers, table)
+    geo = {k: geomean([r[k] for r in rows]) for k in ("infer_default", "infer_autotuned", "train_default",
+                                                      "train_autotuned")}
+    text += "\n\ngeomean: " + ", ".join(f"{k} {v:.2f}x" for k, v in geo.items())
+    layer_rows = []
+    for r in rows:
+        for layer in r["layers"]:
+            layer_rows.append([r["model"], layer["name"][-32:], str(list(layer["input"])), str(list(layer["weight"])),
+                               "/".join(layer["paths"].values()), f"{layer['torch_ms']:.3f}",
+                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x"])
+    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x"],
+                          layer_rows)
+    print(text)
+    print("\nper layer, autotuned, forward+backward:\n" + layers)
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"models_{str(args.dtype).split('.')[-1]}{'_compile' if args.compile else ''}"
+        (out / f"{stem}.json").write_text(json.dumps(rows, indent=1, default=str))
+        (out / f"{stem}.md").write_text(text + "\n\nPer layer, autotuned, forward+backward:\n\n" + layers + "\n")
+        plot(rows, out / f"{stem}.png")
+        progress(f"written to {out}/{stem}.*")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

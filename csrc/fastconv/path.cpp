@@ -1,0 +1,286 @@
+#include "fastconv/path.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "fastconv/algorithm.h"
+#include "fastconv/autotune.h"
+#include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/fft/fft_conv1d.h"
+
+namespace fastconv {
+namespace {
+
+// conv2d direct rows keep up to this many taps per group (C_in/g * KH * KW)
+// in registers.
+constexpr int64_t kDirectMaxTaps = 32;
+
+// A fastconv path is the default only where the cost model predicts it at
+// most this fraction of the native kernel's time: the model's error must not
+// make a layer slower than PyTorch.
+constexpr double kNativeMargin = 0.8;
+
+int64_t taps_per_group(const Conv2dIntDims& d) {
+  return d.in_channels_per_group() * d.kernel_size[0] * d.kernel_size[1];
+}
+
+int layout_of(const at::Tensor& t) {
+  if (t.is_contiguous()) return 0;
+  if (t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast)) return 1;
+  return 2;
+}
+
+int threads_on(const c10::Device& device) { return device.is_cpu() ? at::get_num_threads() : 1; }
+
+bool stride_one(const Conv2dIntDims& d) { return d.stride[0] == 1 && d.stride[1] == 1; }
+
+// conv2d: why the direct rows or the shifted GEMM cannot run the forward
+// convolution `d`.
+std::optional<std::string> why_not_direct_rows(const Conv2dIntDims& d) {
+  if (d.stride[1] != 1) return "it needs horizontal stride 1";
+  if (conv2d_is_pointwise(d)) return "a pointwise (1x1, stride 1, no padding) convolution is a GEMM";
+  if (taps_per_group(d) > kDirectMaxTaps) {
+    return "it takes at most " + std::to_string(kDirectMaxTaps) + " taps per group (C_in / groups * KH * KW), not " +
+        std::to_string(taps_per_group(d));
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> why_not_shifted(const Conv2dIntDims& d) {
+  if (!stride_one(d)) return "it needs stride 1";
+  if (conv2d_is_pointwise(d)) return "a pointwise (1x1, stride 1, no padding) convolution is a GEMM";
+  if (d.padding[1] > d.dilation[1] * (d.kernel_size[1] - 1)) {
+    return "it needs horizontal padding <= dilation * (KW - 1)";
+  }
+  return std::nullopt;
+}
+
+// grad_input through a forward path runs the transposed stride-1 convolution.
+std::optional<std::string> why_not_transposed(const Conv2dIntDims& d,
+                                              std::optional<std::string> (*why)(const Conv2dIntDims&)) {
+  const auto padding = conv2d_transposed_padding(d);
+  if (!padding) return "grad_input needs stride 1 and padding <= dilation * (K - 1) for it";
+  if (auto reason = why(conv2d_transposed(d, *padding))) return "for grad_input's transposed convolution, " + *reason;
+  return std::nullopt;
+}
+
+bool has_work(const Conv2dIntDims& d) {
+  return d.batch > 0 && d.in_channels > 0 && d.out_channels > 0 && d.out_size[0] > 0 && d.out_size[1] > 0 &&
+      d.in_size[0] > 0 && d.in_size[1] > 0;
+}
+
+// ---- conv1d rules: the cost model (algorithm.h) for direct, FFT and native.
+
+Path conv1d_default(const ConvCall& c) {
+  if (!c.device.is_cpu()) return Path::kNative;  // the CUDA kernels are not tuned yet: cuDNN
+  const Conv1dIntDims d = c.conv1d();
+  const auto [profile, threads] = cost_profile_for(c.device.type());
+  // The FFT of the weight gradient correlates other sizes (fft_conv1d.h).
+  const Conv1dIntDims fft_dims =
+      c.op == ConvOp::kWeight && d.out_length > 0 && d.batch > 0 && fft::weight_gradient_by_whole_correlation(d)
+      ? fft::weight_gradient_correlation(d)
+      : d;
+  const double direct = direct_seconds(d, profile, threads);
+  const double fft = fft_seconds(fft_dims, profile, threads);
+  const Path own = fft < direct ? Path::kFft : Path::kDirect;
+  // oneDNN multiplies bfloat16 with the CPU's bfloat16 dot products (and
+  // AMX tiles where there are some); fastconv widens to float.
+  const int64_t pairs = d.in_channels_per_group() * d.out_channels_per_group();
+  if (c.dtype == at::kBFloat16 && cpu::has_bf16_dot_product() && pairs >= 256) return Path::kNative;
+  return std::min(direct, fft) < kNativeMargin * native_seconds(d, profile, threads) ? own : Path::kNative;
+}
+
+// ---- conv2d rules.
+//
+// fastconv's conv2d paths beat oneDNN where the GEMM it would run is
+// degenerate: few taps per group (depthwise, the 3-channel stem) in the
+// backward passes, which PyTorch runs through slow generic kernels. oneDNN's
+// forward is direct and vectorized across channels: native.
+Path conv2d_default(const ConvCall& c) {
+  const Conv2dIntDims& d = c.d;
+  if (!c.device.is_cpu()) return Path::kNative;
+  if (c.dtype == at::kBFloat16 && cpu::has_bf16_dot_product()) return Path::kNative;
+  const bool few_taps = d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1;
+  switch (c.op) {
+    case ConvOp::kForward:
+      return Path::kNative;
+    case ConvOp::kInput:
+      return few_taps && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect : Path::kNative;
+    case ConvOp::kWeight:
+      return few_taps && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
+  }
+  return Path::kNative;
+}
+
+}  // namespace
+
+const char* path_name(Path path) {
+  switch (path) {
+    case Path::kNative: return "native";
+    case Path::kDirect: return "direct";
+    case Path::kFft: return "fft";
+    case Path::kIm2col: return "im2col";
+    case Path::kShifted: return "shifted";
+  }
+  return "?";
+}
+
+const char* op_name(ConvOp op) {
+  switch (op) {
+    case ConvOp::kForward: return "forward";
+    case ConvOp::kInput: return "input";
+    case ConvOp::kWeight: return "weight";
+  }
+  return "?";
+}
+
+Conv1dIntDims ConvCall::conv1d() const {
+  return Conv1dIntDims{d.batch,        d.in_channels, d.out_channels,     d.groups,       d.in_size[1], d.out_size[1],
+                       d.kernel_size[1], d.stride[1], d.padding[1], d.dilation[1], d.batched};
+}
+
+ConvCall make_call(ConvOp op, const Conv1dIntDims& d, const at::Tensor& activation) {
+  const Conv2dIntDims d2{d.batch, d.in_channels, d.out_channels, d.groups, {1, d.in_length}, {1, d.out_length},
+                         {1, d.kernel_size}, {1, d.stride}, {0, d.padding}, {1, d.dilation}, d.batched};
+  return ConvCall{1, op, activation.scalar_type(), activation.device(), layout_of(activation),
+                  threads_on(activation.device()), d2};
+}
+
+ConvCall make_call(ConvOp op, const Conv2dIntDims& d, const at::Tensor& activation) {
+  return ConvCall{2, op, activation.scalar_type(), activation.device(), layout_of(activation),
+                  threads_on(activation.device()), d};
+}
+
+const std::vector<std::string>& algorithm_names(int dims) {
+  static const std::vector<std::string> conv1d{"auto", "native", "direct", "fft"};
+  static const std::vector<std::string> conv2d{"auto", "native", "direct", "im2col", "shifted"};
+  return dims == 1 ? conv1d : conv2d;
+}
+
+void check_algorithm(const char* op, c10::string_view algorithm, int dims) {
+  const auto& names = algorithm_names(dims);
+  if (std::find(names.begin(), names.end(), std::string(algorithm)) != names.end()) return;
+  std::string allowed;
+  for (size_t i = 0; i < names.size(); ++i) {
+    allowed += (i == 0 ? "'" : i + 1 == names.size() ? " or '" : ", '") + names[i] + "'";
+  }
+  TORCH_CHECK(false, op, ": algorithm must be ", allowed, ", but got '", std::string(algorithm), "'");
+}
+
+std::optional<std::string> why_not(Path path, const ConvCall& c) {
+  if (path == Path::kNative) {
+    if (c.d.in_size[0] == 0 || c.d.in_size[1] == 0) return std::string("PyTorch rejects an empty signal");
+    return std::nullopt;
+  }
+  const bool cuda = c.device.is_cuda();
+  if (!c.device.is_cpu() && !cuda) return std::string("fastconv has no kernels for ") + c.device.str();
+  if (c.dims == 1) {
+    if (path == Path::kDirect || path == Path::kFft) return std::nullopt;
+    return std::string("it is a conv2d path");
+  }
+  switch (path) {
+    case Path::kIm2col:
+      return std::nullopt;
+    case Path::kDirect:
+      if (cuda) return "on CUDA conv2d runs im2col or native";
+      return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_direct_rows) : why_not_direct_rows(c.d);
+    case Path::kShifted:
+      if (cuda) return "on CUDA conv2d runs im2col or native";
+      return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_shifted) : why_not_shifted(c.d);
+    default:
+      return std::string("it is a conv1d path");
+  }
+}
+
+std::vector<Path> candidates(const ConvCall& call) {
+  std::vector<Path> out;
+  for (Path p : {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted}) {
+    if (!why_not(p, call)) out.push_back(p);
+  }
+  return out;
+}
+
+Path default_path(const ConvCall& call) {
+  // Empty calls: fastconv's own paths return them without a kernel launch.
+  if (!has_work(call.d) && call.device.is_cpu()) return call.dims == 1 ? Path::kDirect : Path::kIm2col;
+  return call.dims == 1 ? conv1d_default(call) : conv2d_default(call);
+}
+
+namespace {
+
+std::optional<Path> forced(const ConvCall& call, c10::string_view algorithm) {
+  if (algorithm == "auto") return std::nullopt;
+  for (Path p : {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted}) {
+    if (algorithm != path_name(p)) continue;
+    const auto reason = why_not(p, call);
+    TORCH_CHECK(!reason, "fastconv.conv", call.dims, "d (", op_name(call.op), "): algorithm='", path_name(p),
+                "' cannot run these arguments: ", reason.value_or(""));
+    return p;
+  }
+  check_algorithm(call.dims == 1 ? "fastconv.conv1d" : "fastconv.conv2d", algorithm, call.dims);
+  return std::nullopt;
+}
+
+}  // namespace
+
+Path peek_path(const ConvCall& call, c10::string_view algorithm) {
+  if (const auto p = forced(call, algorithm)) return *p;
+  if (autotune::enabled()) {
+    if (const auto p = autotune::lookup(call)) return *p;
+  }
+  return default_path(call);
+}
+
+Path select_path(const ConvCall& call, c10::string_view algorithm, const std::function<void(Path)>& run) {
+  if (const auto p = forced(call, algorithm)) return *p;
+  if (!autotune::enabled() || !has_work(call.d)) return default_path(call);
+  if (const auto p = autotune::lookup(call)) return *p;
+  const auto paths = candidates(call);
+  return paths.size() == 1 ? paths[0] : autotune::tune(call, paths, run);
+}
+
+std::string conv2d_derivative_algorithm(ConvOp op, const Conv2dSymDims& d, const at::Tensor& activation,
+                                        const std::string& algorithm) {
+  if (algorithm != "direct" && algorithm != "shifted") return algorithm;
+  Conv2dIntDims dims;
+  const auto known = [](const c10::SymInt& v, int64_t& out) {
+    const auto value = v.maybe_as_int();
+    if (value) out = *value;
+    return value.has_value();
+  };
+  bool all = known(d.batch, dims.batch) && known(d.in_channels, dims.in_channels) &&
+      known(d.out_channels, dims.out_channels) && known(d.groups, dims.groups);
+  for (int i = 0; i < 2; ++i) {
+    all = all && known(d.in_size[i], dims.in_size[i]) && known(d.out_size[i], dims.out_size[i]) &&
+        known(d.kernel_size[i], dims.kernel_size[i]) && known(d.stride[i], dims.stride[i]) &&
+        known(d.padding[i], dims.padding[i]) && known(d.dilation[i], dims.dilation[i]);
+  }
+  dims.batched = d.batched;
+  const Path path = algorithm == "direct" ? Path::kDirect : Path::kShifted;
+  return all && !why_not(path, make_call(op, dims, activation)) ? algorithm : "auto";
+}
+
+bool conv2d_is_pointwise(const Conv2dIntDims& d) {
+  return d.kernel_size[0] == 1 && d.kernel_size[1] == 1 && stride_one(d) && d.padding[0] == 0 &&
+      d.padding[1] == 0;
+}
+
+std::optional<std::array<int64_t, 2>> conv2d_transposed_padding(const Conv2dIntDims& d) {
+  std::array<int64_t, 2> padding{};
+  for (int i = 0; i < 2; ++i) {
+    padding[i] = d.dilation[i] * (d.kernel_size[i] - 1) - d.padding[i];
+    if (d.stride[i] != 1 || padding[i] < 0) return std::nullopt;
+  }
+  return padding;
+}
+
+Conv2dIntDims conv2d_transposed(Conv2dIntDims d, const std::array<int64_t, 2>& padding) {
+  std::swap(d.in_channels, d.out_channels);
+  std::swap(d.in_size, d.out_size);
+  d.padding = padding;
+  return d;
+}
+
+}  // namespace fastconv
