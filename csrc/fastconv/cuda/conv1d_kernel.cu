@@ -18,7 +18,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
@@ -511,7 +510,9 @@ at::Tensor conv1d_weight_backward_cuda(
 // Autotuning keys CUDA signatures by the GPU's model.
 const bool kNamerRegistered = [] {
   autotune::register_device_namer(c10::DeviceType::CUDA, [](c10::DeviceIndex index) {
-    return std::string(at::cuda::getDeviceProperties(index)->name);
+    cudaDeviceProp properties;
+    C10_CUDA_CHECK(cudaGetDeviceProperties(&properties, index));
+    return std::string(properties.name);
   });
   return true;
 }();
