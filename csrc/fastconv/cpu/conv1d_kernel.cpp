@@ -18,13 +18,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "fastconv/bias_grad.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/conv1d_driver.h"
 #include "fastconv/cpu/tile_kernels.h"
-#include "fastconv/fft/fft_conv1d.h"
-#include "fastconv/native.h"
-#include "fastconv/path.h"
+#include "fastconv/conv1d_paths.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -63,149 +60,62 @@ std::vector<at::opmath_type<scalar_t>> transposed_flipped_weight(const scalar_t*
   return out;
 }
 
-at::Tensor direct_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          const Conv1dIntDims& d, const Conv1dSymDims& sym) {
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor y = cpu::empty_output(concrete_shape(conv1d_output_shape(sym)), input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cpu", [&] {
-    std::vector<at::opmath_type<scalar_t>> w_store, b_store;
-    const auto* wp = as_opmath(w.const_data_ptr<scalar_t>(), w.numel(), w_store);
-    const auto* bp = has_bias ? as_opmath(b.const_data_ptr<scalar_t>(), b.numel(), b_store) : nullptr;
-    cpu::conv_forward<scalar_t>(forward_geometry(d), x.const_data_ptr<scalar_t>(), wp, bp,
-                      y.mutable_data_ptr<scalar_t>());
-  });
-  return y;
-}
+// fastconv's direct kernels, for Conv1dPaths (conv1d_paths.h).
+struct CpuDirect {
+  static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const Conv1dIntDims& d, const Conv1dSymDims& sym) {
+    const at::Tensor x = input.contiguous();
+    const at::Tensor w = weight.contiguous();
+    const bool has_bias = bias.has_value() && bias->defined();
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    at::Tensor y = cpu::empty_output(concrete_shape(conv1d_output_shape(sym)), input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cpu", [&] {
+      std::vector<at::opmath_type<scalar_t>> w_store, b_store;
+      const auto* wp = as_opmath(w.const_data_ptr<scalar_t>(), w.numel(), w_store);
+      const auto* bp = has_bias ? as_opmath(b.const_data_ptr<scalar_t>(), b.numel(), b_store) : nullptr;
+      cpu::conv_forward<scalar_t>(forward_geometry(d), x.const_data_ptr<scalar_t>(), wp, bp,
+                        y.mutable_data_ptr<scalar_t>());
+    });
+    return y;
+  }
 
-at::Tensor conv1d_cpu(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym = check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kForward, d, input);
-  return run_selected(call, algorithm, [&](Path path) {
-    if (path == Path::kFft) return fft::conv1d_forward(input, weight, bias, d);
-    if (path == Path::kNative) return native::forward(input, weight, bias, call.d, 1);
-    return direct_forward(input, weight, bias, d, sym);
-  });
-}
+  static at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d,
+                                   const Conv1dSymDims& sym) {
+    const at::Tensor gy = grad_output.contiguous();
+    const at::Tensor w = weight.contiguous();
+    at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
+      const auto wt = transposed_flipped_weight(w.const_data_ptr<scalar_t>(), d);
+      cpu::conv_forward<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(), wt.data(), nullptr,
+                                  gx.mutable_data_ptr<scalar_t>());
+    });
+    return gx;
+  }
 
-at::Tensor direct_input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d,
-                                 const Conv1dSymDims& sym) {
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor w = weight.contiguous();
-  at::Tensor gx = cpu::empty_output(concrete_shape(conv1d_input_shape(sym)), gy.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cpu", [&] {
-    const auto wt = transposed_flipped_weight(w.const_data_ptr<scalar_t>(), d);
-    cpu::conv_forward<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(), wt.data(), nullptr,
-                                gx.mutable_data_ptr<scalar_t>());
-  });
-  return gx;
-}
-
-at::Tensor conv1d_input_backward_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& weight,
-    c10::SymInt input_length,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym = check_conv1d_input_backward(
-      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kInput, d, grad_output);
-  return run_selected(call, algorithm, [&](Path path) {
-    if (path == Path::kFft) return fft::conv1d_input_backward(grad_output, weight, d);
-    if (path == Path::kNative) return native::input_backward(grad_output, weight, call.d, 1);
-    return direct_input_backward(grad_output, weight, d, sym);
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor> direct_weight_grads(const at::Tensor& grad_output, const at::Tensor& input,
-                                                       const Conv1dIntDims& d, const Conv1dSymDims& sym,
-                                                       bool with_bias) {
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  at::Tensor gw = at::empty_symint(conv1d_weight_shape(sym), x.options());
-  at::Tensor gb = with_bias ? at::empty({d.out_channels}, x.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cpu", [&] {
-    cpu::conv_weight_grad<scalar_t>(forward_geometry(d), gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                    gw.mutable_data_ptr<scalar_t>(),
-                                    with_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr);
-  });
-  return {gw, gb};
-}
-
-// grad_weight, and grad_bias when with_bias (else undefined).
-std::tuple<at::Tensor, at::Tensor> weight_grads_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    c10::SymInt kernel_size,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm,
-    bool with_bias) {
-  const auto sym = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm,
-      with_bias ? "fastconv.conv1d_weight_bias_backward" : "fastconv.conv1d_weight_backward");
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kWeight, d, input);
-  return run_selected(call, algorithm, [&](Path path) -> std::tuple<at::Tensor, at::Tensor> {
-    if (path == Path::kFft) {
-      return {fft::conv1d_weight_backward(grad_output, input, d),
-              with_bias ? conv_bias_grad(grad_output, 1) : at::Tensor()};
-    }
-    if (path == Path::kNative) return native::weight_backward(grad_output, input, call.d, 1, with_bias);
-    return direct_weight_grads(grad_output, input, d, sym, with_bias);
-  });
-}
-
-at::Tensor conv1d_weight_backward_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    c10::SymInt kernel_size,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  return std::get<0>(weight_grads_cpu(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm, /*with_bias=*/false));
-}
-
-std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward_cpu(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    c10::SymInt kernel_size,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  return weight_grads_cpu(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm, /*with_bias=*/true);
-}
+  static std::tuple<at::Tensor, at::Tensor> weight_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                            const Conv1dIntDims& d, const Conv1dSymDims& sym,
+                                                            bool with_bias) {
+    const at::Tensor gy = grad_output.contiguous();
+    const at::Tensor x = input.contiguous();
+    at::Tensor gw = at::empty_symint(conv1d_weight_shape(sym), x.options());
+    at::Tensor gb = with_bias ? at::empty({d.out_channels}, x.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cpu", [&] {
+      cpu::conv_weight_grad<scalar_t>(forward_geometry(d), gy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                      gw.mutable_data_ptr<scalar_t>(),
+                                      with_bias ? gb.mutable_data_ptr<scalar_t>() : nullptr);
+    });
+    return {gw, gb};
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
-  m.impl("conv1d", &conv1d_cpu);
-  m.impl("conv1d_input_backward", &conv1d_input_backward_cpu);
-  m.impl("conv1d_weight_backward", &conv1d_weight_backward_cpu);
-  m.impl("conv1d_weight_bias_backward", &conv1d_weight_bias_backward_cpu);
+  using Ops = Conv1dPaths<CpuDirect>;
+  m.impl("conv1d", &Ops::forward);
+  m.impl("conv1d_input_backward", &Ops::input_backward);
+  m.impl("conv1d_weight_backward", &Ops::weight_backward);
+  m.impl("conv1d_weight_bias_backward", &Ops::weight_bias_backward);
 }
 
 }  // namespace fastconv

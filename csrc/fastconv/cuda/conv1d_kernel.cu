@@ -30,10 +30,8 @@
 #include <algorithm>
 
 #include "fastconv/autotune.h"
-#include "fastconv/native.h"
-#include "fastconv/path.h"
 #include "fastconv/conv1d_geometry.h"
-#include "fastconv/fft/fft_conv1d.h"
+#include "fastconv/conv1d_paths.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -402,110 +400,55 @@ at::Tensor weight_grad(const Conv1dGeometry& g, const at::Tensor& gy, const at::
   return partial.sum(0);
 }
 
-// ---- operators
+// ---- operators: the direct kernels, for Conv1dPaths (conv1d_paths.h)
 
-at::Tensor direct_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          const Conv1dIntDims& d, const Conv1dSymDims& sym) {
-  c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor x = input.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const bool has_bias = bias.has_value() && bias->defined();
-  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty_symint(conv1d_output_shape(sym), input.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cuda", [&] {
-        launch_gather<scalar_t>(forward_geometry(d), x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-                                has_bias ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>());
-      });
-  return y;
-}
+struct CudaDirect {
+  static at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            const Conv1dIntDims& d, const Conv1dSymDims& sym) {
+    c10::cuda::CUDAGuard guard(input.device());
+    const at::Tensor x = input.contiguous();
+    const at::Tensor w = weight.contiguous();
+    const bool has_bias = bias.has_value() && bias->defined();
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    at::Tensor y = at::empty_symint(conv1d_output_shape(sym), input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_cuda", [&] {
+          launch_gather<scalar_t>(forward_geometry(d), x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                  has_bias ? b.const_data_ptr<scalar_t>() : nullptr, y.mutable_data_ptr<scalar_t>());
+        });
+    return y;
+  }
 
-at::Tensor conv1d_cuda(
-    const at::Tensor& input,
-    const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym =
-      check_conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kForward, d, input);
-  return run_selected(call, algorithm, [&](Path path) {
-    if (path == Path::kFft) return fft::conv1d_forward(input, weight, bias, d);
-    if (path == Path::kNative) return native::forward(input, weight, bias, call.d, 1);
-    return direct_forward(input, weight, bias, d, sym);
-  });
-}
+  static at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d,
+                                   const Conv1dSymDims& sym) {
+    c10::cuda::CUDAGuard guard(grad_output.device());
+    const at::Tensor gy = grad_output.contiguous();
+    const at::Tensor wt = input_backward_weight(weight, d.groups);
+    at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cuda", [&] {
+          launch_gather<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(),
+                                  wt.const_data_ptr<scalar_t>(), nullptr, gx.mutable_data_ptr<scalar_t>());
+        });
+    return gx;
+  }
 
-at::Tensor direct_input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv1dIntDims& d,
-                                 const Conv1dSymDims& sym) {
-  c10::cuda::CUDAGuard guard(grad_output.device());
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor wt = input_backward_weight(weight, d.groups);
-  at::Tensor gx = at::empty_symint(conv1d_input_shape(sym), gy.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, gy.scalar_type(), "fastconv_conv1d_input_backward_cuda", [&] {
-        launch_gather<scalar_t>(input_backward_geometry(d), gy.const_data_ptr<scalar_t>(),
-                                wt.const_data_ptr<scalar_t>(), nullptr, gx.mutable_data_ptr<scalar_t>());
-      });
-  return gx;
-}
-
-at::Tensor conv1d_input_backward_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& weight,
-    c10::SymInt input_length,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym = check_conv1d_input_backward(
-      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kInput, d, grad_output);
-  return run_selected(call, algorithm, [&](Path path) {
-    if (path == Path::kFft) return fft::conv1d_input_backward(grad_output, weight, d);
-    if (path == Path::kNative) return native::input_backward(grad_output, weight, call.d, 1);
-    return direct_input_backward(grad_output, weight, d, sym);
-  });
-}
-
-at::Tensor direct_weight_backward(const at::Tensor& grad_output, const at::Tensor& input, const Conv1dIntDims& d,
-                                  const Conv1dSymDims& sym) {
-  c10::cuda::CUDAGuard guard(input.device());
-  const at::Tensor gy = grad_output.contiguous();
-  const at::Tensor x = input.contiguous();
-  at::Tensor gw;
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cuda", [&] {
-        gw = weight_grad<scalar_t>(forward_geometry(d), gy, x);
-      });
-  return gw.view(concrete_shape(conv1d_weight_shape(sym))).to(x.scalar_type());
-}
-
-at::Tensor conv1d_weight_backward_cuda(
-    const at::Tensor& grad_output,
-    const at::Tensor& input,
-    c10::SymInt kernel_size,
-    c10::SymIntArrayRef stride,
-    c10::SymIntArrayRef padding,
-    c10::SymIntArrayRef dilation,
-    c10::SymInt groups,
-    c10::string_view algorithm) {
-  const auto sym = check_conv1d_weight_backward(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
-  const auto d = concrete(sym);
-  const ConvCall call = make_call(ConvOp::kWeight, d, input);
-  return run_selected(call, algorithm, [&](Path path) {
-    if (path == Path::kFft) return fft::conv1d_weight_backward(grad_output, input, d);
-    if (path == Path::kNative) return std::get<0>(native::weight_backward(grad_output, input, call.d, 1, false));
-    return direct_weight_backward(grad_output, input, d, sym);
-  });
-}
+  // The bias gradient, when wanted, is a sum over grad_output.
+  static std::tuple<at::Tensor, at::Tensor> weight_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                            const Conv1dIntDims& d, const Conv1dSymDims& sym,
+                                                            bool with_bias) {
+    c10::cuda::CUDAGuard guard(input.device());
+    const at::Tensor gy = grad_output.contiguous();
+    const at::Tensor x = input.contiguous();
+    at::Tensor gw;
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_conv1d_weight_backward_cuda", [&] {
+          gw = weight_grad<scalar_t>(forward_geometry(d), gy, x);
+        });
+    return {gw.view(concrete_shape(conv1d_weight_shape(sym))).to(x.scalar_type()),
+            with_bias ? conv_bias_grad(grad_output, 1) : at::Tensor()};
+  }
+};
 
 // Autotuning keys CUDA signatures by the GPU's model.
 const bool kNamerRegistered = [] {
@@ -520,9 +463,10 @@ const bool kNamerRegistered = [] {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
-  m.impl("conv1d", &conv1d_cuda);
-  m.impl("conv1d_input_backward", &conv1d_input_backward_cuda);
-  m.impl("conv1d_weight_backward", &conv1d_weight_backward_cuda);
+  using Ops = Conv1dPaths<CudaDirect>;
+  m.impl("conv1d", &Ops::forward);
+  m.impl("conv1d_input_backward", &Ops::input_backward);
+  m.impl("conv1d_weight_backward", &Ops::weight_backward);
 }
 
 }  // namespace fastconv
