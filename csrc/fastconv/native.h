@@ -24,4 +24,9 @@ at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weigh
 std::tuple<at::Tensor, at::Tensor> weight_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                    const Conv2dIntDims& d, int dims, bool with_bias);
 
+// All three gradients in one call: (grad_input, grad_weight, grad_bias or undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                        const at::Tensor& weight, const Conv2dIntDims& d, int dims,
+                                                        bool with_bias);
+
 }  // namespace fastconv::native

@@ -9,6 +9,7 @@
 #include "fastconv/autotune.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/fft/fft_conv1d.h"
+#include "fastconv/native.h"
 
 namespace fastconv {
 namespace {
@@ -244,22 +245,35 @@ Path select_path(const ConvCall& call, c10::string_view algorithm, const std::fu
 std::string conv2d_derivative_algorithm(ConvOp op, const Conv2dSymDims& d, const at::Tensor& activation,
                                         const std::string& algorithm) {
   if (algorithm != "direct" && algorithm != "shifted") return algorithm;
-  Conv2dIntDims dims;
-  const auto known = [](const c10::SymInt& v, int64_t& out) {
-    const auto value = v.maybe_as_int();
-    if (value) out = *value;
-    return value.has_value();
-  };
-  bool all = known(d.batch, dims.batch) && known(d.in_channels, dims.in_channels) &&
-      known(d.out_channels, dims.out_channels) && known(d.groups, dims.groups);
-  for (int i = 0; i < 2; ++i) {
-    all = all && known(d.in_size[i], dims.in_size[i]) && known(d.out_size[i], dims.out_size[i]) &&
-        known(d.kernel_size[i], dims.kernel_size[i]) && known(d.stride[i], dims.stride[i]) &&
-        known(d.padding[i], dims.padding[i]) && known(d.dilation[i], dims.dilation[i]);
-  }
-  dims.batched = d.batched;
+  const auto dims = maybe_concrete(d);
   const Path path = algorithm == "direct" ? Path::kDirect : Path::kShifted;
-  return all && !why_not(path, make_call(op, dims, activation)) ? algorithm : "auto";
+  return dims && !why_not(path, make_call(op, *dims, activation)) ? algorithm : "auto";
+}
+
+std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> native_backward_if_chosen(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+    c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, const c10::SymInt& groups,
+    const std::string& algorithm, bool with_bias) {
+  const int dims = int(weight.dim()) - 2;
+  std::optional<Conv2dIntDims> d;
+  if (dims == 1) {
+    const auto s = check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm);
+    const Conv2dSymDims s2{s.batch, s.in_channels, s.out_channels, s.groups, {1, s.in_length}, {1, s.out_length},
+                           {1, s.kernel_size}, {1, s.stride}, {0, s.padding}, {1, s.dilation}, s.batched};
+    d = maybe_concrete(s2);
+  } else {
+    d = maybe_concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm));
+  }
+  if (!d) return std::nullopt;
+  ConvCall input_call = make_call(ConvOp::kInput, *d, grad_output), weight_call = make_call(ConvOp::kWeight, *d, input);
+  input_call.dims = weight_call.dims = dims;
+  const auto native = [&](const ConvCall& call) {
+    if (algorithm != "auto") return algorithm == "native";
+    if (autotune::enabled()) return autotune::lookup(call) == Path::kNative;  // untuned: each operator tunes
+    return default_path(call) == Path::kNative;
+  };
+  if (!native(input_call) || !native(weight_call)) return std::nullopt;
+  return native::backward(grad_output, input, weight, *d, dims, with_bias);
 }
 
 bool conv2d_is_pointwise(const Conv2dIntDims& d) {

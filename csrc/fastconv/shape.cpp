@@ -353,6 +353,19 @@ Conv1dSymDims check_conv1d_weight_backward(
       op, grad_output, input, {kernel_size}, stride, padding, dilation, groups));
 }
 
+std::optional<Conv2dIntDims> maybe_concrete(const Conv2dSymDims& d) {
+  std::vector<c10::SymInt> all{d.batch, d.in_channels, d.out_channels, d.groups};
+  for (int i = 0; i < 2; ++i) {
+    for (const auto* v : {&d.in_size, &d.out_size, &d.kernel_size, &d.stride, &d.padding, &d.dilation}) {
+      all.push_back((*v)[i]);
+    }
+  }
+  for (const auto& v : all) {
+    if (!v.maybe_as_int()) return std::nullopt;
+  }
+  return concrete(d);
+}
+
 Conv2dIntDims concrete(const Conv2dSymDims& d) {
   Conv2dIntDims out;
   out.batch = d.batch.expect_int();

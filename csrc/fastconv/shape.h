@@ -65,6 +65,8 @@ using Conv1dIntDims = Conv1dDims<int64_t>;
 
 // Sizes as plain integers, for kernels running on real tensors.
 Conv1dIntDims concrete(const Conv1dSymDims& d);
+// The same where every size is known (not symbolic), else nullopt.
+std::optional<Conv2dIntDims> maybe_concrete(const Conv2dSymDims& d);
 std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape);
 
 // Output shape, (N, C_out, L_out) or (C_out, L_out).

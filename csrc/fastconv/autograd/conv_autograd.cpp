@@ -160,11 +160,17 @@ class ConvFunction : public torch::autograd::Function<ConvFunction<Ops>> {
     const at::Tensor& grad = grads[0];
     const HyperParams p = load_hyper_params(ctx);
     at::Tensor grad_input, grad_weight, grad_bias;
+    const bool bias_wanted = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
+    if (ctx->needs_input_grad(0) && ctx->needs_input_grad(1)) {
+      if (auto all = native_backward_if_chosen(grad, input, weight, p.stride, p.padding, p.dilation, p.groups,
+                                               p.algorithm, bias_wanted)) {
+        return {std::get<0>(*all), std::get<1>(*all), std::get<2>(*all), at::Tensor()};
+      }
+    }
     if (ctx->needs_input_grad(0)) {
       grad_input = Ops::input_backward(grad, weight, Ops::size_of(input),
                                        Ops::for_input(p, grad, weight, Ops::size_of(input)));
     }
-    const bool bias_wanted = ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2);
     const auto& p_weight = Ops::for_weight(p, grad, input, Ops::size_of(weight));
     if (ctx->needs_input_grad(1) && bias_wanted) {
       std::tie(grad_weight, grad_bias) = Ops::weight_bias_backward(grad, input, Ops::size_of(weight), p_weight);
