@@ -16,19 +16,15 @@
 namespace fastconv {
 namespace {
 
-// Measured on the development machine (AMD EPYC Zen 4 VM, 2 threads, fp32,
-// default glibc allocator) with python -m fastconv_ext.calibrate --repeats 9
-// (the median of 3 fits; the FFT's fixed cost measured on a small transform).
-// The fits put no weight on bytes: they scale with the transforms' n log n.
-// direct_small was then scaled by 0.73 when the one-channel kernels got
-// faster: calibrated side by side on 2026-11-27, 1.76e-11 before and
-// 1.25-1.32e-11 after (the VM ran faster that day, so every constant of
-// those fits came out lower; the FFT's moved most, and a profile made of
-// them alone chose the FFT too early at 4 channels in bench_fft.py's sweep).
+// Measured on the development machine (2 vCPUs of an AMD EPYC with AVX-512
+// and AVX512-BF16, fp32, default glibc allocator) with
+// python -m fastconv_ext.calibrate --repeats 9 --passes 3, all constants from
+// one run so that their ratios, which decide, are consistent. Elsewhere a
+// calibrated profile file replaces them.
 constexpr CostProfile kDefaultCpuProfile{
-    /*direct_small=*/1.64e-11, /*direct_dense=*/9.96e-12, /*direct_call=*/1.32e-5,
-    /*fft_nlogn=*/1.27e-10,    /*fft_cmac=*/4.88e-11,   /*fft_byte=*/1e-15, /*fft_call=*/5.73e-5,
-    /*threads=*/2, /*native_small=*/1e-10, /*native_dense=*/5e-12, /*native_call=*/1e-5};
+    /*direct_small=*/7.90e-12, /*direct_dense=*/3.97e-12, /*direct_call=*/4.03e-6,
+    /*fft_nlogn=*/5.90e-11,    /*fft_cmac=*/4.06e-12,   /*fft_byte=*/1e-15, /*fft_call=*/3.01e-5,
+    /*threads=*/2, /*native_small=*/1.55e-11, /*native_dense=*/4.21e-12, /*native_call=*/2.76e-5};
 
 // No GPU has measured these: cuFFT against the tiled direct kernels,
 // as rough rates of an H100-class device.
