@@ -153,8 +153,8 @@ def conv2d(
 
     Args:
         input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, any memory format
-            (channels_last is read through a contiguous copy); float32, float64, float16
-            or bfloat16 (16-bit types compute in float32).
+            (fastconv's own paths read channels_last through a contiguous copy); float32,
+            float64, float16 or bfloat16 (16-bit types compute in float32).
         weight: ``(C_out, C_in / groups, KH, KW)``, same dtype and device as ``input``.
         bias: optional ``(C_out,)``.
         stride: positive int or pair.
@@ -166,7 +166,8 @@ def conv2d(
             ``'shifted'``; a forced path that cannot run the arguments raises, saying why.
 
     Returns:
-        ``(N, C_out, H_out, W_out)`` (or unbatched), contiguous, with
+        ``(N, C_out, H_out, W_out)`` (or unbatched), channels_last when ``input`` is,
+        else contiguous, with
         ``H_out = (H + 2 * padding[0] - dilation[0] * (KH - 1) - 1) // stride[0] + 1``
         and ``W_out`` likewise.
 

@@ -278,3 +278,27 @@ def test_two_processes_writing_at_once_leave_a_well_formed_file(tmp_path):
     run = run_python("import fastconv_ext, json; print(json.dumps(fastconv_ext.autotune_cache_info()))", tmp_path)
     assert "autotuning cache file" not in run.stderr
     assert json.loads(run.stdout)["entries"] >= 12
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "native", "direct", "im2col", "shifted"])
+def test_conv2d_channels_last_in_channels_last_out(algorithm):
+    """A channels-last activation stays channels-last, as through F.conv2d, whichever path runs;
+    opcheck holds the fake kernel to the same layout."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 9, 10, dtype=torch.float64, generator=g).to(memory_format=torch.channels_last)
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64, generator=g)
+    b = torch.randn(6, dtype=torch.float64, generator=g)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    y = fastconv_ext.conv2d(x, w, b, padding=1, groups=6, algorithm=algorithm)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y_ref = F.conv2d(x, w, b, padding=1, groups=6)
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=g).to(memory_format=torch.channels_last)
+    for got, ref in zip((y,) + torch.autograd.grad(y, (x, w, b), gy), (y_ref,) + torch.autograd.grad(y_ref, (x, w, b), gy)):
+        torch.testing.assert_close(got, ref)
+    gx = ops.conv2d_input_backward(gy, w.detach(), [9, 10], [1, 1], [1, 1], [1, 1], 6, algorithm)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    hp = ([1, 1], [1, 1], [1, 1], 6, algorithm)
+    torch.library.opcheck(ops.conv2d.default, (x.detach().float(), w.detach().float(), b.detach().float(), *hp))
+    torch.library.opcheck(ops.conv2d_input_backward.default, (gy.float(), w.detach().float(), [9, 10], *hp))
+    # Unbatched and contiguous inputs stay contiguous.
+    assert fastconv_ext.conv2d(x.detach()[0], w.detach(), padding=1, groups=6, algorithm=algorithm).is_contiguous()

@@ -15,6 +15,11 @@ std::vector<int64_t> tail(const std::array<int64_t, 2>& v, int dims) { return {v
 at::Tensor batched(const at::Tensor& t, const Conv2dIntDims& d) { return d.batched ? t : t.unsqueeze(0); }
 at::Tensor unbatched(const at::Tensor& t, const Conv2dIntDims& d) { return d.batched ? t : t.squeeze(0); }
 
+// `t` in the format conv2d_memory_format gives for `activation` (contiguous for conv1d).
+at::Tensor formatted_like(const at::Tensor& t, const at::Tensor& activation) {
+  return t.contiguous(conv2d_memory_format(activation));
+}
+
 }  // namespace
 
 at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -22,7 +27,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
   const at::Tensor y = at::convolution(batched(input, d), weight, bias, tail(d.stride, dims), tail(d.padding, dims),
                                        tail(d.dilation, dims), /*transposed=*/false,
                                        std::vector<int64_t>(dims, 0), d.groups);
-  return unbatched(y, d).contiguous();
+  return formatted_like(unbatched(y, d), input);
 }
 
 at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv2dIntDims& d,
@@ -37,7 +42,7 @@ at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weigh
                                         tail(d.stride, dims), tail(d.padding, dims), tail(d.dilation, dims),
                                         /*transposed=*/false, std::vector<int64_t>(dims, 0), d.groups,
                                         {true, false, false});
-  return unbatched(std::get<0>(grads), d).contiguous();
+  return formatted_like(unbatched(std::get<0>(grads), d), grad_output);
 }
 
 std::tuple<at::Tensor, at::Tensor> weight_backward(const at::Tensor& grad_output, const at::Tensor& input,
@@ -64,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
       batched(grad_output, d), batched(input, d), weight,
       with_bias ? at::OptionalIntArrayRef(bias_shape) : std::nullopt, tail(d.stride, dims), tail(d.padding, dims),
       tail(d.dilation, dims), /*transposed=*/false, std::vector<int64_t>(dims, 0), d.groups, {true, true, with_bias});
-  return {unbatched(gx, d).contiguous(), gw.contiguous(), gb};
+  return {formatted_like(unbatched(gx, d), grad_output), gw.contiguous(), gb};
 }
 
 }  // namespace fastconv::native

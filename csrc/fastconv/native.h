@@ -1,7 +1,7 @@
 // The "native" path: PyTorch's own convolution (at::convolution and
 // at::convolution_backward: oneDNN or its CPU kernels, cuDNN on CUDA) for
 // conv1d and conv2d, forward and both gradients, on any device. Results are
-// contiguous, as the fake kernels declare.
+// in the memory format the fake kernels declare (shape.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>

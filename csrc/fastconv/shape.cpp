@@ -353,6 +353,12 @@ Conv1dSymDims check_conv1d_weight_backward(
       op, grad_output, input, {kernel_size}, stride, padding, dilation, groups));
 }
 
+at::MemoryFormat conv2d_memory_format(const at::Tensor& activation) {
+  return activation.dim() == 4 && activation.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+      ? at::MemoryFormat::ChannelsLast
+      : at::MemoryFormat::Contiguous;
+}
+
 std::optional<Conv2dIntDims> maybe_concrete(const Conv2dSymDims& d) {
   std::vector<c10::SymInt> all{d.batch, d.in_channels, d.out_channels, d.groups};
   for (int i = 0; i < 2; ++i) {

@@ -121,6 +121,10 @@ Conv1dSymDims check_conv1d_weight_backward(
 Conv2dIntDims concrete(const Conv2dSymDims& d);
 // (N, C_out, H_out, W_out) or (C_out, H_out, W_out).
 std::vector<c10::SymInt> conv2d_output_shape(const Conv2dSymDims& d);
+// The memory format of conv2d's output (from its input) and of grad_input
+// (from grad_output), on every backend: channels-last when that tensor is,
+// as a channels-last activation stays channels-last through F.conv2d.
+at::MemoryFormat conv2d_memory_format(const at::Tensor& activation);
 // (N, C_in, H, W) or (C_in, H, W).
 std::vector<c10::SymInt> conv2d_input_shape(const Conv2dSymDims& d);
 // (C_out, C_in / groups, KH, KW).

@@ -511,8 +511,9 @@ at::Tensor conv2d_cpu(
     c10::string_view algorithm) {
   const auto d = concrete(check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm));
   return run_selected(make_call(ConvOp::kForward, d, input), algorithm, [&](Path path) {
-    return path == Path::kNative ? native::forward(input, weight, bias, d, 2)
-                                 : conv2d_forward_own(input, weight, bias, d, path);
+    return path == Path::kNative
+        ? native::forward(input, weight, bias, d, 2)
+        : conv2d_forward_own(input, weight, bias, d, path).contiguous(conv2d_memory_format(input));
   });
 }
 
@@ -628,8 +629,9 @@ at::Tensor conv2d_input_backward_cpu(
   const auto d = concrete(check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups, algorithm));
   return run_selected(make_call(ConvOp::kInput, d, grad_output), algorithm, [&](Path path) {
-    return path == Path::kNative ? native::input_backward(grad_output, weight, d, 2)
-                                 : conv2d_input_backward_own(grad_output, weight, d, path);
+    return path == Path::kNative
+        ? native::input_backward(grad_output, weight, d, 2)
+        : conv2d_input_backward_own(grad_output, weight, d, path).contiguous(conv2d_memory_format(grad_output));
   });
 }
 

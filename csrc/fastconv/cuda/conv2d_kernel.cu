@@ -185,7 +185,7 @@ at::Tensor conv2d_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return y;
+  return y.contiguous(conv2d_memory_format(input));
 }
 
 at::Tensor conv2d_weight_backward_cuda(
@@ -260,7 +260,7 @@ at::Tensor conv2d_input_backward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return gx.to(gy.scalar_type());
+  return gx.to(gy.scalar_type()).contiguous(conv2d_memory_format(grad_output));
 }
 
 }  // namespace

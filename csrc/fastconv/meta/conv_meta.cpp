@@ -1,5 +1,6 @@
 // Meta kernels: shapes only, for FakeTensor, torch.compile and opcheck.
 // They run the same checks as the real kernels through shape.h.
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "fastconv/shape.h"
@@ -60,7 +61,7 @@ at::Tensor conv2d_meta(
     c10::string_view algorithm) {
   const auto d =
       check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm);
-  return input.new_empty_symint(conv2d_output_shape(d));
+  return at::empty_symint(conv2d_output_shape(d), input.options().memory_format(conv2d_memory_format(input)));
 }
 
 at::Tensor conv2d_input_backward_meta(
@@ -74,7 +75,8 @@ at::Tensor conv2d_input_backward_meta(
     c10::string_view algorithm) {
   const auto d = check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
-  return grad_output.new_empty_symint(conv2d_input_shape(d));
+  return at::empty_symint(conv2d_input_shape(d),
+                          grad_output.options().memory_format(conv2d_memory_format(grad_output)));
 }
 
 at::Tensor conv2d_weight_backward_meta(
