@@ -95,22 +95,24 @@ Path conv1d_default(const ConvCall& c) {
 
 // ---- conv2d rules.
 //
-// fastconv's conv2d paths beat oneDNN where the GEMM it would run is
-// degenerate: few taps per group (depthwise, the 3-channel stem) in the
-// backward passes, which PyTorch runs through slow generic kernels. oneDNN's
-// forward is direct and vectorized across channels: native.
+// fastconv's conv2d paths beat PyTorch clearly in the backward passes of
+// depthwise layers, which it runs through slow generic kernels (direct rows
+// where they can run: up to 32 taps). oneDNN's forward is direct and
+// vectorized across channels: native. Everything else is native by default;
+// autotuning finds the rest (im2col for many pointwise and 7x7 depthwise
+// weight gradients).
 Path conv2d_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   if (!c.device.is_cpu()) return Path::kNative;
   if (c.dtype == at::kBFloat16 && cpu::has_bf16_dot_product()) return Path::kNative;
-  const bool few_taps = d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1;
+  const bool depthwise = d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1;
   switch (c.op) {
     case ConvOp::kForward:
       return Path::kNative;
     case ConvOp::kInput:
-      return few_taps && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect : Path::kNative;
+      return depthwise && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect : Path::kNative;
     case ConvOp::kWeight:
-      return few_taps && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
+      return depthwise && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
   }
   return Path::kNative;
 }
