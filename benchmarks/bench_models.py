@@ -167,6 +167,9 @@ def bench_model(name, args) -> Dict:
         ref = step_fns(base, inputs, train)
         ours = step_fns(fast, inputs, train)
         if args.compile:
+            # Every model compiles the same step functions: without a reset, dynamo's
+            # recompilation limit would leave the later models eager.
+            torch._dynamo.reset()
             ref, ours = torch.compile(ref), torch.compile(ours)
         for mode in ("default", "autotuned"):
             fastconv_ext.set_autotune(mode == "autotuned")
