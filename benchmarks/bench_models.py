@@ -164,15 +164,16 @@ def bench_model(name, args) -> Dict:
     row = {"model": name, "convs": convs}
     for train in (False, True):
         phase = "train" if train else "infer"
-        ref = step_fns(base, inputs, train)
-        ours = step_fns(fast, inputs, train)
-        if args.compile:
-            # Every model compiles the same step functions: without a reset, dynamo's
-            # recompilation limit would leave the later models eager.
-            torch._dynamo.reset()
-            ref, ours = torch.compile(ref), torch.compile(ours)
         for mode in ("default", "autotuned"):
             fastconv_ext.set_autotune(mode == "autotuned")
+            ref = step_fns(base, inputs, train)
+            ours = step_fns(fast, inputs, train)
+            if args.compile:
+                # Traced afresh in each mode: what a fastconv call becomes in the graph
+                # depends on autotuning (fastconv_ext/compiled.py). The reset also keeps
+                # dynamo's recompilation limit from leaving later models eager.
+                torch._dynamo.reset()
+                ref, ours = torch.compile(ref), torch.compile(ours)
             t0 = time.perf_counter()
             misses0, tune0 = (fastconv_ext.autotune_cache_info()[k] for k in ("misses", "tuning_seconds"))
             ours()  # tunes every new signature when autotuning is on

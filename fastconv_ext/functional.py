@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastconv_ext.compiled import traced_as_native
+
 __all__ = ["conv1d", "conv2d", "convolve"]
 
 
@@ -36,6 +38,32 @@ def _tuple(value: _IntOrSeq, n: int, name: str, op: str) -> List[int]:
             f"but got {len(out)} values"
         )
     return out
+
+
+def _conv(
+    dims: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: List[int],
+    padding: List[int],
+    dilation: List[int],
+    groups: int,
+    algorithm: str,
+) -> Tensor:
+    """The fastconv operator of `dims` spatial dimensions; under dynamo, PyTorch's convolution
+    where every operator of the call would run it anyway (compiled.py)."""
+    if dims == 1:
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_compiling() and traced_as_native(input, weight, stride, padding, dilation, groups,
+                                                                  algorithm):
+                return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
+        return torch.ops.fastconv.conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_compiling() and traced_as_native(input, weight, stride, padding, dilation, groups,
+                                                              algorithm):
+            return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return torch.ops.fastconv.conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm)
 
 
 def _same_padding(
@@ -129,7 +157,7 @@ def conv1d(
     stride_ = _tuple(stride, 1, "stride", "conv1d")
     dilation_ = _tuple(dilation, 1, "dilation", "conv1d")
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv1d")
-    return torch.ops.fastconv.conv1d(input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
+    return _conv(1, input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
 
 
 def conv2d(
@@ -177,7 +205,7 @@ def conv2d(
     stride_ = _tuple(stride, 2, "stride", "conv2d")
     dilation_ = _tuple(dilation, 2, "dilation", "conv2d")
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv2d")
-    return torch.ops.fastconv.conv2d(input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
+    return _conv(2, input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
 
 
 def convolve(a: Tensor, v: Tensor, mode: str = "full") -> Tensor:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastconv_ext.functional import conv1d, conv2d
+from fastconv_ext.functional import _conv, conv1d, conv2d
 
 __all__ = ["Conv1d", "Conv2d"]
 
@@ -42,12 +42,16 @@ class Conv1d(nn.Conv1d):
         self.algorithm = check_algorithm("Conv1d", algorithm, 1)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        # The operator directly where the arguments are already its own (a module's call is
+        # the common case: the functional wrapper's conversions cost microseconds).
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return torch.ops.fastconv.conv1d(
-                padded, weight, bias, self.stride, [0], self.dilation, self.groups, self.algorithm
-            )
-        return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+            return _conv(1, padded, weight, bias, list(self.stride), [0], list(self.dilation), self.groups,
+                         self.algorithm)
+        if isinstance(self.padding, str):
+            return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+        return _conv(1, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                     self.algorithm)
 
 
 class Conv2d(nn.Conv2d):
@@ -67,9 +71,13 @@ class Conv2d(nn.Conv2d):
         self.algorithm = check_algorithm("Conv2d", algorithm, 2)
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        # The operator directly where the arguments are already its own (a module's call is
+        # the common case: the functional wrapper's conversions cost microseconds).
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return torch.ops.fastconv.conv2d(
-                padded, weight, bias, self.stride, [0, 0], self.dilation, self.groups, self.algorithm
-            )
-        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+            return _conv(2, padded, weight, bias, list(self.stride), [0, 0], list(self.dilation), self.groups,
+                         self.algorithm)
+        if isinstance(self.padding, str):
+            return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+        return _conv(2, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                     self.algorithm)

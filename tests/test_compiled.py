@@ -1,0 +1,106 @@
+"""What a fastconv convolution becomes in a torch.compile graph (fastconv_ext/compiled.py):
+PyTorch's convolution where every operator of the call would run PyTorch's kernel, a fastconv
+operator everywhere else, the same numbers either way."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv_ext
+
+ops = torch.ops.fastconv
+TORCH_CONVS = (torch.conv1d, torch.conv2d)
+
+
+def traced_targets(fn, *args, dynamic=False):
+    """Run fn compiled (fullgraph) and return (result, the names of the ops dynamo traced)."""
+    torch._dynamo.reset()
+    names = []
+
+    def backend(gm, example_inputs):
+        for n in gm.graph.nodes:
+            if n.op == "call_function":
+                names.append(f"torch.{n.target.__name__}" if n.target in TORCH_CONVS else str(n.target))
+        return gm.forward
+
+    out = torch.compile(fn, backend=backend, fullgraph=True, dynamic=dynamic)(*args)
+    return out, names
+
+
+def uses(names, what):
+    return any(what in n for n in names)
+
+
+def all_native(x, w, stride, padding, dilation, groups, op_names):
+    return all(ops._conv_path(x.detach(), w.detach(), stride, padding, dilation, groups, "auto", op) == "native"
+               for op in op_names)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("case", [
+    ((2, 16, 12, 12), (32, 16, 3, 3), 1),   # dense: PyTorch's kernel by default
+    ((2, 16, 12, 12), (16, 1, 3, 3), 16),   # depthwise: fastconv's backward by default
+    ((2, 8, 300), (8, 1, 31), 8),           # depthwise conv1d, long kernel: fastconv's by default
+    ((2, 64, 50), (64, 64, 3), 1),          # dense conv1d
+])
+def test_traced_as_pytorch_exactly_where_every_operator_is_native(case, grad):
+    x_shape, w_shape, groups = case
+    dims = len(w_shape) - 2
+    module = (fastconv_ext.Conv1d if dims == 1 else fastconv_ext.Conv2d)(
+        x_shape[1], w_shape[0], w_shape[2:], padding=1, groups=groups).double()
+    x = torch.randn(x_shape, dtype=torch.float64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out, names = traced_targets(module, x)
+    hp = ([1] * dims, [1] * dims, [1] * dims, groups)
+    native = all_native(x, module.weight, *hp, ["forward", "input", "weight"] if grad else ["forward"])
+    assert uses(names, "fastconv") != native, names
+    assert uses(names, "conv") and (native == uses(names, f"torch.conv{dims}d")), names
+    ref = (F.conv1d if dims == 1 else F.conv2d)(x, module.weight, module.bias, padding=1, groups=groups)
+    torch.testing.assert_close(out, ref)
+    if grad:
+        got = torch.autograd.grad(out.square().sum(), (x, module.weight))
+        want = torch.autograd.grad(ref.square().sum(), (x, module.weight))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+def test_the_cases_above_cover_both_outcomes():
+    dense = (torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3))
+    depthwise = (torch.randn(2, 16, 12, 12), torch.randn(16, 1, 3, 3))
+    hp = ([1, 1], [1, 1], [1, 1])
+    assert all_native(*dense, *hp, 1, ["forward", "input", "weight"])
+    assert not all_native(*depthwise, *hp, 16, ["forward", "input", "weight"])
+
+
+def test_forced_paths_autotuning_and_symbolic_sizes_stay_fastconv_operators():
+    x, w = torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3)
+
+    def f(algorithm):
+        return lambda x: fastconv_ext.conv2d(x, w, padding=1, algorithm=algorithm)
+
+    assert uses(traced_targets(f("native"), x)[1], "torch.conv2d")
+    assert uses(traced_targets(f("im2col"), x)[1], "fastconv.conv2d")
+    assert uses(traced_targets(f("auto"), x)[1], "torch.conv2d")
+    # Symbolic sizes: the kernel decides at run time.
+    out, names = traced_targets(f("auto"), x, dynamic=True)
+    assert uses(names, "fastconv.conv2d")
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+    # Autotuning on: tuned in the kernel, on real tensors.
+    fastconv_ext.set_autotune(True)
+    try:
+        out, names = traced_targets(f("auto"), x)
+    finally:
+        fastconv_ext.set_autotune(False)
+    assert uses(names, "fastconv.conv2d")
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+
+
+def test_inductor_graph_with_padding_modes_and_channels_last():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        fastconv_ext.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), torch.nn.ReLU(),
+        fastconv_ext.Conv2d(8, 8, 3, padding="same", groups=8), torch.nn.ReLU(),
+        fastconv_ext.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-5)
