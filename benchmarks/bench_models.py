@@ -10,14 +10,19 @@ dependencies only (``requirements-bench.txt``). Where a configuration is cut dow
 transformer layers), the convolutions are the original's; the note beside each model says so.
 
 For each model: inference (no_grad) and a training step (forward, backward of the summed
-output), with fastconv's default rules and autotuned (the tuning runs in the warm-up, and its
-cost is reported), against the untouched model in the same process, calls interleaved, medians
-after warm-up. Then a per-layer table of the autotuned model (every convolution: PyTorch's
-time and fastconv's, forward and forward+backward, and the chosen paths). ``--compile`` puts
-both sides under ``torch.compile``.
+output), against the untouched model in the same process, calls interleaved, medians after
+warm-up, converted two ways: ``convert(model)`` with fastconv's default rules, and autotuned as
+a user tunes a model, ``convert(model, example_inputs=..., train=...)`` with autotuning on (it
+runs the model once, tuning every layer -- its cost is reported -- and gives the layers that
+ran only PyTorch's kernels their class back). Then a per-layer table of the autotuned model
+(every convolution: PyTorch's time and fastconv's operator's, forward+backward, the chosen
+paths, and whether the layer stays fastconv's). ``--compile`` puts both sides under
+``torch.compile``.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -166,17 +171,30 @@ def bench_model(name, args) -> Dict:
         phase = "train" if train else "infer"
         for mode in ("default", "autotuned"):
             fastconv_ext.set_autotune(mode == "autotuned")
+            misses0, tune0 = (fastconv_ext.autotune_cache_info()[k] for k in ("misses", "tuning_seconds"))
+            if mode == "autotuned":
+                # As a user tunes a model: convert with example inputs runs it once (tuning every
+                # layer) and gives the layers that ran only PyTorch's kernels their class back.
+                model, _ = build(name, args.quick, args.dtype, converted=False)
+                t0 = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    fastconv_ext.convert(model, example_inputs=inputs, train=train)
+                row[f"{phase}_kept_layers"] = sum(isinstance(m, (fastconv_ext.Conv1d, fastconv_ext.Conv2d))
+                                                  for m in model.modules())
+            else:
+                model = fast
+                t0 = time.perf_counter()
             ref = step_fns(base, inputs, train)
-            ours = step_fns(fast, inputs, train)
+            ours = step_fns(model, inputs, train)
+            ours()  # tunes every signature still new when autotuning is on
             if args.compile:
-                # Traced afresh in each mode: what a fastconv call becomes in the graph
-                # depends on autotuning (fastconv_ext/compiled.py). The reset also keeps
-                # dynamo's recompilation limit from leaving later models eager.
+                # Traced afresh in each mode, after that eager call: a call whose path is
+                # settled as PyTorch's kernel is traced as PyTorch's convolution, so what the
+                # graph holds depends on autotuning (fastconv_ext/compiled.py). The reset also
+                # keeps dynamo's recompilation limit from leaving later models eager.
                 torch._dynamo.reset()
                 ref, ours = torch.compile(ref), torch.compile(ours)
-            t0 = time.perf_counter()
-            misses0, tune0 = (fastconv_ext.autotune_cache_info()[k] for k in ("misses", "tuning_seconds"))
-            ours()  # tunes every new signature when autotuning is on
+                ours()  # a signature new under the compiler's layouts is tuned here
             info = fastconv_ext.autotune_cache_info()
             first = time.perf_counter() - t0
             # Compiled steps may still recompile after their first call.
@@ -192,6 +210,12 @@ def bench_model(name, args) -> Dict:
     row["layers"] = fastconv_ext.profile_layers(fast, inputs, train=True, repeats=args.layer_repeats)
     fastconv_ext.set_autotune(False)
     return row
+
+
+def slowest_layer(row) -> float:
+    """The slowest layer of the tuned model: a layer that ran only PyTorch's kernels is given its
+    PyTorch class back by convert(example_inputs=...), and runs at 1.00x."""
+    return min((1.0 if x["native_only"] else x["speedup"] for x in row["layers"]), default=float("nan"))
 
 
 def layer_class(r) -> str:
@@ -258,7 +282,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         row = bench_model(name, args)
         rows.append(row)
-        worst = min(r["speedup"] for r in row["layers"]) if row["layers"] else float("nan")
+        worst = slowest_layer(row)
         progress(f"[{i + 1}/{len(names)}] {name}: inference {row['infer_default']:.2f}x default, "
                  f"{row['infer_autotuned']:.2f}x autotuned; training {row['train_default']:.2f}x / "
                  f"{row['train_autotuned']:.2f}x; slowest layer {worst:.2f}x ({time.perf_counter() - t0:.0f} s)")
@@ -269,7 +293,7 @@ def main(argv=None) -> int:
               f"{r['train_default_ms'][0]:.1f}", str(r["infer_tuned_signatures"] + r["train_tuned_signatures"]),
               f"{r['infer_tuning_s'] + r['train_tuning_s']:.2f}",
               f"{(r['infer_tuning_s'] + r['train_tuning_s']) / max(1, r['infer_tuned_signatures'] + r['train_tuned_signatures']):.3f}",
-              f"{min((x['speedup'] for x in r['layers']), default=float('nan')):.2f}x"] for r in rows]
+              f"{slowest_layer(r):.2f}x"] for r in rows]
     text = format_table(headers, table)
     geo = {k: geomean([r[k] for r in rows]) for k in ("infer_default", "infer_autotuned", "train_default",
                                                       "train_autotuned")}
@@ -279,9 +303,10 @@ def main(argv=None) -> int:
         for layer in r["layers"]:
             layer_rows.append([r["model"], layer["name"][-32:], str(list(layer["input"])), str(list(layer["weight"])),
                                "/".join(layer["paths"].values()), f"{layer['torch_ms']:.3f}",
-                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x"])
-    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x"],
-                          layer_rows)
+                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x",
+                               "PyTorch's (1.00x)" if layer["native_only"] else "fastconv's"])
+    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x",
+                           "layer after convert(example_inputs=...)"], layer_rows)
     print(text)
     print("\nper layer, autotuned, forward+backward:\n" + layers)
     if args.out_dir:

@@ -10,12 +10,14 @@ every operator would take the native path -- the forward, and when gradients are
 gradient operators -- is traced as ``torch.nn.functional``'s convolution; every other call
 stays a fastconv operator, which chooses its path in its kernel.
 
-The decision asks the path-selection code itself (``torch.ops.fastconv._conv_path``), on the
-traced sizes, and only where it cannot depend on run time: sizes known while tracing and
-autotuning off (a tuned choice is made in the kernel, on real tensors, never while tracing).
-It is part of the traced graph, so compiler caches key on it; a graph traced with autotuning
-off keeps its choice when autotuning is switched on later (``torch._dynamo.reset()``
-retraces).
+The decision asks the path-selection code itself (``torch.ops.fastconv._conv_settled_path``)
+on the traced sizes, and takes PyTorch's convolution only where the answer cannot change at run
+time: sizes known while tracing, and a path that is settled -- the default rules with
+autotuning off, or a signature autotuning has already timed (in this process or in its cache
+file). A signature still to be tuned stays a fastconv operator and is tuned in its kernel, on
+real tensors, never while tracing. The choice is part of the traced graph, so compiler caches
+key on it; a graph keeps it when autotuning is switched on or off later
+(``torch._dynamo.reset()`` retraces).
 """
 
 from typing import List, Sequence, Tuple
@@ -34,8 +36,6 @@ def _native(input_shape: Tuple[int, ...], channels_last: bool, weight_shape: Tup
     # Dynamo runs this eagerly on the constants above and keeps the answer as a constant.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    if torch.ops.fastconv._autotune(None):
-        return False
 
     with FakeTensorMode():
         input = torch.empty(input_shape, dtype=dtype, device=device)
@@ -43,8 +43,8 @@ def _native(input_shape: Tuple[int, ...], channels_last: bool, weight_shape: Tup
             input = input.contiguous(memory_format=torch.channels_last)
         weight = torch.empty(weight_shape, dtype=dtype, device=device)
         return all(
-            torch.ops.fastconv._conv_path(input, weight, list(stride), list(padding), list(dilation), groups,
-                                          "auto", op) == "native"
+            torch.ops.fastconv._conv_settled_path(input, weight, list(stride), list(padding), list(dilation),
+                                                  groups, "auto", op) == "native"
             for op in ops
         )
 

@@ -62,6 +62,7 @@ def convert(
     verbose: bool = False,
     example_inputs: Optional[Sequence[Any]] = None,
     train: bool = False,
+    prune: bool = True,
 ) -> nn.Module:
     """Swap, in place, every :class:`torch.nn.Conv1d` and :class:`torch.nn.Conv2d` in ``module``
     (``module`` itself included) for fastconv's layers, and return ``module``.
@@ -78,6 +79,10 @@ def convert(
             converted layer when autotuning is on) and print a per-layer report: shapes,
             chosen paths, PyTorch's time and fastconv's (see :func:`profile_layers`).
         train: with ``example_inputs``, also run and time the backward pass.
+        prune: with ``example_inputs``, give a layer its PyTorch class back when every operator
+            it ran (the forward, and with ``train`` both gradients) took PyTorch's own kernel:
+            fastconv could only add the cost of its call there (a few microseconds, which
+            matter on layers as small as a squeeze-and-excitation 1x1 convolution).
 
     Subclasses that override ``forward`` or ``_conv_forward`` are left alone, with a warning
     naming them. Converting twice changes nothing; :func:`revert` undoes it. Layers shared
@@ -110,7 +115,14 @@ def convert(
     if verbose:
         print(f"fastconv.convert: converted {len(converted)} layer(s)" + "".join(f"\n  {c}" for c in converted))
     if example_inputs is not None:
-        print(format_report(profile_layers(module, example_inputs, train=train)))
+        report = profile_layers(module, example_inputs, train=train)
+        if prune:
+            layers = dict(module.named_modules())
+            for r in report:
+                r["pruned"] = _is_converted(layers[r["name"]]) and r["native_only"]
+                if r["pruned"]:
+                    _revert_layer(layers[r["name"]])
+        print(format_report(report))
     return module
 
 
@@ -118,10 +130,14 @@ def revert(module: nn.Module) -> nn.Module:
     """Give every layer :func:`convert` converted in ``module`` its original class back; returns ``module``."""
     for layer in module.modules():
         if _is_converted(layer):
-            original = layer.__dict__.pop("_fastconv_original_class")
-            layer.__dict__.pop("algorithm", None)
-            layer.__class__ = original
+            _revert_layer(layer)
     return module
+
+
+def _revert_layer(layer: nn.Module) -> None:
+    original = layer.__dict__.pop("_fastconv_original_class")
+    layer.__dict__.pop("algorithm", None)
+    layer.__class__ = original
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -147,7 +163,8 @@ def profile_layers(
     """Run ``module(*example_inputs)`` once and time each converted layer on the input it saw.
 
     Returns one dict per layer: ``name``, ``input`` and ``weight`` shapes, ``paths`` (the path
-    each operator takes: forward, and with ``train`` grad_input and grad_weight), ``torch_ms``
+    each operator takes: forward, and with ``train`` grad_input and grad_weight),
+    ``native_only`` (every one of them is PyTorch's kernel), ``torch_ms``
     and ``fastconv_ms`` (forward, or forward+backward with ``train``; medians of ``repeats``
     interleaved calls after a warm-up) and ``speedup``.
     """
@@ -192,9 +209,11 @@ def profile_layers(
         x_eff, pad = _effective(layer, x.detach())
         args = (x_eff, weight.detach(), list(layer.stride), pad, list(layer.dilation), layer.groups, layer.algorithm)
         ops = ["forward", "input", "weight"] if train else ["forward"]
+        paths = {op: torch.ops.fastconv._conv_path(*args, op) for op in ops}
         report.append({
             "name": name, "input": tuple(x.shape), "weight": tuple(weight.shape),
-            "paths": {op: torch.ops.fastconv._conv_path(*args, op) for op in ops},
+            "paths": paths,
+            "native_only": set(paths.values()) == {"native"},
             "torch_ms": statistics.median(t_torch), "fastconv_ms": statistics.median(t_fast),
             "speedup": statistics.median(t_torch) / statistics.median(t_fast),
         })
@@ -205,7 +224,7 @@ def format_report(report: List[Dict[str, Any]]) -> str:
     """:func:`profile_layers`' list as a table."""
     lines = [f"{'layer':<40} {'input':<22} {'weight':<20} {'paths':<24} {'torch ms':>9} {'fastconv ms':>11} {'x':>6}"]
     for r in report:
-        paths = "/".join(r["paths"].values())
+        paths = "/".join(r["paths"].values()) + (" (reverted)" if r.get("pruned") else "")
         lines.append(f"{r['name'][-40:]:<40} {str(list(r['input'])):<22} {str(list(r['weight'])):<20} {paths:<24} "
                      f"{r['torch_ms']:>9.3f} {r['fastconv_ms']:>11.3f} {r['speedup']:>6.2f}")
     total_torch = sum(r["torch_ms"] for r in report)

@@ -85,14 +85,23 @@ def test_forced_paths_autotuning_and_symbolic_sizes_stay_fastconv_operators():
     out, names = traced_targets(f("auto"), x, dynamic=True)
     assert uses(names, "fastconv.conv2d")
     torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
-    # Autotuning on: tuned in the kernel, on real tensors.
+    # Autotuning on: a signature still to be tuned is tuned in the kernel, on real tensors; once
+    # tuned, its path is settled and traced as such.
+    fastconv_ext.clear_autotune_cache()
     fastconv_ext.set_autotune(True)
     try:
+        assert ops._conv_settled_path(x, w, [1, 1], [1, 1], [1, 1], 1) is None
         out, names = traced_targets(f("auto"), x)
+        assert uses(names, "fastconv.conv2d")
+        torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+        tuned = ops._conv_settled_path(x, w, [1, 1], [1, 1], [1, 1], 1)
+        assert tuned in ops._conv_candidates(x, w, [1, 1], [1, 1], [1, 1], 1)
+        out, names = traced_targets(f("auto"), x)
+        assert uses(names, "torch.conv2d") == (tuned == "native")
+        torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
     finally:
         fastconv_ext.set_autotune(False)
-    assert uses(names, "fastconv.conv2d")
-    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+        fastconv_ext.clear_autotune_cache()
 
 
 def test_inductor_graph_with_padding_modes_and_channels_last():

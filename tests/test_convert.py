@@ -113,13 +113,48 @@ def test_include_exclude_and_verbose(capsys):
 
 def test_report_with_example_inputs(capsys):
     model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1, groups=4), nn.ReLU(), nn.Conv1d(8, 8, 1, padding_mode="reflect"))
-    fastconv_ext.convert(model, example_inputs=(torch.randn(2, 4, 64),), train=True)
+    fastconv_ext.convert(model, example_inputs=(torch.randn(2, 4, 64),), train=True, prune=False)
     out = capsys.readouterr().out
     assert "layer" in out and "torch ms" in out and "all layers" in out
     report = fastconv_ext.profile_layers(model, (torch.randn(2, 4, 64),))
     assert [r["name"] for r in report] == ["0", "2"]
     assert report[0]["input"] == (2, 4, 64) and report[0]["paths"]["forward"] in ("native", "direct", "fft")
     assert report[0]["torch_ms"] > 0 and report[0]["fastconv_ms"] > 0
+
+
+class DepthwiseAndSqueeze(nn.Module):
+    """A layer fastconv's own path runs (depthwise, K = 31) and one only PyTorch's kernel does
+    (a squeeze-and-excitation 1x1 convolution on a 1x1 map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dw = nn.Conv1d(64, 64, 31, padding=15, groups=64)
+        self.se = nn.Conv2d(960, 40, 1)
+
+    def forward(self, x, image):
+        return self.dw(x), self.se(image)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_prune_gives_layers_that_ran_pytorch_kernels_their_class_back(capsys, train):
+    torch.manual_seed(0)
+    model = DepthwiseAndSqueeze()
+    inputs = (torch.randn(2, 64, 500), torch.randn(1, 960, 1, 1))
+    expected = [y.detach() for y in model(*inputs)]
+    ops = ("forward", "input", "weight") if train else ("forward",)
+    paths = []
+    for layer, x in ((model.dw, inputs[0]), (model.se, inputs[1])):
+        args = (x, layer.weight.detach(), list(layer.stride), list(layer.padding), list(layer.dilation), layer.groups)
+        paths.append({torch.ops.fastconv._conv_path(*args, "auto", op) for op in ops})
+    assert paths[0] != {"native"} and paths[1] == {"native"}  # the case covers both outcomes
+    fastconv_ext.convert(model, example_inputs=inputs, train=train)
+    assert "(reverted)" in capsys.readouterr().out
+    assert type(model.dw) is not nn.Conv1d and isinstance(model.dw, nn.Conv1d)  # fastconv's path ran: kept
+    assert type(model.se) is nn.Conv2d  # every operator ran PyTorch's kernel: reverted
+    for got, want in zip(model(*inputs), expected):
+        torch.testing.assert_close(got, want)
+    fastconv_ext.revert(model)
+    assert type(model.dw) is nn.Conv1d
 
 
 def test_converted_model_scripts_and_compiles():

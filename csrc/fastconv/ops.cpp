@@ -93,6 +93,18 @@ TORCH_LIBRARY(fastconv, m) {
         return path_name(peek_path(introspected_call(input, weight, stride, padding, dilation, groups, algorithm, op),
                                    algorithm));
       });
+  // The path that call will run where that is settled without timing anything
+  // (the forced one, the default with autotuning off, a tuned one), else None.
+  m.def(
+      "_conv_settled_path(Tensor input, Tensor weight, SymInt[] stride, SymInt[] padding, "
+      "SymInt[] dilation, SymInt groups=1, str algorithm=\"auto\", str op=\"forward\") -> str?",
+      [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+         c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+         c10::string_view algorithm, c10::string_view op) -> std::optional<std::string> {
+        const auto p =
+            settled_path(introspected_call(input, weight, stride, padding, dilation, groups, algorithm, op), algorithm);
+        return p ? std::optional<std::string>(path_name(*p)) : std::nullopt;
+      });
   // The values `algorithm` takes for an operator of `dims` spatial dimensions.
   m.def("_algorithms(int dims) -> str[]", [](int64_t dims) {
     TORCH_CHECK(dims == 1 || dims == 2, "fastconv._algorithms: dims must be 1 or 2, but got ", dims);

@@ -236,12 +236,18 @@ Path peek_path(const ConvCall& call, c10::string_view algorithm) {
   return default_path(call);
 }
 
-Path select_path(const ConvCall& call, c10::string_view algorithm, const std::function<void(Path)>& run) {
+std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorithm) {
   if (const auto p = forced(call, algorithm)) return *p;
   if (!autotune::enabled() || !has_work(call.d)) return default_path(call);
   if (const auto p = autotune::lookup(call)) return *p;
   const auto paths = candidates(call);
-  return paths.size() == 1 ? paths[0] : autotune::tune(call, paths, run);
+  if (paths.size() == 1) return paths[0];
+  return std::nullopt;
+}
+
+Path select_path(const ConvCall& call, c10::string_view algorithm, const std::function<void(Path)>& run) {
+  if (const auto p = settled_path(call, algorithm)) return *p;
+  return autotune::tune(call, candidates(call), run);
 }
 
 std::string conv2d_derivative_algorithm(ConvOp op, const Conv2dSymDims& d, const at::Tensor& activation,
@@ -271,8 +277,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> native_backward_if
   input_call.dims = weight_call.dims = dims;
   const auto native = [&](const ConvCall& call) {
     if (algorithm != "auto") return algorithm == "native";
-    if (autotune::enabled()) return autotune::lookup(call) == Path::kNative;  // untuned: each operator tunes
-    return default_path(call) == Path::kNative;
+    return settled_path(call, algorithm) == Path::kNative;  // untuned: each operator tunes
   };
   if (!native(input_call) || !native(weight_call)) return std::nullopt;
   return native::backward(grad_output, input, weight, *d, dims, with_bias);

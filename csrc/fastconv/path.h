@@ -85,6 +85,9 @@ auto run_selected(const ConvCall& call, c10::string_view algorithm, const Run& r
 // The path select_path would take without timing anything: the forced one,
 // else a tuned entry already in the cache, else the default.
 Path peek_path(const ConvCall& call, c10::string_view algorithm);
+// The path select_path will take, where that is settled without timing: nullopt
+// for a signature autotuning has still to time.
+std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorithm);
 
 // The algorithm a conv2d gradient operator gets from a forward call that
 // forced `algorithm`: the same path where it can run the gradient, else
