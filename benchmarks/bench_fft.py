@@ -7,7 +7,9 @@ algorithm='direct', 'fft' and 'auto', and the FFT convolution a user writes by h
 irfft over the whole padded signal, einsum over channels). Reported: auto against the
 faster forced algorithm (target <= 1.2x) and against the hand-written FFT (target <= 1x),
 the FFT's error against a float64 reference, and (--torch) F.conv1d at L = 2^20,
-K >= 1024 (one call each: oneDNN's reference path takes a minute there).
+K >= 1024 (one call each: oneDNN's reference path takes a minute there). Then banks of long
+depthwise filters (Hyena-style long convolutions), forward and forward+backward, against the
+same computation as one whole-signal transform in plain torch.
 
     python benchmarks/bench_fft.py [--quick] [--torch] [--out-dir DIR]
 """
@@ -83,6 +85,49 @@ def run_point(length, kernel, channels):
                 direct_ms=t["direct"] * 1e3, fft_ms=t["fft"] * 1e3, auto_ms=t["auto"] * 1e3,
                 by_hand_ms=t["by_hand"] * 1e3, auto_vs_best=t["auto"] / best, auto_vs_hand=t["auto"] / t["by_hand"],
                 predicted_direct_ms=predicted_direct * 1e3, predicted_fft_ms=predicted_fft * 1e3, fft_rel_error=err)
+
+
+BANKS = [(1, 128, 4096, 2049), (8, 128, 4096, 2049), (1, 768, 4096, 4096), (1, 64, 65536, 8192)]
+
+
+def whole_signal_depthwise(x, w, padding):
+    """A bank of depthwise filters as a user writes it in plain torch: one transform of the whole
+    padded signal per channel, a product per frequency, one inverse."""
+    n = x.shape[-1] + 2 * padding
+    k = w.shape[-1]
+    spec = torch.fft.rfft(F.pad(x, (padding, padding)), n) * torch.fft.rfft(w[:, 0], n).conj()
+    return torch.fft.irfft(spec, n)[..., : n - k + 1]
+
+
+def run_bank(batch, channels, length, kernel):
+    """fastconv's automatic choice against the whole-signal transform, forward and forward+backward."""
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(batch, channels, length, generator=g, requires_grad=True)
+    w = torch.randn(channels, 1, kernel, generator=g, requires_grad=True)
+    pad = kernel // 2
+    fns = {"fastconv": lambda: fastconv_ext.conv1d(x, w, padding=pad, groups=channels),
+           "whole": lambda: whole_signal_depthwise(x, w, pad)}
+
+    def forward(fn):
+        with torch.no_grad():
+            fn()
+
+    fwd = median_times({k: (lambda fn=fn: forward(fn)) for k, fn in fns.items()})
+    both = median_times({k: (lambda fn=fn: fn().sum().backward()) for k, fn in fns.items()})
+    paths = [ops._conv_path(x.detach(), w.detach(), [1], [pad], [1], channels, "auto", op)
+             for op in ("forward", "input", "weight")]
+    return dict(batch=batch, channels=channels, length=length, kernel=kernel, paths=paths,
+                fwd_ms=fwd["fastconv"] * 1e3, whole_fwd_ms=fwd["whole"] * 1e3,
+                both_ms=both["fastconv"] * 1e3, whole_both_ms=both["whole"] * 1e3)
+
+
+def bank_table(banks):
+    rows = [[b["batch"], b["channels"], b["length"], b["kernel"], "/".join(b["paths"]),
+             f"{b['fwd_ms']:.2f}", f"{b['whole_fwd_ms']:.2f}", f"{b['whole_fwd_ms'] / b['fwd_ms']:.2f}x",
+             f"{b['both_ms']:.2f}", f"{b['whole_both_ms']:.2f}", f"{b['whole_both_ms'] / b['both_ms']:.2f}x"]
+            for b in banks]
+    return format_table(["B", "C", "L", "K", "paths (fwd/in/wt)", "fastconv fwd ms", "whole-signal fwd ms", "x",
+                         "fastconv fwd+bwd ms", "whole-signal fwd+bwd ms", "x"], rows)
 
 
 def plot(results, path):
@@ -161,13 +206,19 @@ def main(argv=None):
             t_auto = median_time(lambda: fastconv_ext.conv1d(x, w, padding=k // 2))
             summary.append(f"L=2^20 K={k} C=1: F.conv1d {t_torch * 1e3:.0f} ms, fastconv auto {t_auto * 1e3:.2f} ms: "
                            f"{t_torch / t_auto:.0f}x")
+    banks = []
+    for i, point in enumerate(BANKS[:1] if args.quick else BANKS):
+        progress(f"[bank {i + 1}] B, C, L, K = {point}")
+        banks.append(run_bank(*point))
     text = "\n".join(summary) + "\n\n" + table
+    text += ("\n\nDepthwise filter banks (padding K // 2) against the whole-signal torch.fft convolution "
+             "(x: its time over fastconv's):\n\n" + bank_table(banks))
     print(text)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "fft_sweep.md").write_text(text + "\n")
-        (out / "fft_sweep.json").write_text(json.dumps(dict(summary=summary, results=results), indent=1))
+        (out / "fft_sweep.json").write_text(json.dumps(dict(summary=summary, results=results, banks=banks), indent=1))
         plot(results, out / "fft_sweep.png")
     return 0
 

@@ -14,9 +14,9 @@ output), against the untouched model in the same process, calls interleaved, med
 warm-up, converted two ways: ``convert(model)`` with fastconv's default rules, and autotuned as
 a user tunes a model, ``convert(model, example_inputs=..., train=...)`` with autotuning on (it
 runs the model once, tuning every layer -- its cost is reported -- and gives the layers that
-ran only PyTorch's kernels their class back). Then a per-layer table of the autotuned model
-(every convolution: PyTorch's time and fastconv's operator's, forward+backward, the chosen
-paths, and whether the layer stays fastconv's). ``--compile`` puts both sides under
+ran only PyTorch's kernels, or measured slower than PyTorch's, their class back). Then a
+per-layer table of the model tuned for training, measured again: every layer it kept
+(PyTorch's time and fastconv's, forward+backward, the chosen paths) and those it gave back. ``--compile`` puts both sides under
 ``torch.compile``.
 """
 
@@ -167,6 +167,7 @@ def bench_model(name, args) -> Dict:
     fast, _ = build(name, args.quick, args.dtype, converted=True)
     convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in fast.modules())
     row = {"model": name, "convs": convs}
+    tuned = {}
     for train in (False, True):
         phase = "train" if train else "infer"
         for mode in ("default", "autotuned"):
@@ -179,8 +180,7 @@ def bench_model(name, args) -> Dict:
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
                     fastconv_ext.convert(model, example_inputs=inputs, train=train)
-                row[f"{phase}_kept_layers"] = sum(isinstance(m, (fastconv_ext.Conv1d, fastconv_ext.Conv2d))
-                                                  for m in model.modules())
+                tuned[phase] = model
             else:
                 model = fast
                 t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def bench_model(name, args) -> Dict:
             if args.compile:
                 # Traced afresh in each mode, after that eager call: a call whose path is
                 # settled as PyTorch's kernel is traced as PyTorch's convolution, so what the
-                # graph holds depends on autotuning (fastconv_ext/compiled.py). The reset also
+                # graph holds depends on autotuning (fastconv_ext/routing.py). The reset also
                 # keeps dynamo's recompilation limit from leaving later models eager.
                 torch._dynamo.reset()
                 ref, ours = torch.compile(ref), torch.compile(ours)
@@ -206,16 +206,20 @@ def bench_model(name, args) -> Dict:
                 row[f"{phase}_tuned_signatures"] = info["misses"] - misses0
                 row[f"{phase}_tuning_s"] = info["tuning_seconds"] - tune0
                 row[f"{phase}_first_call_s"] = first
+    # Every layer of the model tuned for training, measured again (not the measurement convert
+    # decided on): the layers it kept, and those it gave back to PyTorch.
     fastconv_ext.set_autotune(True)
-    row["layers"] = fastconv_ext.profile_layers(fast, inputs, train=True, repeats=args.layer_repeats)
+    row["layers"] = fastconv_ext.profile_layers(tuned["train"], inputs, train=True, repeats=args.layer_repeats)
     fastconv_ext.set_autotune(False)
+    fastconv_layers = (fastconv_ext.Conv1d, fastconv_ext.Conv2d)
+    kept = {n for n, m in tuned["train"].named_modules() if isinstance(m, fastconv_layers)}
+    row["reverted"] = [n for n, m in fast.named_modules() if isinstance(m, fastconv_layers) and n not in kept]
     return row
 
 
 def slowest_layer(row) -> float:
-    """The slowest layer of the tuned model: a layer that ran only PyTorch's kernels is given its
-    PyTorch class back by convert(example_inputs=...), and runs at 1.00x."""
-    return min((1.0 if x["native_only"] else x["speedup"] for x in row["layers"]), default=float("nan"))
+    """The slowest layer of the tuned model; one convert gave back to PyTorch runs at 1.00x."""
+    return min([x["speedup"] for x in row["layers"]] + [1.0] * len(row["reverted"]), default=float("nan"))
 
 
 def layer_class(r) -> str:
@@ -303,10 +307,11 @@ def main(argv=None) -> int:
         for layer in r["layers"]:
             layer_rows.append([r["model"], layer["name"][-32:], str(list(layer["input"])), str(list(layer["weight"])),
                                "/".join(layer["paths"].values()), f"{layer['torch_ms']:.3f}",
-                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x",
-                               "PyTorch's (1.00x)" if layer["native_only"] else "fastconv's"])
-    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x",
-                           "layer after convert(example_inputs=...)"], layer_rows)
+                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x"])
+        for name in r["reverted"]:
+            layer_rows.append([r["model"], name[-32:], "", "", "given back to PyTorch", "", "", "1.00x"])
+    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x"],
+                          layer_rows)
     print(text)
     print("\nper layer, autotuned, forward+backward:\n" + layers)
     if args.out_dir:

@@ -79,10 +79,12 @@ def convert(
             converted layer when autotuning is on) and print a per-layer report: shapes,
             chosen paths, PyTorch's time and fastconv's (see :func:`profile_layers`).
         train: with ``example_inputs``, also run and time the backward pass.
-        prune: with ``example_inputs``, give a layer its PyTorch class back when every operator
-            it ran (the forward, and with ``train`` both gradients) took PyTorch's own kernel:
-            fastconv could only add the cost of its call there (a few microseconds, which
-            matter on layers as small as a squeeze-and-excitation 1x1 convolution).
+        prune: with ``example_inputs``, give a layer its PyTorch class back where fastconv
+            cannot win: every operator it ran (the forward, and with ``train`` both gradients)
+            took PyTorch's own kernel, or the report measured PyTorch's layer faster. Each
+            operator's path is tuned alone; this weighs the whole layer, with the cost of
+            fastconv's call and autograd node (microseconds, which decide layers as small as a
+            squeeze-and-excitation 1x1 convolution on one pixel).
 
     Subclasses that override ``forward`` or ``_conv_forward`` are left alone, with a warning
     naming them. Converting twice changes nothing; :func:`revert` undoes it. Layers shared
@@ -119,11 +121,16 @@ def convert(
         if prune:
             layers = dict(module.named_modules())
             for r in report:
-                r["pruned"] = _is_converted(layers[r["name"]]) and r["native_only"]
+                r["pruned"] = _is_converted(layers[r["name"]]) and _prunable(r)
                 if r["pruned"]:
                     _revert_layer(layers[r["name"]])
         print(format_report(report))
     return module
+
+
+def _prunable(r: Dict[str, Any]) -> bool:
+    """Whether a layer of profile_layers' report is better left to PyTorch."""
+    return r["native_only"] or r["fastconv_ms"] > r["torch_ms"]
 
 
 def revert(module: nn.Module) -> nn.Module:

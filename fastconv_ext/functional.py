@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv_ext.compiled import traced_as_native
+from fastconv_ext.routing import native_call, traced_as_native
 
 __all__ = ["conv1d", "conv2d", "convolve"]
 
@@ -51,18 +51,19 @@ def _conv(
     groups: int,
     algorithm: str,
 ) -> Tensor:
-    """The fastconv operator of `dims` spatial dimensions; under dynamo, PyTorch's convolution
-    where every operator of the call would run it anyway (compiled.py)."""
-    if dims == 1:
-        if not torch.jit.is_scripting():
-            if torch.compiler.is_compiling() and traced_as_native(input, weight, stride, padding, dilation, groups,
-                                                                  algorithm):
-                return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
-        return torch.ops.fastconv.conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    """The fastconv operator of `dims` spatial dimensions, or PyTorch's convolution where every
+    operator of the call would run PyTorch's kernel anyway (routing.py)."""
     if not torch.jit.is_scripting():
-        if torch.compiler.is_compiling() and traced_as_native(input, weight, stride, padding, dilation, groups,
-                                                              algorithm):
+        if torch.compiler.is_compiling():
+            native = traced_as_native(input, weight, bias, stride, padding, dilation, groups, algorithm)
+        else:
+            native = native_call(input, weight, bias, stride, padding, dilation, groups, algorithm)
+        if native:
+            if dims == 1:
+                return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
             return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if dims == 1:
+        return torch.ops.fastconv.conv1d(input, weight, bias, stride, padding, dilation, groups, algorithm)
     return torch.ops.fastconv.conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm)
 
 

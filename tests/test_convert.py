@@ -157,6 +157,18 @@ def test_prune_gives_layers_that_ran_pytorch_kernels_their_class_back(capsys, tr
     assert type(model.dw) is nn.Conv1d
 
 
+def test_prune_rule():
+    from fastconv_ext.convert import _prunable
+
+    def report(paths, torch_ms, fastconv_ms):
+        return {"native_only": set(paths) == {"native"}, "torch_ms": torch_ms, "fastconv_ms": fastconv_ms}
+
+    assert _prunable(report(["native", "native", "native"], 1.0, 0.9))  # nothing of fastconv's ran
+    assert _prunable(report(["im2col", "native", "native"], 0.034, 0.047))  # measured slower as a layer
+    assert not _prunable(report(["direct", "native", "native"], 1.0, 0.5))
+    assert not _prunable(report(["direct"], 1.0, 1.0))
+
+
 def test_converted_model_scripts_and_compiles():
     model = nn.Sequential(nn.Conv1d(3, 6, 5, padding=2), nn.ReLU(), nn.Conv1d(6, 6, 1))
     fastconv_ext.convert(model)

@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <optional>
 #include <string>
 
@@ -33,6 +34,15 @@ ConvCall introspected_call(const at::Tensor& input, const at::Tensor& weight, c1
   return make_call(
       kind, concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm)), input);
 }
+
+// Counts the changes of what settles a path without timing (autotuning on or
+// off, its cache cleared, the cost profile, the CPU kernels): Python's memo of
+// settled choices (fastconv_ext/routing.py) reads it in place.
+std::atomic<int64_t> settings_generation{0};
+static_assert(std::atomic<int64_t>::is_always_lock_free && sizeof(std::atomic<int64_t>) == sizeof(int64_t),
+              "read in place as a plain int64");
+
+void settings_changed() { settings_generation.fetch_add(1); }
 
 }  // namespace
 
@@ -77,8 +87,9 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "_cpu_capability(str? capability=None) -> str",
       [](std::optional<std::string> capability) {
-        return capability ? cpu::set_capability(*capability)
-                          : std::string(cpu::kernels().name);
+        if (!capability) return std::string(cpu::kernels().name);
+        settings_changed();
+        return cpu::set_capability(*capability);
       });
   // The path an operator of the conv1d or conv2d family would run for a
   // forward call with these arguments (op: "forward", "input" for its
@@ -138,7 +149,7 @@ TORCH_LIBRARY(fastconv, m) {
   // Autotuning (autotune.h): switch it on or off when `on` is given; returns
   // whether it is on.
   m.def("_autotune(bool? on=None) -> bool", [](std::optional<bool> on) {
-    if (on) autotune::set_enabled(*on);
+    if (on) autotune::set_enabled(*on), settings_changed();
     return autotune::enabled();
   });
   // The autotuning cache: (file, fingerprint, [entries, hits, misses], tuning seconds).
@@ -147,11 +158,14 @@ TORCH_LIBRARY(fastconv, m) {
     return std::make_tuple(i.file, i.fingerprint, std::vector<int64_t>{i.entries, i.hits, i.misses},
                            i.tuning_seconds);
   });
-  m.def("_autotune_clear(bool file=False) -> ()", [](bool file) { autotune::clear(file); });
+  m.def("_autotune_clear(bool file=False) -> ()", [](bool file) { autotune::clear(file), settings_changed(); });
+  // The address of the settings' change count (an int64 that lives as long as the process).
+  m.def("_settings_generation_address() -> int",
+        [] { return int64_t(reinterpret_cast<intptr_t>(&settings_generation)); });
   // The CPU cost model's constants (see algorithm.h), after replacing them
   // with `values` when given. For calibration and tests.
   m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {
-    if (values) set_cpu_cost_profile(CostProfile::from_vector(*values));
+    if (values) set_cpu_cost_profile(CostProfile::from_vector(*values)), settings_changed();
     return cpu_cost_profile().to_vector();
   });
   // The CPU output cache (cpu/allocation.h): [limit, cached bytes, cached

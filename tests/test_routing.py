@@ -1,6 +1,6 @@
-"""What a fastconv convolution becomes in a torch.compile graph (fastconv_ext/compiled.py):
-PyTorch's convolution where every operator of the call would run PyTorch's kernel, a fastconv
-operator everywhere else, the same numbers either way."""
+"""Where a call of fastconv's functions and modules goes (fastconv_ext/routing.py), eagerly and in
+a torch.compile graph: PyTorch's convolution where every operator of the call would run
+PyTorch's kernel, a fastconv operator everywhere else, the same numbers either way."""
 
 import pytest
 import torch
@@ -113,3 +113,51 @@ def test_inductor_graph_with_padding_modes_and_channels_last():
     x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def ran_fastconv(fn):
+    with torch.profiler.profile() as prof:
+        out = fn()
+    return out, any(e.name.startswith("fastconv::conv") for e in prof.events())
+
+
+def test_eager_calls_route_like_the_settled_paths():
+    torch.manual_seed(0)
+    dense = fastconv_ext.Conv2d(16, 32, 3, padding=1)
+    depthwise = fastconv_ext.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        out, fast = ran_fastconv(lambda: dense(x))
+    assert not fast and all_native(x, dense.weight, [1, 1], [1, 1], [1, 1], 1, ["forward"])
+    torch.testing.assert_close(out, F.conv2d(x, dense.weight, dense.bias, padding=1))
+    # With gradients the depthwise layer's backward is fastconv's by default: the operator runs.
+    xg = x.clone().requires_grad_()
+    out, fast = ran_fastconv(lambda: depthwise(xg))
+    assert fast == (not all_native(xg, depthwise.weight, [1, 1], [1, 1], [1, 1], 16, ["forward", "input", "weight"]))
+    assert fast
+    out.square().sum().backward()
+    ref = F.conv2d(xg, depthwise.weight, depthwise.bias, padding=1, groups=16)
+    want = torch.autograd.grad(ref.square().sum(), xg)[0]
+    torch.testing.assert_close(xg.grad, want)
+    # Forced paths: 'native' is PyTorch's convolution, any other the operator.
+    assert not ran_fastconv(lambda: fastconv_ext.conv2d(x, dense.weight, padding=1, algorithm="native"))[1]
+    assert ran_fastconv(lambda: fastconv_ext.conv2d(x, dense.weight, padding=1, algorithm="im2col"))[1]
+
+
+def test_eager_routing_follows_autotuning_switched_on_and_off():
+    w = torch.randn(32, 16, 3, 3)
+    x = torch.randn(2, 16, 12, 12)
+    call = lambda: fastconv_ext.conv2d(x, w, padding=1)  # noqa: E731
+    assert not ran_fastconv(call)[1]  # default rules: native, remembered
+    fastconv_ext.clear_autotune_cache()
+    fastconv_ext.set_autotune(True)
+    try:
+        out, fast = ran_fastconv(call)  # still to be tuned: the operator runs and tunes
+        assert fast
+        torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+        tuned = ops._conv_settled_path(x, w, [1, 1], [1, 1], [1, 1], 1)
+        assert ran_fastconv(call)[1] == (tuned != "native")
+    finally:
+        fastconv_ext.set_autotune(False)
+        fastconv_ext.clear_autotune_cache()
+    assert not ran_fastconv(call)[1]
