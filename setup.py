@@ -15,7 +15,16 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-import torch
+try:
+    import torch
+except ImportError:
+    # pip's default build isolation builds in a fresh environment without torch.
+    sys.exit(
+        "fastconv: building needs the torch it will run with, and none is importable here.\n"
+        "Install torch first (for example `pip install torch`), then build against it with\n"
+        "    pip install --no-build-isolation .\n"
+        "(plain `pip install .` builds in an isolated environment that has no torch)."
+    )
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = Path(__file__).parent.resolve()
