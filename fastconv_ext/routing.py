@@ -9,7 +9,7 @@ computation without fastconv's costs:
   layers as small as a squeeze-and-excitation 1x1 convolution;
 - under ``torch.compile``, opacity: Inductor gives convolution-heavy CPU graphs a channels-last
   layout and fuses around ``aten.convolution``, and does neither for a graph whose convolutions
-  are all custom operators (MobileNetV2 inference ran at 0.73x of compiled PyTorch).
+  are all custom operators (benchmarks/RESULTS.md, "Under torch.compile").
 
 Every other call runs the fastconv operator, which chooses its path in its kernel.
 
