@@ -110,8 +110,42 @@ def _padding(
             return input, [0] * n
         if padding == "same":
             return _same_padding(input, weight, stride, dilation, op)
-        raise ValueError(f"fastconv.{op}: padding must be 'valid', 'same' or an int, but got '{padding}'")
+        allowed = "'valid', 'same', 'causal'" if n == 1 else "'valid', 'same'"
+        raise ValueError(f"fastconv.{op}: padding must be {allowed} or an int, but got '{padding}'")
     return input, _tuple(padding, n, "padding", op)
+
+
+def _causal(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor],
+    stride: List[int],
+    dilation: List[int],
+    groups: int,
+    algorithm: str,
+) -> Tensor:
+    """conv1d with padding='causal': dilation * (K - 1) zeros on the left only.
+
+    A depthwise weight ((C, 1, K), groups = C) with algorithm 'auto' runs the causal
+    kernel, reading the input in place; any other runs the convolution padded on both
+    sides and keeps the first L outputs (a view; dilation * (K - 1) outputs more are
+    computed).
+    """
+    if stride[0] != 1:
+        raise ValueError("fastconv.conv1d: padding='causal' needs stride 1, but got stride " + str(stride[0]))
+    if weight.dim() != 3:
+        raise ValueError(f"fastconv.conv1d: expected weight to be 3-D, but got a {weight.dim()}-D tensor")
+    unbatched = input.dim() == 2
+    x = input.unsqueeze(0) if unbatched else input
+    if x.dim() != 3:
+        raise ValueError(f"fastconv.conv1d: expected input to be 2-D or 3-D, but got a {input.dim()}-D tensor")
+    channels = x.shape[1]
+    if algorithm == "auto" and weight.shape[1] == 1 and groups == channels and weight.shape[0] == channels:
+        y = torch.ops.fastconv.causal_conv1d(x, weight.squeeze(1), bias, None, None, None, dilation[0])[0]
+    else:
+        pad = dilation[0] * (weight.shape[2] - 1)
+        y = _conv(1, x, weight, bias, stride, [pad], dilation, groups, algorithm)[:, :, : x.shape[2]]
+    return y.squeeze(0) if unbatched else y
 
 
 def conv1d(
@@ -143,7 +177,10 @@ def conv1d(
         bias: optional ``(C_out,)``.
         stride: positive int or 1-tuple.
         padding: non-negative int or 1-tuple of zeros added on both sides, or ``'valid'``
-            (no padding) or ``'same'`` (output as long as the input; stride must be 1).
+            (no padding), ``'same'`` (output as long as the input; stride must be 1) or
+            ``'causal'`` (``dilation * (K - 1)`` zeros on the left only, so output ``t`` sees
+            inputs up to ``t``; output as long as the input; stride must be 1; a depthwise
+            weight runs the causal kernel of :func:`fastconv_ext.causal_conv1d`).
         dilation: positive int or 1-tuple, spacing between kernel taps.
         groups: positive int dividing both ``C_in`` and ``C_out``.
         algorithm: ``'auto'`` (default), ``'native'``, ``'direct'`` or ``'fft'``.
@@ -157,6 +194,8 @@ def conv1d(
     """
     stride_ = _tuple(stride, 1, "stride", "conv1d")
     dilation_ = _tuple(dilation, 1, "dilation", "conv1d")
+    if isinstance(padding, str) and padding == "causal":
+        return _causal(input, weight, bias, stride_, dilation_, groups, algorithm)
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv1d")
     return _conv(1, input, weight, bias, stride_, padding_, dilation_, groups, algorithm)
 

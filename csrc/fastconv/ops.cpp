@@ -82,6 +82,20 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "_convolve_window(Tensor a, Tensor v, SymInt offset, SymInt length) "
       "-> Tensor");
+  // Causal depthwise conv1d (shape.h): the output and the final state.
+  m.def(
+      "causal_conv1d(Tensor x, Tensor weight, Tensor? bias=None, Tensor? initial_state=None, "
+      "Tensor? seq_idx=None, str? activation=None, SymInt dilation=1) -> (Tensor, Tensor)");
+  m.def(
+      "causal_conv1d_backward(Tensor grad_output, Tensor? grad_final_state, Tensor x, Tensor weight, "
+      "Tensor? bias, Tensor? initial_state, Tensor? seq_idx, str? activation, SymInt dilation) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "causal_conv1d_update(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias=None, "
+      "str? activation=None, Tensor? cache_seqlens=None, Tensor? conv_state_indices=None) -> Tensor");
+  m.def(
+      "conv1d_stream(Tensor x, Tensor weight, Tensor? bias=None, Tensor? state=None, SymInt dilation=1, "
+      "SymInt groups=1) -> (Tensor, Tensor)");
   // Instruction set of the CPU micro-kernels: the active one, after selecting
   // `capability` when given ("" restores the default). For tests and benchmarks.
   m.def(
@@ -301,6 +315,46 @@ at::Tensor convolve_window(
                        .findSchemaOrThrow("fastconv::_convolve_window", "")
                        .typed<decltype(convolve_window)>();
   return op.call(a, v, offset, length);
+}
+
+std::tuple<at::Tensor, at::Tensor> causal_conv1d(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, c10::SymInt dilation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::causal_conv1d", "")
+                       .typed<decltype(causal_conv1d)>();
+  return op.call(x, weight, bias, initial_state, seq_idx, activation, dilation);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_final_state, const at::Tensor& x,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, c10::SymInt dilation) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::causal_conv1d_backward", "")
+                       .typed<decltype(causal_conv1d_backward)>();
+  return op.call(grad_output, grad_final_state, x, weight, bias, initial_state, seq_idx, activation, dilation);
+}
+
+at::Tensor causal_conv1d_update(
+    const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, std::optional<c10::string_view> activation,
+    const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& conv_state_indices) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::causal_conv1d_update", "")
+                       .typed<decltype(causal_conv1d_update)>();
+  return op.call(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv1d_stream(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& state, c10::SymInt dilation, c10::SymInt groups) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastconv::conv1d_stream", "")
+                       .typed<decltype(conv1d_stream)>();
+  return op.call(x, weight, bias, state, dilation, groups);
 }
 
 }  // namespace fastconv

@@ -110,4 +110,37 @@ at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view m
 at::Tensor convolve_window(
     const at::Tensor& a, const at::Tensor& v, c10::SymInt offset, c10::SymInt length);
 
+// Causal depthwise conv1d (shape.h, CausalSymDims): x (B, C, L) contiguous or
+// channels-last (x.stride(1) == 1), weight (C, K); returns the output, in x's
+// layout, and the final state (B, C, dilation * (K - 1)). activation: none or
+// "silu"; seq_idx (B, L) int32: no output mixes two of its sequences.
+std::tuple<at::Tensor, at::Tensor> causal_conv1d(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt,
+    const std::optional<at::Tensor>& initial_state = std::nullopt,
+    const std::optional<at::Tensor>& seq_idx = std::nullopt,
+    std::optional<c10::string_view> activation = std::nullopt, c10::SymInt dilation = 1);
+
+// Its gradients: (grad_x, grad_weight, grad_bias, grad_initial_state), all four
+// computed (grad_bias and grad_initial_state whether or not they were given).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_final_state, const at::Tensor& x,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, c10::SymInt dilation);
+
+// Decodes the steps of x ((B, C) or (B, C, T)) after those in conv_state
+// (B_state, C, S), which it updates in place; see fastconv_ext.causal_conv1d_update.
+at::Tensor causal_conv1d_update(
+    const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias = std::nullopt,
+    std::optional<c10::string_view> activation = std::nullopt,
+    const std::optional<at::Tensor>& cache_seqlens = std::nullopt,
+    const std::optional<at::Tensor>& conv_state_indices = std::nullopt);
+
+// A stride-1 conv1d of one chunk of a signal after the chunks before it:
+// returns (y, state), state being the last dilation * (K - 1) inputs.
+std::tuple<at::Tensor, at::Tensor> conv1d_stream(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt,
+    const std::optional<at::Tensor>& state = std::nullopt, c10::SymInt dilation = 1, c10::SymInt groups = 1);
+
 }  // namespace fastconv

@@ -521,4 +521,155 @@ std::vector<c10::SymInt> convolve_output_shape(const ConvolveSymDims& d) {
   return shape;
 }
 
+
+// ---- causal depthwise conv1d
+
+namespace {
+
+bool check_activation(const char* op, std::optional<c10::string_view> activation) {
+  if (!activation) return false;
+  TORCH_CHECK(*activation == "silu" || *activation == "swish", op,
+              ": activation must be None, 'silu' or 'swish', but got '", std::string(*activation), "'");
+  return true;
+}
+
+void check_int32_rows(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x,
+                      std::vector<c10::SymInt> shape, const char* layout) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, but got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on the same device as x, but got ", t.device(),
+              " and ", x.device());
+  TORCH_CHECK(t.sym_sizes().equals(shape), op, ": ", name, " must have shape ", layout, " = ", c10::SymIntArrayRef(shape),
+              ", but got ", t.sym_sizes());
+}
+
+}  // namespace
+
+CausalSymDims check_causal_conv1d(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, const c10::SymInt& dilation, const char* op) {
+  check_float_tensor(op, "x", x);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (B, C, L), but got shape ", x.sym_sizes());
+  check_float_tensor(op, "weight", weight);
+  check_same_kind(op, "weight", weight, "x", x);
+  CausalSymDims d;
+  d.batch = x.sym_size(0);
+  d.channels = x.sym_size(1);
+  d.length = x.sym_size(2);
+  TORCH_CHECK(weight.dim() == 2 && weight.sym_size(0) == d.channels && weight.sym_size(1) >= 1, op,
+              ": weight must be 2-D (C, K) with C = ", d.channels, " (x's channels) and K >= 1, but got shape ",
+              weight.sym_sizes());
+  d.kernel_size = weight.sym_size(1);
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be positive, but got ", dilation);
+  d.dilation = dilation;
+  d.history = dilation * (d.kernel_size - 1);
+  if (bias && bias->defined()) {
+    check_float_tensor(op, "bias", *bias);
+    check_same_kind(op, "bias", *bias, "x", x);
+    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == d.channels, op, ": bias must have shape (C,) = (",
+                d.channels, "), but got ", bias->sym_sizes());
+  }
+  if (initial_state && initial_state->defined()) {
+    check_float_tensor(op, "initial_state", *initial_state);
+    check_same_kind(op, "initial_state", *initial_state, "x", x);
+    const std::vector<c10::SymInt> shape{d.batch, d.channels, d.history};
+    TORCH_CHECK(initial_state->sym_sizes().equals(shape), op,
+                ": initial_state must have shape (B, C, dilation * (K - 1)) = ", c10::SymIntArrayRef(shape), ", but got ",
+                initial_state->sym_sizes());
+  }
+  if (seq_idx && seq_idx->defined()) {
+    check_int32_rows(op, "seq_idx", *seq_idx, x, {d.batch, d.length}, "(B, L)");
+  }
+  d.silu = check_activation(op, activation);
+  return d;
+}
+
+CausalSymDims check_causal_conv1d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_final_state, const at::Tensor& x,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, const c10::SymInt& dilation) {
+  const char* op = "fastconv.causal_conv1d_backward";
+  const auto d = check_causal_conv1d(x, weight, bias, initial_state, seq_idx, activation, dilation, op);
+  check_float_tensor(op, "grad_output", grad_output);
+  check_same_kind(op, "grad_output", grad_output, "x", x);
+  TORCH_CHECK(grad_output.sym_sizes().equals(x.sym_sizes()), op, ": grad_output must have x's shape ",
+              x.sym_sizes(), ", but got ", grad_output.sym_sizes());
+  if (grad_final_state && grad_final_state->defined()) {
+    check_float_tensor(op, "grad_final_state", *grad_final_state);
+    check_same_kind(op, "grad_final_state", *grad_final_state, "x", x);
+    const std::vector<c10::SymInt> shape{d.batch, d.channels, d.history};
+    TORCH_CHECK(grad_final_state->sym_sizes().equals(shape), op, ": grad_final_state must have shape ", c10::SymIntArrayRef(shape),
+                ", but got ", grad_final_state->sym_sizes());
+  }
+  return d;
+}
+
+c10::SymInt check_conv1d_stream(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& state,
+                                const c10::SymInt& dilation, const c10::SymInt& groups) {
+  const char* op = "fastconv.conv1d_stream";
+  check_float_tensor(op, "x", x);
+  TORCH_CHECK(x.dim() == 3, op, ": x must be 3-D (B, C_in, L), but got shape ", x.sym_sizes());
+  check_float_tensor(op, "weight", weight);
+  check_same_kind(op, "weight", weight, "x", x);
+  TORCH_CHECK(weight.dim() == 3, op, ": weight must be 3-D (C_out, C_in / groups, K), but got shape ",
+              weight.sym_sizes());
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be positive, but got ", dilation);
+  TORCH_CHECK(groups >= 1, op, ": groups must be positive, but got ", groups);
+  const c10::SymInt history = dilation * (weight.sym_size(2) - 1);
+  if (state && state->defined()) {
+    check_float_tensor(op, "state", *state);
+    check_same_kind(op, "state", *state, "x", x);
+    const std::vector<c10::SymInt> shape{x.sym_size(0), x.sym_size(1), history};
+    TORCH_CHECK(state->sym_sizes().equals(shape), op, ": state must have shape (B, C_in, dilation * (K - 1)) = ",
+                c10::SymIntArrayRef(shape), ", but got ", state->sym_sizes());
+  }
+  return history;
+}
+
+CausalUpdateSymDims check_causal_conv1d_update(
+    const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, std::optional<c10::string_view> activation,
+    const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& conv_state_indices) {
+  const char* op = "fastconv.causal_conv1d_update";
+  check_float_tensor(op, "x", x);
+  TORCH_CHECK(x.dim() == 2 || x.dim() == 3, op, ": x must be (B, C) or (B, C, T), but got shape ", x.sym_sizes());
+  CausalUpdateSymDims d;
+  d.batch = x.sym_size(0);
+  d.channels = x.sym_size(1);
+  d.steps = x.dim() == 3 ? x.sym_size(2) : c10::SymInt(1);
+  check_float_tensor(op, "weight", weight);
+  check_same_kind(op, "weight", weight, "x", x);
+  TORCH_CHECK(weight.dim() == 2 && weight.sym_size(0) == d.channels && weight.sym_size(1) >= 1, op,
+              ": weight must be 2-D (C, K) with C = ", d.channels, " (x's channels) and K >= 1, but got shape ",
+              weight.sym_sizes());
+  d.kernel_size = weight.sym_size(1);
+  check_float_tensor(op, "conv_state", conv_state);
+  check_same_kind(op, "conv_state", conv_state, "x", x);
+  TORCH_CHECK(conv_state.dim() == 3 && conv_state.sym_size(1) == d.channels &&
+                  conv_state.sym_size(2) >= d.kernel_size - 1,
+              op, ": conv_state must be (B_state, C, S) with C = ", d.channels, " and S >= K - 1 = ",
+              d.kernel_size - 1, ", but got shape ", conv_state.sym_sizes());
+  d.state_batch = conv_state.sym_size(0);
+  d.state_length = conv_state.sym_size(2);
+  if (conv_state_indices && conv_state_indices->defined()) {
+    check_int32_rows(op, "conv_state_indices", *conv_state_indices, x, {d.batch}, "(B,)");
+  } else {
+    TORCH_CHECK(d.state_batch == d.batch, op, ": conv_state must have x's batch size ", d.batch,
+                " (or pass conv_state_indices), but got ", d.state_batch);
+  }
+  if (cache_seqlens && cache_seqlens->defined()) {
+    check_int32_rows(op, "cache_seqlens", *cache_seqlens, x, {d.batch}, "(B,)");
+    TORCH_CHECK(d.state_length > 0, op, ": conv_state must hold at least one step as a ring buffer (cache_seqlens)");
+  }
+  if (bias && bias->defined()) {
+    check_float_tensor(op, "bias", *bias);
+    check_same_kind(op, "bias", *bias, "x", x);
+    TORCH_CHECK(bias->dim() == 1 && bias->sym_size(0) == d.channels, op, ": bias must have shape (C,) = (",
+                d.channels, "), but got ", bias->sym_sizes());
+  }
+  d.silu = check_activation(op, activation);
+  return d;
+}
+
 }  // namespace fastconv

@@ -185,4 +185,47 @@ ConvolveSymDims check_convolve_window(
 
 std::vector<c10::SymInt> convolve_output_shape(const ConvolveSymDims& d);
 
+// ---- causal depthwise conv1d: x (B, C, L), weight (C, K),
+//   y[b][c][t] = act(bias[c] + sum_k weight[c][k] * xs[b][c][t + k * dilation]),
+// xs = [initial_state (B, C, history) or zeros, x] along time,
+// history = dilation * (K - 1); the final state is the last `history` of xs.
+
+struct CausalSymDims {
+  c10::SymInt batch, channels, length, kernel_size, dilation, history;
+  bool silu;  // activation "silu" (or its other name, "swish"); else none
+};
+
+// fastconv::causal_conv1d(x, weight, bias, initial_state, seq_idx, activation, dilation).
+CausalSymDims check_causal_conv1d(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, const c10::SymInt& dilation,
+    const char* op = "fastconv.causal_conv1d");
+
+// fastconv::causal_conv1d_backward: the forward's arguments, with grad_output
+// shaped like x and grad_final_state (if given) like the final state.
+CausalSymDims check_causal_conv1d_backward(
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_final_state, const at::Tensor& x,
+    const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
+    std::optional<c10::string_view> activation, const c10::SymInt& dilation);
+
+// fastconv::causal_conv1d_update: x (B, C) or (B, C, T) new steps, conv_state
+// (B_state, C, S) with S >= K - 1, weight (C, K).
+// fastconv::conv1d_stream(x, weight, bias, state, dilation, groups): x
+// (B, C_in, L), weight (C_out, C_in / groups, K), state (B, C_in, history) or
+// None; returns history = dilation * (K - 1).
+c10::SymInt check_conv1d_stream(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& state,
+                                const c10::SymInt& dilation, const c10::SymInt& groups);
+
+struct CausalUpdateSymDims {
+  c10::SymInt batch, channels, steps, state_batch, state_length, kernel_size;
+  bool silu;
+};
+
+CausalUpdateSymDims check_causal_conv1d_update(
+    const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, std::optional<c10::string_view> activation,
+    const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& conv_state_indices);
+
 }  // namespace fastconv

@@ -90,6 +90,70 @@ struct MixTile {
   int64_t in_channels, out_channels, rows, length;  // length even
 };
 
+// ---- Causal depthwise convolution (causal_kernel.cpp): an activation
+// applied to the biased sum, and the four micro-kernels of its forward and
+// weight gradient, vectorized along time or along channels.
+enum class Activation : int { kNone = 0, kSilu = 1 };
+
+// One channel, vectors along time: for j < n,
+//   out[j] = act(bias + sum_k w[k] * win[j + k * dilation]),
+// win holding n + dilation * (taps - 1) values.
+// (For float: win_bf16 / out_bf16, when set, replace win / out by bfloat16
+// values, as their bits, widened and rounded in registers.)
+template <typename T>
+struct CausalTimeTile {
+  const T* win;
+  const T* w;  // [taps]
+  int64_t taps, dilation;
+  T bias;
+  T* out;
+  int64_t n;
+  Activation act;
+  const uint16_t* win_bf16 = nullptr;
+  uint16_t* out_bf16 = nullptr;
+};
+
+// Vectors along channels: window position i is the row rows[i] of `channels`
+// values; for j < n and c < channels,
+//   out[j * out_stride + c] = act(bias[c] + sum_k w[k * channels + c] * rows[j + k * dilation][c]).
+// (For float: rows_bf16 / out_bf16 as in CausalTimeTile.)
+template <typename T>
+struct CausalChannelTile {
+  const T* const* rows;
+  const T* w;     // [taps][channels]
+  const T* bias;  // [channels] or nullptr
+  T* out;
+  int64_t out_stride;
+  int64_t channels, taps, dilation, n;
+  Activation act;
+  const uint16_t* const* rows_bf16 = nullptr;
+  uint16_t* out_bf16 = nullptr;
+};
+
+// Weight and bias gradients of a CausalTimeTile, accumulated into:
+//   gw[k] += sum_{j<n} g[j] * win[j + k * dilation],  *gb += sum_{j<n} g[j].
+template <typename T>
+struct CausalTimeWeightTile {
+  const T* g;
+  const T* win;
+  int64_t taps, dilation, n;
+  T* gw;
+  T* gb;
+};
+
+// The same for a CausalChannelTile:
+//   gw[k * channels + c] += sum_j g[j * g_stride + c] * rows[j + k * dilation][c],
+//   gb[c] += sum_j g[j * g_stride + c].
+template <typename T>
+struct CausalChannelWeightTile {
+  const T* g;
+  int64_t g_stride;
+  const T* const* rows;
+  int64_t channels, taps, dilation, n;
+  T* gw;
+  T* gb;
+};
+
 // Outputs from this size on are written with non-temporal stores, around the
 // caches (conv1d, conv2d and convolve).
 constexpr int64_t kStreamingBytes = int64_t(16) << 20;
@@ -129,6 +193,17 @@ struct KernelTable {
   // The same for float16 (round to nearest even); null where the level lacks F16C.
   void (*widen_f16)(const uint16_t* src, float* dst, int64_t n);
   void (*narrow_f16)(const float* src, uint16_t* dst, int64_t n);
+  void (*causal_time_f32)(const CausalTimeTile<float>&);
+  void (*causal_time_f64)(const CausalTimeTile<double>&);
+  void (*causal_channel_f32)(const CausalChannelTile<float>&);
+  void (*causal_channel_f64)(const CausalChannelTile<double>&);
+  void (*causal_time_weight_f32)(const CausalTimeWeightTile<float>&);
+  void (*causal_time_weight_f64)(const CausalTimeWeightTile<double>&);
+  void (*causal_channel_weight_f32)(const CausalChannelWeightTile<float>&);
+  void (*causal_channel_weight_f64)(const CausalChannelWeightTile<double>&);
+  // g[j] *= silu'(pre[j]) for j < n, silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+  void (*silu_grad_f32)(const float* pre, float* g, int64_t n);
+  void (*silu_grad_f64)(const double* pre, double* g, int64_t n);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced
@@ -144,6 +219,16 @@ inline void run(const ConvolveRows<float>& t) { kernels().convolve_f32(t); }
 inline void run(const ConvolveRows<double>& t) { kernels().convolve_f64(t); }
 inline void run(const MixTile<float>& t) { kernels().mix_f32(t); }
 inline void run(const MixTile<double>& t) { kernels().mix_f64(t); }
+inline void run(const CausalTimeTile<float>& t) { kernels().causal_time_f32(t); }
+inline void run(const CausalTimeTile<double>& t) { kernels().causal_time_f64(t); }
+inline void run(const CausalChannelTile<float>& t) { kernels().causal_channel_f32(t); }
+inline void run(const CausalChannelTile<double>& t) { kernels().causal_channel_f64(t); }
+inline void run(const CausalTimeWeightTile<float>& t) { kernels().causal_time_weight_f32(t); }
+inline void run(const CausalTimeWeightTile<double>& t) { kernels().causal_time_weight_f64(t); }
+inline void run(const CausalChannelWeightTile<float>& t) { kernels().causal_channel_weight_f32(t); }
+inline void run(const CausalChannelWeightTile<double>& t) { kernels().causal_channel_weight_f64(t); }
+inline void silu_grad(const float* pre, float* g, int64_t n) { kernels().silu_grad_f32(pre, g, n); }
+inline void silu_grad(const double* pre, double* g, int64_t n) { kernels().silu_grad_f64(pre, g, n); }
 
 // Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();

@@ -1031,6 +1031,8 @@ void narrow_f16(const float* src, uint16_t* dst, int64_t n) {
 }  // namespace
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
+#include "fastconv/cpu/causal_kernels_impl.h"
+
 #define FASTCONV_CAT2(a, b) a##b
 #define FASTCONV_CAT(a, b) FASTCONV_CAT2(a, b)
 
@@ -1056,6 +1058,16 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       nullptr,
       nullptr,
 #endif
+      &FASTCONV_ISA::causal_time<float>,
+      &FASTCONV_ISA::causal_time<double>,
+      &FASTCONV_ISA::causal_channel<float>,
+      &FASTCONV_ISA::causal_channel<double>,
+      &FASTCONV_ISA::causal_time_weight<float>,
+      &FASTCONV_ISA::causal_time_weight<double>,
+      &FASTCONV_ISA::causal_channel_weight<float>,
+      &FASTCONV_ISA::causal_channel_weight<double>,
+      &FASTCONV_ISA::silu_grad<float>,
+      &FASTCONV_ISA::silu_grad<double>,
   };
   return table;
 }

@@ -1,0 +1,303 @@
+// The causal depthwise micro-kernels of tile_kernels.h, per instruction set:
+// included by tile_kernels_impl.h (after its Simd prelude) under the same
+// internal-linkage rule.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "fastconv/cpu/tile_kernels.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+// n <= kLanes values from p, zeros after them (tails: never reads past p + n).
+template <typename T>
+typename Simd<T>::V load_partial(const T* p, int64_t n) {
+  typename Simd<T>::V v = {};
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+}
+
+// Integer vectors as wide as a float vector, and bfloat16 bits of its lanes.
+typedef uint32_t U32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
+typedef int32_t I32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
+typedef uint16_t U16Vec __attribute__((vector_size(FASTCONV_VEC_BYTES / 2)));
+
+// Where a kernel reads and writes: T itself, or bfloat16 bits (Bf16) widened
+// to T = float on load and rounded to nearest even (NaN to 0x7FC0, as
+// c10::BFloat16) on store.
+template <typename T, bool Bf16>
+struct Io {
+  using Src = std::conditional_t<Bf16, uint16_t, T>;
+  using V = typename Simd<T>::V;
+  static constexpr int W = Simd<T>::kLanes;
+
+  static V load(const Src* p) {
+    if constexpr (Bf16) {
+      U16Vec h;
+      std::memcpy(&h, p, sizeof(h));
+      const U32Vec bits = __builtin_convertvector(h, U32Vec) << 16;
+      V v;
+      std::memcpy(&v, &bits, sizeof(V));
+      return v;
+    } else {
+      return Simd<T>::load(p);
+    }
+  }
+  static V load(const Src* p, int64_t n) {
+    if (n >= W) return load(p);
+    Src tmp[W] = {};
+    for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
+    return load(tmp);
+  }
+  static void store(Src* p, V v, int64_t n) {
+    if constexpr (Bf16) {
+      U32Vec bits;
+      std::memcpy(&bits, &v, sizeof(V));
+      U32Vec rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+      const I32Vec nan = v != v;
+      rounded = nan ? U32Vec{} + 0x7FC0u : rounded;
+      const U16Vec h = __builtin_convertvector(rounded, U16Vec);
+      if (n >= W) {
+        std::memcpy(p, &h, sizeof(h));
+      } else {
+        for (int64_t i = 0; i < n; ++i) p[i] = h[i];
+      }
+    } else {
+      Simd<T>::store(p, v, n < W ? n : W);
+    }
+  }
+};
+
+// 1 / (1 + exp(-x)). float: exp(-x) as 2^n * e^r, |r| <= ln2 / 2, with the
+// degree-6 Taylor polynomial (relative error below 3e-8) and -x clamped to
+// [-87, 88] so 2^n stays a normal float; double: std::exp per lane.
+template <typename T>
+typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
+  using V = typename Simd<T>::V;
+  if constexpr (sizeof(T) == 4) {
+    using I = I32Vec;
+    V z = -x;
+    z = z < Simd<T>::splat(-87.0f) ? Simd<T>::splat(-87.0f) : z;
+    z = z > Simd<T>::splat(88.0f) ? Simd<T>::splat(88.0f) : z;
+    const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    const V n = (z * 1.44269504f + magic) - magic;
+    const V r = (z - n * 0.693359375f) - n * -2.12194440e-4f;
+    V p = Simd<T>::splat(1.0f / 720);
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof(V));
+    const V d = 1.0f + p * scale;
+#if FASTCONV_X86_AVX512
+    // 1 / d: the 14-bit reciprocal estimate and a Newton step (about 2^-27),
+    // several times the throughput of a division.
+    const V e = (V)_mm512_rcp14_ps((__m512)d);
+    return e * (2.0f - d * e);
+#else
+    return 1.0f / d;
+#endif
+  } else {
+    V out;
+    for (int i = 0; i < Simd<T>::kLanes; ++i) out[i] = T(1) / (T(1) + std::exp(-x[i]));
+    return out;
+  }
+}
+
+template <typename T>
+typename Simd<T>::V activate(typename Simd<T>::V x, Activation act) {
+  return act == Activation::kSilu ? x * sigmoid<T>(x) : x;
+}
+
+// ---- forward, vectors along time
+
+// V vectors of outputs from j; Full: all V * kLanes of them (no partial loads).
+template <typename T, bool In16, bool Out16, int V, bool Full>
+void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
+  using In = Io<T, In16>;
+  using Out = Io<T, Out16>;
+  constexpr int64_t W = Simd<T>::kLanes;
+  const typename In::Src* win;
+  typename Out::Src* out;
+  if constexpr (In16) win = a.win_bf16; else win = a.win;
+  if constexpr (Out16) out = a.out_bf16; else out = a.out;
+  typename Simd<T>::V acc[V];
+  for (int v = 0; v < V; ++v) acc[v] = Simd<T>::splat(a.bias);
+  for (int64_t k = 0; k < a.taps; ++k) {
+    const auto wk = Simd<T>::splat(a.w[k]);
+    const auto* x = win + j + k * a.dilation;
+    for (int v = 0; v < V; ++v) acc[v] += wk * (Full ? In::load(x + v * W) : In::load(x + v * W, n - v * W));
+  }
+  for (int v = 0; v < V; ++v) {
+    const int64_t left = Full ? W : n - v * W;
+    if (left > 0) Out::store(out + j + v * W, activate<T>(acc[v], a.act), left);
+  }
+}
+
+template <typename T, bool In16, bool Out16>
+void causal_time_io(const CausalTimeTile<T>& a) {
+  constexpr int64_t W = Simd<T>::kLanes;
+  int64_t j = 0;
+  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_block<T, In16, Out16, 4, true>(a, j, 4 * W);
+  for (; j + W <= a.n; j += W) causal_time_block<T, In16, Out16, 1, true>(a, j, W);
+  if (j < a.n) causal_time_block<T, In16, Out16, 1, false>(a, j, a.n - j);
+}
+
+template <typename T>
+void causal_time(const CausalTimeTile<T>& a) {
+  if constexpr (sizeof(T) == 4) {
+    if (a.win_bf16 && a.out_bf16) return causal_time_io<T, true, true>(a);
+    if (a.out_bf16) return causal_time_io<T, false, true>(a);
+  }
+  causal_time_io<T, false, false>(a);
+}
+
+// ---- forward, vectors along channels
+
+// V vectors of channels from c, every position; Full: all V * kLanes channels.
+// KT > 0: the tap count, known at compile time, with the weights held in
+// registers across positions; KT = 0: any count, weights loaded from L1.
+template <typename T, bool Io16, int V, bool Full, int KT>
+void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  using X = Io<T, Io16>;
+  constexpr int64_t W = S::kLanes;
+  const auto load = [&](const auto* p, int v) {
+    using P = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+    using L = Io<T, !std::is_same_v<P, T>>;
+    return Full ? L::load(p + v * W) : L::load(p + v * W, m - v * W);
+  };
+  const int64_t taps = KT > 0 ? KT : a.taps;
+  Vec held[KT > 0 ? KT : 1][V], bias[V];
+  if constexpr (KT > 0) {
+    for (int k = 0; k < KT; ++k) {
+      for (int v = 0; v < V; ++v) held[k][v] = load(a.w + k * a.channels + c, v);
+    }
+  }
+  for (int v = 0; v < V; ++v) bias[v] = a.bias == nullptr ? Vec{} : load(a.bias + c, v);
+  const typename X::Src* const* rows;
+  typename X::Src* out;
+  if constexpr (Io16) rows = a.rows_bf16, out = a.out_bf16; else rows = a.rows, out = a.out;
+  for (int64_t j = 0; j < a.n; ++j) {
+    Vec acc[V];
+    for (int v = 0; v < V; ++v) acc[v] = bias[v];
+    for (int64_t k = 0; k < taps; ++k) {
+      const auto* x = rows[j + k * a.dilation] + c;
+      for (int v = 0; v < V; ++v) {
+        if constexpr (KT > 0) {
+          acc[v] += held[k][v] * load(x, v);
+        } else {
+          acc[v] += load(a.w + k * a.channels + c, v) * load(x, v);
+        }
+      }
+    }
+    auto* o = out + j * a.out_stride + c;
+    for (int v = 0; v < V; ++v) {
+      const int64_t left = Full ? W : m - v * W;
+      if (left > 0) X::store(o + v * W, activate<T>(acc[v], a.act), left);
+    }
+  }
+}
+
+template <typename T, bool Io16, int KT>
+void causal_channel_taps(const CausalChannelTile<T>& a) {
+  constexpr int64_t W = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, Io16, 4, true, KT>(a, c, 4 * W);
+  for (; c + W <= a.channels; c += W) causal_channel_block<T, Io16, 1, true, KT>(a, c, W);
+  if (c < a.channels) causal_channel_block<T, Io16, 1, false, KT>(a, c, a.channels - c);
+}
+
+template <typename T, bool Io16>
+void causal_channel_io(const CausalChannelTile<T>& a) {
+  switch (a.taps) {
+    case 2: return causal_channel_taps<T, Io16, 2>(a);
+    case 3: return causal_channel_taps<T, Io16, 3>(a);
+    case 4: return causal_channel_taps<T, Io16, 4>(a);
+    default: return causal_channel_taps<T, Io16, 0>(a);
+  }
+}
+
+template <typename T>
+void causal_channel(const CausalChannelTile<T>& a) {
+  if constexpr (sizeof(T) == 4) {
+    if (a.rows_bf16) return causal_channel_io<T, true>(a);
+  }
+  causal_channel_io<T, false>(a);
+}
+
+// ---- weight and bias gradients
+
+template <typename T>
+void causal_time_weight(const CausalTimeWeightTile<T>& a) {
+  using S = Simd<T>;
+  constexpr int64_t W = S::kLanes;
+  for (int64_t k = -1; k < a.taps; ++k) {  // k = -1: the bias
+    const T* x = a.win + (k < 0 ? 0 : k * a.dilation);
+    typename S::V acc[4] = {};
+    int64_t j = 0;
+    for (; j + 4 * W <= a.n; j += 4 * W) {
+      for (int v = 0; v < 4; ++v) {
+        const auto g = S::load(a.g + j + v * W);
+        acc[v] += k < 0 ? g : g * S::load(x + j + v * W);
+      }
+    }
+    for (; j < a.n; j += W) {
+      const int64_t left = a.n - j < W ? a.n - j : W;
+      const auto g = load_partial(a.g + j, left);
+      acc[0] += k < 0 ? g : g * load_partial(x + j, left);
+    }
+    const T sum = S::sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    (k < 0 ? *a.gb : a.gw[k]) += sum;
+  }
+}
+
+template <typename T>
+void causal_channel_weight(const CausalChannelWeightTile<T>& a) {
+  using S = Simd<T>;
+  constexpr int64_t W = S::kLanes;
+  for (int64_t c = 0; c < a.channels; c += W) {
+    const int64_t m = a.channels - c < W ? a.channels - c : W;
+    for (int64_t k = -1; k < a.taps; ++k) {  // k = -1: the bias
+      typename S::V acc[2] = {};
+      for (int64_t j = 0; j < a.n; ++j) {
+        const T* gp = a.g + j * a.g_stride + c;
+        const auto g = m == W ? S::load(gp) : load_partial(gp, m);
+        if (k < 0) {
+          acc[j & 1] += g;
+        } else {
+          const T* x = a.rows[j + k * a.dilation] + c;
+          acc[j & 1] += g * (m == W ? S::load(x) : load_partial(x, m));
+        }
+      }
+      const auto sum = acc[0] + acc[1];
+      T* dst = k < 0 ? a.gb + c : a.gw + k * a.channels + c;
+      for (int64_t i = 0; i < m; ++i) dst[i] += sum[i];
+    }
+  }
+}
+
+// g *= silu'(pre) = s (1 + pre (1 - s)), s = sigmoid(pre).
+template <typename T>
+void silu_grad(const T* pre, T* g, int64_t n) {
+  using S = Simd<T>;
+  constexpr int64_t W = S::kLanes;
+  for (int64_t j = 0; j < n; j += W) {
+    const int64_t m = n - j < W ? n - j : W;
+    const auto x = m == W ? S::load(pre + j) : load_partial(pre + j, m);
+    const auto gv = m == W ? S::load(g + j) : load_partial(g + j, m);
+    const auto s = sigmoid<T>(x);
+    S::store(g + j, gv * s * (T(1) + x * (T(1) - s)), m);
+  }
+}
+
+}  // namespace
+}  // namespace fastconv::cpu::FASTCONV_ISA
