@@ -40,7 +40,7 @@ BAD_CONV1D_CALLS = [
     ("stride_two_values", (x3(1, 1, 4), x3(1, 1, 2)), dict(stride=(1, 1)), r"stride must be an int or a sequence of 1 int"),
     ("padding_two_values", (x3(1, 1, 4), x3(1, 1, 2)), dict(padding=[1, 1]), r"padding must be an int or a sequence of 1"),
     ("same_with_stride", (x3(1, 1, 4), x3(1, 1, 2)), dict(padding="same", stride=2), r"padding='same' is not supported for strided"),
-    ("unknown_padding_string", (x3(1, 1, 4), x3(1, 1, 2)), dict(padding="full"), r"padding must be 'valid', 'same' or an int"),
+    ("unknown_padding_string", (x3(1, 1, 4), x3(1, 1, 2)), dict(padding="full"), r"padding must be 'valid', 'same', 'causal' or an int"),
 ]
 
 

@@ -586,6 +586,41 @@ at::Tensor causal_conv1d_update_cpu(
   at::Tensor y = at::empty(x.sizes(), x.options());
   const auto x3 = x.dim() == 3 ? x : x.unsqueeze(2);
   const auto y3 = x.dim() == 3 ? y : y.unsqueeze(2);
+  // float decoding steps of a shift register with rows along time: the
+  // vector kernel, channels in blocks (one thread for a few thousand).
+  if (x.scalar_type() == at::kFloat && !seqlens && T == 1 && conv_state.stride(2) == 1 && x3.stride(1) == 1 &&
+      weight.stride(1) == 1 &&
+      S + T <= cpu::kCausalUpdateWindow && K <= cpu::kCausalUpdateWindow && y3.numel() > 0) {
+    constexpr int64_t kBlock = 512;
+    const int64_t blocks = (C + kBlock - 1) / kBlock;
+    const auto bias_t = bias && bias->defined() ? bias->contiguous() : at::Tensor();
+    std::vector<float*> states(B), outs(B);
+    std::vector<const float*> xs(B);
+    for (int64_t b = 0; b < B; ++b) {
+      states[b] = conv_state.data_ptr<float>() + (idx ? idx[b] : b) * conv_state.stride(0);
+      xs[b] = x3.const_data_ptr<float>() + b * x3.stride(0);
+      outs[b] = y3.data_ptr<float>() + b * y3.stride(0);
+    }
+    // About 2 us of work (B = 1, C = 4096) per task: a single row stays on one thread.
+    at::parallel_for(0, blocks, std::max<int64_t>(1, 8 / B), [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t c0 = blk * kBlock;
+        std::vector<float*> st(B), out(B);
+        std::vector<const float*> xr(B);
+        for (int64_t b = 0; b < B; ++b) {
+          st[b] = states[b] + c0 * conv_state.stride(1);
+          xr[b] = xs[b] + c0;
+          out[b] = outs[b] + c0;
+        }
+        cpu::run(cpu::CausalUpdateRows{st.data(), conv_state.stride(1), xr.data(), x3.stride(2),
+                                       weight.const_data_ptr<float>() + c0 * weight.stride(0), weight.stride(0),
+                                       bias_t.defined() ? bias_t.const_data_ptr<float>() + c0 : nullptr, out.data(),
+                                       y3.stride(2), B, std::min(kBlock, C - c0), K, S, T,
+                                       d.silu ? cpu::Activation::kSilu : cpu::Activation::kNone});
+      }
+    });
+    return y;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv.causal_conv1d_update", [&] {
     using A = Acc<scalar_t>;
     const auto xa = x3.accessor<scalar_t, 3>();

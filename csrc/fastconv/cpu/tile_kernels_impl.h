@@ -1068,6 +1068,7 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::causal_channel_weight<double>,
       &FASTCONV_ISA::silu_grad<float>,
       &FASTCONV_ISA::silu_grad<double>,
+      &FASTCONV_ISA::causal_update,
   };
   return table;
 }
