@@ -390,14 +390,18 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
         cpu::convert_row(gyp + r * L, grow, L);
         for (int64_t t0 = 0; t0 < L; t0 += kTimeChunk) {
           const int64_t n = std::min(kTimeChunk, L - t0);
-          stage_time(o, b, c, t0 - H, n + H, win.data());
-          cpu::run(cpu::CausalTimeTile<A>{win.data(), o.w.data() + c * K, K, o.dilation, o.bias[c], pre.data() + t0,
-                                          n, cpu::Activation::kNone});
+          const A* xw = win.data();  // xs from t0 - H: x's row in place where it can be
+          if constexpr (std::is_same_v<T, A>) {
+            if (t0 >= H) xw = o.x + b * o.xb + c * o.xc + t0 - H;
+          }
+          if (xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
+          cpu::run(cpu::CausalTimeTile<A>{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], pre.data() + t0, n,
+                                          cpu::Activation::kNone});
           for (int64_t t : runs[b].masked_outputs(H, L)) {
             if (t >= t0 && t < t0 + n) pre[t] = o.pre(b, c, t, runs[b].start_of(t));
           }
           if (o.silu) cpu::silu_grad(pre.data() + t0, grow + t0, n);
-          cpu::run(cpu::CausalTimeWeightTile<A>{grow + t0, win.data(), K, o.dilation, n, gw + c * K, gb + c});
+          cpu::run(cpu::CausalTimeWeightTile<A>{grow + t0, xw, K, o.dilation, n, gw + c * K, gb + c});
         }
         // Take back the masked taps' terms from grad_w.
         for (int64_t t : runs[b].masked_outputs(H, L)) {
@@ -407,8 +411,19 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
             if (p < lo) gw[c * K + k] -= grow[t] * o.xs(b, c, p);
           }
         }
-        cpu::run(cpu::CausalTimeTile<A>{gbuf.data(), flipped.data(), K, o.dilation, A(0), gxs.data(), H + L,
+        // grad_xs: the state's H positions, then x's row, written in place
+        // (float, double; bfloat16 as bits) or through gxs (float16).
+        cpu::run(cpu::CausalTimeTile<A>{gbuf.data(), flipped.data(), K, o.dilation, A(0), gxs.data(), H,
                                         cpu::Activation::kNone});
+        cpu::CausalTimeTile<A> tile{grow, flipped.data(), K, o.dilation, A(0), gxs.data() + H, L,
+                                    cpu::Activation::kNone};
+        if constexpr (std::is_same_v<T, A>) {
+          tile.out = gx + r * L;
+        } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          tile.out_bf16 = reinterpret_cast<uint16_t*>(gx + r * L);
+        }
+        cpu::run(tile);
+        if constexpr (std::is_same_v<T, c10::Half>) cpu::convert_row(gxs.data() + H, gx + r * L, L);
         for (int64_t p : runs[b].masked_inputs(H)) {
           const int64_t stop = std::min(runs[b].next_after(p, L), L);
           A acc = 0;
@@ -416,12 +431,15 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
             const int64_t t = p + k * o.dilation;
             if (t >= 0 && t < stop) acc += flipped[k] * grow[t];
           }
-          gxs[H + p] = acc;
+          if (p < 0) {
+            gxs[H + p] = acc;
+          } else {
+            gx[r * L + p] = static_cast<T>(acc);
+          }
         }
         if (g.state.numel() > 0) {
           for (int64_t i = 0; i < H; ++i) gs[r * H + i] = static_cast<T>(gxs[i]);
         }
-        cpu::convert_row(gxs.data() + H, gx + r * L, L);
       }
     }
   });

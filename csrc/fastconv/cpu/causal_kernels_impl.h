@@ -235,53 +235,93 @@ void causal_channel(const CausalChannelTile<T>& a) {
 }
 
 // ---- weight and bias gradients
+//
+// One pass over the rows with every tap's accumulator in registers when the
+// tap count is known at compile time (KT > 0, up to kWeightTaps); KT = 0:
+// a pass per tap.
+constexpr int kWeightTaps = 8;
+
+template <typename T, int KT>
+void causal_time_weight_taps(const CausalTimeWeightTile<T>& a) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int64_t W = S::kLanes;
+  constexpr int P = KT > 0 ? KT : 1;  // taps per pass
+  for (int64_t k0 = 0; k0 < a.taps; k0 += P) {
+    Vec acc[P] = {}, bias = {};
+    int64_t j = 0;
+    for (; j + W <= a.n; j += W) {
+      const Vec g = S::load(a.g + j);
+      bias += g;
+      for (int p = 0; p < P; ++p) acc[p] += g * S::load(a.win + j + (k0 + p) * a.dilation);
+    }
+    if (j < a.n) {
+      const int64_t m = a.n - j;
+      const Vec g = load_partial(a.g + j, m);
+      bias += g;
+      for (int p = 0; p < P; ++p) acc[p] += g * load_partial(a.win + j + (k0 + p) * a.dilation, m);
+    }
+    for (int p = 0; p < P; ++p) a.gw[k0 + p] += S::sum(acc[p]);
+    if (k0 == 0) *a.gb += S::sum(bias);
+  }
+}
 
 template <typename T>
 void causal_time_weight(const CausalTimeWeightTile<T>& a) {
+  switch (a.taps) {
+    case 1: return causal_time_weight_taps<T, 1>(a);
+    case 2: return causal_time_weight_taps<T, 2>(a);
+    case 3: return causal_time_weight_taps<T, 3>(a);
+    case 4: return causal_time_weight_taps<T, 4>(a);
+    case 5: return causal_time_weight_taps<T, 5>(a);
+    case 6: return causal_time_weight_taps<T, 6>(a);
+    case 7: return causal_time_weight_taps<T, 7>(a);
+    case 8: return causal_time_weight_taps<T, 8>(a);
+    default: return causal_time_weight_taps<T, 0>(a);
+  }
+}
+
+template <typename T, int KT>
+void causal_channel_weight_taps(const CausalChannelWeightTile<T>& a) {
   using S = Simd<T>;
+  using Vec = typename S::V;
   constexpr int64_t W = S::kLanes;
-  for (int64_t k = -1; k < a.taps; ++k) {  // k = -1: the bias
-    const T* x = a.win + (k < 0 ? 0 : k * a.dilation);
-    typename S::V acc[4] = {};
-    int64_t j = 0;
-    for (; j + 4 * W <= a.n; j += 4 * W) {
-      for (int v = 0; v < 4; ++v) {
-        const auto g = S::load(a.g + j + v * W);
-        acc[v] += k < 0 ? g : g * S::load(x + j + v * W);
+  constexpr int P = KT > 0 ? KT : 1;
+  for (int64_t c = 0; c < a.channels; c += W) {
+    const int64_t m = a.channels - c < W ? a.channels - c : W;
+    for (int64_t k0 = 0; k0 < a.taps; k0 += P) {
+      Vec acc[P] = {}, bias = {};
+      for (int64_t j = 0; j < a.n; ++j) {
+        const T* gp = a.g + j * a.g_stride + c;
+        const Vec g = m == W ? S::load(gp) : load_partial(gp, m);
+        bias += g;
+        for (int p = 0; p < P; ++p) {
+          const T* x = a.rows[j + (k0 + p) * a.dilation] + c;
+          acc[p] += g * (m == W ? S::load(x) : load_partial(x, m));
+        }
+      }
+      for (int p = 0; p < P; ++p) {
+        for (int64_t i = 0; i < m; ++i) a.gw[(k0 + p) * a.channels + c + i] += acc[p][i];
+      }
+      if (k0 == 0) {
+        for (int64_t i = 0; i < m; ++i) a.gb[c + i] += bias[i];
       }
     }
-    for (; j < a.n; j += W) {
-      const int64_t left = a.n - j < W ? a.n - j : W;
-      const auto g = load_partial(a.g + j, left);
-      acc[0] += k < 0 ? g : g * load_partial(x + j, left);
-    }
-    const T sum = S::sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
-    (k < 0 ? *a.gb : a.gw[k]) += sum;
   }
 }
 
 template <typename T>
 void causal_channel_weight(const CausalChannelWeightTile<T>& a) {
-  using S = Simd<T>;
-  constexpr int64_t W = S::kLanes;
-  for (int64_t c = 0; c < a.channels; c += W) {
-    const int64_t m = a.channels - c < W ? a.channels - c : W;
-    for (int64_t k = -1; k < a.taps; ++k) {  // k = -1: the bias
-      typename S::V acc[2] = {};
-      for (int64_t j = 0; j < a.n; ++j) {
-        const T* gp = a.g + j * a.g_stride + c;
-        const auto g = m == W ? S::load(gp) : load_partial(gp, m);
-        if (k < 0) {
-          acc[j & 1] += g;
-        } else {
-          const T* x = a.rows[j + k * a.dilation] + c;
-          acc[j & 1] += g * (m == W ? S::load(x) : load_partial(x, m));
-        }
-      }
-      const auto sum = acc[0] + acc[1];
-      T* dst = k < 0 ? a.gb + c : a.gw + k * a.channels + c;
-      for (int64_t i = 0; i < m; ++i) dst[i] += sum[i];
-    }
+  switch (a.taps) {
+    case 1: return causal_channel_weight_taps<T, 1>(a);
+    case 2: return causal_channel_weight_taps<T, 2>(a);
+    case 3: return causal_channel_weight_taps<T, 3>(a);
+    case 4: return causal_channel_weight_taps<T, 4>(a);
+    case 5: return causal_channel_weight_taps<T, 5>(a);
+    case 6: return causal_channel_weight_taps<T, 6>(a);
+    case 7: return causal_channel_weight_taps<T, 7>(a);
+    case 8: return causal_channel_weight_taps<T, 8>(a);
+    default: return causal_channel_weight_taps<T, 0>(a);
   }
 }
 
