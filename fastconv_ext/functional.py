@@ -115,6 +115,14 @@ def _padding(
     return input, _tuple(padding, n, "padding", op)
 
 
+def _is_causal(padding: Union[str, _IntOrSeq]) -> bool:
+    # A function of its own: TorchScript's saved code could not unify `padding` refined to
+    # str in the caller with its other types.
+    if isinstance(padding, str):
+        return padding == "causal"
+    return False
+
+
 def _causal(
     input: Tensor,
     weight: Tensor,
@@ -194,7 +202,7 @@ def conv1d(
     """
     stride_ = _tuple(stride, 1, "stride", "conv1d")
     dilation_ = _tuple(dilation, 1, "dilation", "conv1d")
-    if isinstance(padding, str) and padding == "causal":
+    if _is_causal(padding):
         return _causal(input, weight, bias, stride_, dilation_, groups, algorithm)
     input, padding_ = _padding(input, weight, padding, stride_, dilation_, "conv1d")
     return _conv(1, input, weight, bias, stride_, padding_, dilation_, groups, algorithm)

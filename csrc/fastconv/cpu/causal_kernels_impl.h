@@ -75,7 +75,7 @@ struct Io {
 // degree-6 Taylor polynomial (relative error below 3e-8) and -x clamped to
 // [-87, 88] so 2^n stays a normal float; double: std::exp per lane.
 template <typename T>
-typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
+__attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
   using V = typename Simd<T>::V;
   if constexpr (sizeof(T) == 4) {
     using I = I32Vec;
@@ -112,7 +112,7 @@ typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
 }
 
 template <typename T>
-typename Simd<T>::V activate(typename Simd<T>::V x, Activation act) {
+__attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd<T>::V x, Activation act) {
   return act == Activation::kSilu ? x * sigmoid<T>(x) : x;
 }
 
