@@ -418,3 +418,22 @@ def test_bad_arguments_name_the_argument(device):
     y = fastconv_ext.causal_conv1d_update(x[:, :, 0], torch.zeros(2, 4, 2, device=device), w.requires_grad_())
     with pytest.raises(RuntimeError, match="derivative for fastconv::causal_conv1d_update is not implemented"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_update_index_map_in_every_dtype(dtype, device):
+    gen = torch.Generator().manual_seed(13)
+    B, C, K = 3, 40, 4
+    w = torch.randn(C, K, generator=gen, dtype=torch.float64).to(device, dtype)
+    b = torch.randn(C, generator=gen, dtype=torch.float64).to(device, dtype)
+    pool = torch.randn(5, C, K - 1, generator=gen, dtype=torch.float64).to(device, dtype)
+    before = pool.clone()
+    idx = torch.tensor([3, 0, 1], dtype=torch.int32, device=device)
+    x = torch.randn(B, C, generator=gen, dtype=torch.float64).to(device, dtype)
+    y = fastconv_ext.causal_conv1d_update(x, pool, w, b, "silu", None, idx)
+    want = reference(x[:, :, None], w, b, before[idx.long()], "silu")[0][:, :, 0]
+    torch.testing.assert_close(y.double(), want, **TOL[dtype])
+    shifted = torch.cat([before[idx.long()][:, :, 1:], x[:, :, None]], 2)
+    torch.testing.assert_close(pool[idx.long()], shifted, atol=0, rtol=0)
+    for untouched in (2, 4):
+        torch.testing.assert_close(pool[untouched], before[untouched], atol=0, rtol=0)

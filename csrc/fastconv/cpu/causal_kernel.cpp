@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "fastconv/causal_layout.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/convert_row.h"
 #include "fastconv/cpu/tile_kernels.h"
@@ -48,29 +49,12 @@ A silu_scalar(A v) {
   return v / (A(1) + std::exp(-v));
 }
 
-// Whether x is read as channels-last: channel stride 1 where time's is not.
-bool channels_last(const at::Tensor& x) {
-  return x.size(1) > 1 && x.stride(1) == 1 && !(x.size(2) > 1 && x.stride(2) == 1);
-}
-
-// x itself when its layout is one of the two read in place, else a contiguous copy.
-at::Tensor readable(const at::Tensor& x) {
-  if (channels_last(x) || x.size(2) <= 1 || x.stride(2) == 1) return x;
-  return x.contiguous();
-}
-
-// A new (B, C, L) tensor in `like`'s layout.
+// A new (B, C, L) tensor in `like`'s layout, from the cache of result buffers.
 at::Tensor empty_in_layout(const at::Tensor& like, at::IntArrayRef sizes) {
-  if (channels_last(like)) {
+  if (causal_channels_last(like)) {
     return cpu::empty_output({sizes[0], sizes[2], sizes[1]}, like.options()).transpose(1, 2);
   }
   return cpu::empty_output(sizes, like.options());
-}
-
-// t laid out as empty_in_layout(like, ...) lays out (a copy when it is not).
-at::Tensor in_layout(const at::Tensor& t, const at::Tensor& like) {
-  const bool ok = channels_last(like) ? t.transpose(1, 2).is_contiguous() : t.is_contiguous();
-  return ok ? t : empty_in_layout(like, t.sizes()).copy_(t);
 }
 
 // Sequence starts of one batch row (seq_idx): positions s > 0 where the
@@ -338,13 +322,13 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_cpu(
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
     std::optional<c10::string_view> activation, c10::SymInt dilation) {
   const auto d = check_causal_conv1d(x_in, weight, bias, initial_state, seq_idx, activation, dilation);
-  const at::Tensor x = readable(x_in);
+  const at::Tensor x = causal_readable(x_in);
   at::Tensor y = empty_in_layout(x, x.sizes());
   at::Tensor fs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv.causal_conv1d", [&] {
     const Operands<scalar_t> o(x, weight, bias, initial_state, dilation.expect_int(), d.silu);
     if (y.numel() > 0) {
-      if (channels_last(x)) {
+      if (causal_channels_last(x)) {
         forward_channels(o, x.size(0), y.data_ptr<scalar_t>(), y.stride(0), y.stride(2));
       } else {
         forward_time(o, x.size(0), y.data_ptr<scalar_t>());
@@ -554,30 +538,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
     const std::optional<at::Tensor>& seq_idx, std::optional<c10::string_view> activation, c10::SymInt dilation) {
   const auto d = check_causal_conv1d_backward(grad_output, grad_final_state, x_in, weight, bias, initial_state,
                                               seq_idx, activation, dilation);
-  const at::Tensor x = readable(x_in);
+  const at::Tensor x = causal_readable(x_in);
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2), K = weight.size(1);
   const int64_t H = dilation.expect_int() * (K - 1);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   Grads g{empty_in_layout(x, x.sizes()), at::zeros({C, K}, x.options().dtype(acc_type)),
           at::zeros({C}, x.options().dtype(acc_type)), at::zeros({B, C, H}, x.options())};
-  const at::Tensor gy = in_layout(grad_output, x);
+  const at::Tensor gy = causal_in_layout(grad_output, x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv.causal_conv1d_backward", [&] {
     const Operands<scalar_t> o(x, weight, bias, initial_state, dilation.expect_int(), d.silu);
     const auto runs = sequence_runs(seq_idx, B);
     if (x.numel() > 0) {
-      if (channels_last(x)) {
+      if (causal_channels_last(x)) {
         backward_channels(o, gy, runs, g, B);
       } else {
         backward_time(o, gy, runs, g, B);
       }
     }
   });
-  if (grad_final_state && grad_final_state->defined() && H > 0) {
-    // The final state is xs[L - H + i]: its gradient goes to x where that is
-    // in x, to the initial state before.
-    const int64_t in_x = std::min(H, L);
-    if (in_x > 0) g.x.narrow(2, L - in_x, in_x).add_(grad_final_state->narrow(2, H - in_x, in_x));
-    if (H > L) g.state.narrow(2, L, H - L).add_(grad_final_state->narrow(2, 0, H - L));
+  if (grad_final_state && grad_final_state->defined()) {
+    causal_add_final_state_grad(g.x, g.state, *grad_final_state, L, H);
   }
   return {g.x, g.weight.to(x.scalar_type()), g.bias.to(x.scalar_type()), g.state};
 }
@@ -601,14 +581,30 @@ at::Tensor causal_conv1d_update_cpu(
     TORCH_CHECK(idx[b] >= 0 && idx[b] < SB, "fastconv.causal_conv1d_update: conv_state_indices[", b, "] = ", idx[b],
                 " is outside [0, ", SB, ") (conv_state's batch)");
   }
+  const bool vector_step = !seqlens && T == 1 && conv_state.stride(2) == 1 && S + T <= cpu::kCausalUpdateWindow &&
+      K <= cpu::kCausalUpdateWindow && x.numel() > 0;
+  if (vector_step && (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16)) {
+    // 16-bit: the state rows in use, x and the weights in float through the
+    // vector kernel, then back (exact: the state holds 16-bit inputs).
+    const at::Tensor rows = idx_t.defined() ? conv_state.index_select(0, idx_t.to(at::kLong)) : conv_state;
+    at::Tensor state = rows.to(at::kFloat).contiguous();
+    const at::Tensor y = causal_conv1d_update_cpu(
+        x.to(at::kFloat), state, weight.to(at::kFloat),
+        bias && bias->defined() ? std::optional<at::Tensor>(bias->to(at::kFloat)) : std::nullopt, activation,
+        std::nullopt, std::nullopt);
+    if (idx_t.defined()) {
+      conv_state.index_copy_(0, idx_t.to(at::kLong), state.to(conv_state.scalar_type()));
+    } else {
+      conv_state.copy_(state);
+    }
+    return y.to(x.scalar_type());
+  }
   at::Tensor y = at::empty(x.sizes(), x.options());
   const auto x3 = x.dim() == 3 ? x : x.unsqueeze(2);
   const auto y3 = x.dim() == 3 ? y : y.unsqueeze(2);
   // float decoding steps of a shift register with rows along time: the
   // vector kernel, channels in blocks (one thread for a few thousand).
-  if (x.scalar_type() == at::kFloat && !seqlens && T == 1 && conv_state.stride(2) == 1 && x3.stride(1) == 1 &&
-      weight.stride(1) == 1 &&
-      S + T <= cpu::kCausalUpdateWindow && K <= cpu::kCausalUpdateWindow && y3.numel() > 0) {
+  if (vector_step && x.scalar_type() == at::kFloat && x3.stride(1) == 1 && weight.stride(1) == 1) {
     constexpr int64_t kBlock = 512;
     const int64_t blocks = (C + kBlock - 1) / kBlock;
     const auto bias_t = bias && bias->defined() ? bias->contiguous() : at::Tensor();

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "fastconv/cpu/tile_kernels.h"
 
@@ -116,6 +117,18 @@ __attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd
   return act == Activation::kSilu ? x * sigmoid<T>(x) : x;
 }
 
+// f(std::integral_constant<int, taps>()) for taps in [K, Max], else f(std::integral_constant<int, 0>()):
+// kernels with the tap count known at compile time where it is small.
+template <int K, int Max, typename F>
+void with_taps(int64_t taps, F&& f) {
+  if constexpr (K > Max) {
+    f(std::integral_constant<int, 0>());
+  } else {
+    if (taps == K) return f(std::integral_constant<int, K>());
+    with_taps<K + 1, Max>(taps, std::forward<F>(f));
+  }
+}
+
 // ---- forward, vectors along time
 
 // V vectors of outputs from j; Full: all V * kLanes of them (no partial loads).
@@ -218,12 +231,7 @@ void causal_channel_taps(const CausalChannelTile<T>& a) {
 
 template <typename T, bool Io16>
 void causal_channel_io(const CausalChannelTile<T>& a) {
-  switch (a.taps) {
-    case 2: return causal_channel_taps<T, Io16, 2>(a);
-    case 3: return causal_channel_taps<T, Io16, 3>(a);
-    case 4: return causal_channel_taps<T, Io16, 4>(a);
-    default: return causal_channel_taps<T, Io16, 0>(a);
-  }
+  with_taps<1, 4>(a.taps, [&](auto kt) { causal_channel_taps<T, Io16, decltype(kt)::value>(a); });
 }
 
 template <typename T>
@@ -268,17 +276,7 @@ void causal_time_weight_taps(const CausalTimeWeightTile<T>& a) {
 
 template <typename T>
 void causal_time_weight(const CausalTimeWeightTile<T>& a) {
-  switch (a.taps) {
-    case 1: return causal_time_weight_taps<T, 1>(a);
-    case 2: return causal_time_weight_taps<T, 2>(a);
-    case 3: return causal_time_weight_taps<T, 3>(a);
-    case 4: return causal_time_weight_taps<T, 4>(a);
-    case 5: return causal_time_weight_taps<T, 5>(a);
-    case 6: return causal_time_weight_taps<T, 6>(a);
-    case 7: return causal_time_weight_taps<T, 7>(a);
-    case 8: return causal_time_weight_taps<T, 8>(a);
-    default: return causal_time_weight_taps<T, 0>(a);
-  }
+  with_taps<1, kWeightTaps>(a.taps, [&](auto kt) { causal_time_weight_taps<T, decltype(kt)::value>(a); });
 }
 
 template <typename T, int KT>
@@ -312,17 +310,7 @@ void causal_channel_weight_taps(const CausalChannelWeightTile<T>& a) {
 
 template <typename T>
 void causal_channel_weight(const CausalChannelWeightTile<T>& a) {
-  switch (a.taps) {
-    case 1: return causal_channel_weight_taps<T, 1>(a);
-    case 2: return causal_channel_weight_taps<T, 2>(a);
-    case 3: return causal_channel_weight_taps<T, 3>(a);
-    case 4: return causal_channel_weight_taps<T, 4>(a);
-    case 5: return causal_channel_weight_taps<T, 5>(a);
-    case 6: return causal_channel_weight_taps<T, 6>(a);
-    case 7: return causal_channel_weight_taps<T, 7>(a);
-    case 8: return causal_channel_weight_taps<T, 8>(a);
-    default: return causal_channel_weight_taps<T, 0>(a);
-  }
+  with_taps<1, kWeightTaps>(a.taps, [&](auto kt) { causal_channel_weight_taps<T, decltype(kt)::value>(a); });
 }
 
 // g *= silu'(pre) = s (1 + pre (1 - s)), s = sigmoid(pre).

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "fastconv/causal_layout.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -25,29 +26,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t(1) << 30;
-
-bool channels_last(const at::Tensor& x) {
-  return x.size(1) > 1 && x.stride(1) == 1 && !(x.size(2) > 1 && x.stride(2) == 1);
-}
-
-at::Tensor readable(const at::Tensor& x) {
-  if (channels_last(x) || x.size(2) <= 1 || x.stride(2) == 1) return x;
-  return x.contiguous();
-}
-
-at::Tensor empty_in_layout(const at::Tensor& like, at::IntArrayRef sizes, const at::TensorOptions& options) {
-  if (channels_last(like)) return at::empty({sizes[0], sizes[2], sizes[1]}, options).transpose(1, 2);
-  return at::empty(sizes, options);
-}
-
-at::Tensor empty_in_layout(const at::Tensor& like, at::IntArrayRef sizes) {
-  return empty_in_layout(like, sizes, like.options());
-}
-
-at::Tensor in_layout(const at::Tensor& t, const at::Tensor& like) {
-  const bool ok = channels_last(like) ? t.transpose(1, 2).is_contiguous() : t.is_contiguous();
-  return ok ? t : empty_in_layout(like, t.sizes()).copy_(t);
-}
 
 int64_t blocks_for(int64_t n) { return std::min((n + kThreads - 1) / kThreads, kMaxBlocks); }
 
@@ -235,16 +213,16 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_cuda(
     std::optional<c10::string_view> activation, c10::SymInt dilation) {
   const auto d = check_causal_conv1d(x_in, weight, bias, initial_state, seq_idx, activation, dilation);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = readable(x_in);
+  const at::Tensor x = causal_readable(x_in);
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2), K = weight.size(1), dil = dilation.expect_int();
-  at::Tensor y = empty_in_layout(x, x.sizes());
+  at::Tensor y = causal_empty_like(x, x.sizes(), x.options());
   at::Tensor fs = at::empty({B, C, dil * (K - 1)}, x.options());
   const at::Tensor w = weight.contiguous(), b = contiguous_or_none(bias), s = contiguous_or_none(initial_state);
   const at::Tensor q = contiguous_or_none(seq_idx);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_causal_conv1d_cuda", [&] {
     const auto a = make_args<scalar_t>(x, w, b, s, q, dil, d.silu);
-    const Layout lay{B, C, L, channels_last(x)};
+    const Layout lay{B, C, L, causal_channels_last(x)};
     if (y.numel() > 0) {
       forward_kernel<scalar_t><<<blocks_for(y.numel()), kThreads, 0, stream>>>(a, lay, y.mutable_data_ptr<scalar_t>(),
                                                                                strides_of(y));
@@ -266,23 +244,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
   const auto d = check_causal_conv1d_backward(grad_output, grad_final_state, x_in, weight, bias, initial_state,
                                               seq_idx, activation, dilation);
   c10::cuda::CUDAGuard guard(x_in.device());
-  const at::Tensor x = readable(x_in);
+  const at::Tensor x = causal_readable(x_in);
   const int64_t B = x.size(0), C = x.size(1), L = x.size(2), K = weight.size(1), dil = dilation.expect_int();
   const int64_t H = dil * (K - 1);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor gy = in_layout(grad_output, x);
-  at::Tensor gx = empty_in_layout(x, x.sizes());
+  const at::Tensor gy = causal_in_layout(grad_output, x);
+  at::Tensor gx = causal_empty_like(x, x.sizes(), x.options());
   at::Tensor gstate = at::zeros({B, C, H}, x.options());
   at::Tensor gw = at::zeros({C, K}, x.options().dtype(acc_type)), gb = at::zeros({C}, x.options().dtype(acc_type));
   const at::Tensor w = weight.contiguous(), b = contiguous_or_none(bias), s = contiguous_or_none(initial_state);
   const at::Tensor q = contiguous_or_none(seq_idx);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (x.numel() > 0) {
-    const at::Tensor g = empty_in_layout(x, x.sizes(), x.options().dtype(acc_type));
+    const at::Tensor g = causal_empty_like(x, x.sizes(), x.options().dtype(acc_type));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv_causal_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto a = make_args<scalar_t>(x, w, b, s, q, dil, d.silu);
-      const Layout lay{B, C, L, channels_last(x)};
+      const Layout lay{B, C, L, causal_channels_last(x)};
       grad_pre_kernel<scalar_t><<<blocks_for(B * C * L), kThreads, 0, stream>>>(
           a, lay, gy.const_data_ptr<scalar_t>(), strides_of(gy), g.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -295,10 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (grad_final_state && grad_final_state->defined() && H > 0) {
-    const int64_t in_x = std::min(H, L);
-    if (in_x > 0) gx.narrow(2, L - in_x, in_x).add_(grad_final_state->narrow(2, H - in_x, in_x));
-    if (H > L) gstate.narrow(2, L, H - L).add_(grad_final_state->narrow(2, 0, H - L));
+  if (grad_final_state && grad_final_state->defined()) {
+    causal_add_final_state_grad(gx, gstate, *grad_final_state, L, H);
   }
   return {gx, gw.to(x.scalar_type()), gb.to(x.scalar_type()), gstate};
 }
