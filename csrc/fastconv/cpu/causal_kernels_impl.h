@@ -37,9 +37,15 @@ struct Io {
 
   static V load(const Src* p) {
     if constexpr (Bf16) {
+#if FASTCONV_X86_AVX512
+      // One vpmovzxwd (GCC splits the generic conversion into two halves).
+      const U32Vec bits =
+          (U32Vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+#else
       U16Vec h;
       std::memcpy(&h, p, sizeof(h));
       const U32Vec bits = __builtin_convertvector(h, U32Vec) << 16;
+#endif
       V v;
       std::memcpy(&v, &bits, sizeof(V));
       return v;
@@ -75,7 +81,10 @@ struct Io {
 // 1 / (1 + exp(-x)). float: exp(-x) as 2^n * e^r, |r| <= ln2 / 2, with the
 // degree-6 Taylor polynomial (relative error below 3e-8) and -x clamped to
 // [-87, 88] so 2^n stays a normal float; double: std::exp per lane.
-template <typename T>
+// Coarse (for results rounded to bfloat16, whose own error is 2^-9): a
+// degree-4 polynomial and, with AVX-512, the 14-bit reciprocal estimate
+// without its Newton step, both below 1e-4.
+template <typename T, bool Coarse = false>
 __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
   using V = typename Simd<T>::V;
   if constexpr (sizeof(T) == 4) {
@@ -86,9 +95,14 @@ __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<
     const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
     const V n = (z * 1.44269504f + magic) - magic;
     const V r = (z - n * 0.693359375f) - n * -2.12194440e-4f;
-    V p = Simd<T>::splat(1.0f / 720);
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
+    V p;
+    if constexpr (Coarse) {
+      p = Simd<T>::splat(1.0f / 24);
+    } else {
+      p = Simd<T>::splat(1.0f / 720);
+      p = p * r + 1.0f / 120;
+      p = p * r + 1.0f / 24;
+    }
     p = p * r + 1.0f / 6;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
@@ -101,6 +115,7 @@ __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<
     // 1 / d: the 14-bit reciprocal estimate and a Newton step (about 2^-27),
     // several times the throughput of a division.
     const V e = (V)_mm512_rcp14_ps((__m512)d);
+    if constexpr (Coarse) return e;
     return e * (2.0f - d * e);
 #else
     return 1.0f / d;
@@ -112,9 +127,22 @@ __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<
   }
 }
 
-template <typename T>
-__attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd<T>::V x, Activation act) {
-  return act == Activation::kSilu ? x * sigmoid<T>(x) : x;
+template <typename T, bool Silu, bool Coarse = false>
+__attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd<T>::V x) {
+  if constexpr (Silu) {
+    return x * sigmoid<T, Coarse>(x);
+  } else {
+    return x;
+  }
+}
+
+// f(std::bool_constant<act is SiLU>()): kernels with the activation fixed at
+// compile time (a branch per vector cost as much as the SiLU itself with
+// bfloat16 outputs).
+template <typename F>
+void with_activation(Activation act, F&& f) {
+  if (act == Activation::kSilu) return f(std::true_type());
+  f(std::false_type());
 }
 
 // f(std::integral_constant<int, taps>()) for taps in [K, Max], else f(std::integral_constant<int, 0>()):
@@ -132,7 +160,7 @@ void with_taps(int64_t taps, F&& f) {
 // ---- forward, vectors along time
 
 // V vectors of outputs from j; Full: all V * kLanes of them (no partial loads).
-template <typename T, bool In16, bool Out16, int V, bool Full>
+template <typename T, bool In16, bool Out16, bool Silu, int V, bool Full>
 void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
   using In = Io<T, In16>;
   using Out = Io<T, Out16>;
@@ -150,17 +178,22 @@ void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
   }
   for (int v = 0; v < V; ++v) {
     const int64_t left = Full ? W : n - v * W;
-    if (left > 0) Out::store(out + j + v * W, activate<T>(acc[v], a.act), left);
+    if (left > 0) Out::store(out + j + v * W, activate<T, Silu, Out16>(acc[v]), left);
   }
+}
+
+template <typename T, bool In16, bool Out16, bool Silu>
+void causal_time_act(const CausalTimeTile<T>& a) {
+  constexpr int64_t W = Simd<T>::kLanes;
+  int64_t j = 0;
+  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_block<T, In16, Out16, Silu, 4, true>(a, j, 4 * W);
+  for (; j + W <= a.n; j += W) causal_time_block<T, In16, Out16, Silu, 1, true>(a, j, W);
+  if (j < a.n) causal_time_block<T, In16, Out16, Silu, 1, false>(a, j, a.n - j);
 }
 
 template <typename T, bool In16, bool Out16>
 void causal_time_io(const CausalTimeTile<T>& a) {
-  constexpr int64_t W = Simd<T>::kLanes;
-  int64_t j = 0;
-  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_block<T, In16, Out16, 4, true>(a, j, 4 * W);
-  for (; j + W <= a.n; j += W) causal_time_block<T, In16, Out16, 1, true>(a, j, W);
-  if (j < a.n) causal_time_block<T, In16, Out16, 1, false>(a, j, a.n - j);
+  with_activation(a.act, [&](auto silu) { causal_time_act<T, In16, Out16, decltype(silu)::value>(a); });
 }
 
 template <typename T>
@@ -177,7 +210,7 @@ void causal_time(const CausalTimeTile<T>& a) {
 // V vectors of channels from c, every position; Full: all V * kLanes channels.
 // KT > 0: the tap count, known at compile time, with the weights held in
 // registers across positions; KT = 0: any count, weights loaded from L1.
-template <typename T, bool Io16, int V, bool Full, int KT>
+template <typename T, bool Io16, bool Silu, int V, bool Full, int KT>
 void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
   using S = Simd<T>;
   using Vec = typename S::V;
@@ -215,23 +248,27 @@ void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
     auto* o = out + j * a.out_stride + c;
     for (int v = 0; v < V; ++v) {
       const int64_t left = Full ? W : m - v * W;
-      if (left > 0) X::store(o + v * W, activate<T>(acc[v], a.act), left);
+      if (left > 0) X::store(o + v * W, activate<T, Silu, Io16>(acc[v]), left);
     }
   }
 }
 
-template <typename T, bool Io16, int KT>
+template <typename T, bool Io16, bool Silu, int KT>
 void causal_channel_taps(const CausalChannelTile<T>& a) {
   constexpr int64_t W = Simd<T>::kLanes;
   int64_t c = 0;
-  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, Io16, 4, true, KT>(a, c, 4 * W);
-  for (; c + W <= a.channels; c += W) causal_channel_block<T, Io16, 1, true, KT>(a, c, W);
-  if (c < a.channels) causal_channel_block<T, Io16, 1, false, KT>(a, c, a.channels - c);
+  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, Io16, Silu, 4, true, KT>(a, c, 4 * W);
+  for (; c + W <= a.channels; c += W) causal_channel_block<T, Io16, Silu, 1, true, KT>(a, c, W);
+  if (c < a.channels) causal_channel_block<T, Io16, Silu, 1, false, KT>(a, c, a.channels - c);
 }
 
 template <typename T, bool Io16>
 void causal_channel_io(const CausalChannelTile<T>& a) {
-  with_taps<1, 4>(a.taps, [&](auto kt) { causal_channel_taps<T, Io16, decltype(kt)::value>(a); });
+  with_activation(a.act, [&](auto silu) {
+    with_taps<1, 4>(a.taps, [&](auto kt) {
+      causal_channel_taps<T, Io16, decltype(silu)::value, decltype(kt)::value>(a);
+    });
+  });
 }
 
 template <typename T>
@@ -366,7 +403,7 @@ void causal_update(const CausalUpdateRows& a) {
       for (int64_t t = 0; t < a.T; ++t) {
         Vec acc = bias;
         for (int64_t k = 0; k < a.taps; ++k) acc += w[k] * win[a.S + t - (a.taps - 1) + k];
-        S::store(a.out[r] + c + t * a.out_stride, activate<float>(acc, a.act), m);
+        S::store(a.out[r] + c + t * a.out_stride, a.act == Activation::kSilu ? acc * sigmoid<float>(acc) : acc, m);
       }
       for (int64_t i = 0; i < a.S; ++i) {
         const Vec v = win[a.T + i];
