@@ -463,7 +463,8 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
             if (t < t0 || t >= t0 + span) continue;
             for (int64_t j = 0; j < m; ++j) pre[(t - t0) * m + j] = o.pre(b, c0 + j, t, runs[b].start_of(t));
           }
-          gbuf.assign((n + H) * m, A(0));
+          gbuf.resize((n + H) * m);
+          std::fill(gbuf.begin() + span * m, gbuf.end(), A(0));  // past the end of the row
           for (int64_t j = 0; j < span; ++j) cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
           if (o.silu) cpu::silu_grad(pre.data(), gbuf.data(), span * m);
           cpu::run(cpu::CausalChannelWeightTile<A>{gbuf.data(), m, rows.data(), m, K, o.dilation, n, gwb.data(),
@@ -480,9 +481,21 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
           // grad_x of [t0, t0 + n), from g rows [t0, t0 + n + H).
           grows.resize(n + H);
           for (int64_t j = 0; j < n + H; ++j) grows[j] = gbuf.data() + j * m;
+          // Written in place (float, double; bfloat16 as bits), else through out.
+          T* gx0 = gx + b * gxb + t0 * gxt + c0;
           out.resize(n * m);
-          cpu::run(cpu::CausalChannelTile<A>{grows.data(), flipped.data(), nullptr, out.data(), m, m, K, o.dilation, n,
-                                             cpu::Activation::kNone});
+          cpu::CausalChannelTile<A> tile{grows.data(), flipped.data(), nullptr, out.data(), m, m, K, o.dilation, n,
+                                         cpu::Activation::kNone};
+          if constexpr (std::is_same_v<T, A>) {
+            tile.out = gx0, tile.out_stride = gxt;
+          } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            tile.out_bf16 = reinterpret_cast<uint16_t*>(gx0), tile.out_stride = gxt;
+            tile.rows_bf16 = nullptr;  // g is float: only the output is bfloat16
+          }
+          cpu::run(tile);
+          if constexpr (std::is_same_v<T, c10::Half>) {
+            for (int64_t j = 0; j < n; ++j) cpu::convert_row(out.data() + j * m, gx0 + j * gxt, m);
+          }
           for (int64_t p : runs[b].masked_inputs(H)) {
             if (p < t0 || p >= t0 + n) continue;
             const int64_t stop = std::min(runs[b].next_after(p, L), L);
@@ -492,10 +505,9 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
                 const int64_t t = p + k * o.dilation;
                 if (t < stop) acc += flipped[k * m + j] * gbuf[(t - t0) * m + j];
               }
-              out[(p - t0) * m + j] = acc;
+              gx0[(p - t0) * gxt + j] = static_cast<T>(acc);
             }
           }
-          for (int64_t j = 0; j < n; ++j) cpu::convert_row(out.data() + j * m, gx + b * gxb + (t0 + j) * gxt + c0, m);
           if (t0 == 0 && g.state.numel() > 0) {
             // grad of the initial state, positions [-H, 0): g rows [-H, H), zero before 0.
             grows.resize(2 * H);

@@ -210,11 +210,11 @@ void causal_time(const CausalTimeTile<T>& a) {
 // V vectors of channels from c, every position; Full: all V * kLanes channels.
 // KT > 0: the tap count, known at compile time, with the weights held in
 // registers across positions; KT = 0: any count, weights loaded from L1.
-template <typename T, bool Io16, bool Silu, int V, bool Full, int KT>
+template <typename T, bool In16, bool Out16, bool Silu, int V, bool Full, int KT>
 void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
   using S = Simd<T>;
   using Vec = typename S::V;
-  using X = Io<T, Io16>;
+  using X = Io<T, Out16>;
   constexpr int64_t W = S::kLanes;
   const auto load = [&](const auto* p, int v) {
     using P = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
@@ -229,9 +229,10 @@ void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
     }
   }
   for (int v = 0; v < V; ++v) bias[v] = a.bias == nullptr ? Vec{} : load(a.bias + c, v);
-  const typename X::Src* const* rows;
+  const typename Io<T, In16>::Src* const* rows;
   typename X::Src* out;
-  if constexpr (Io16) rows = a.rows_bf16, out = a.out_bf16; else rows = a.rows, out = a.out;
+  if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
+  if constexpr (Out16) out = a.out_bf16; else out = a.out;
   for (int64_t j = 0; j < a.n; ++j) {
     Vec acc[V];
     for (int v = 0; v < V; ++v) acc[v] = bias[v];
@@ -248,25 +249,25 @@ void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
     auto* o = out + j * a.out_stride + c;
     for (int v = 0; v < V; ++v) {
       const int64_t left = Full ? W : m - v * W;
-      if (left > 0) X::store(o + v * W, activate<T, Silu, Io16>(acc[v]), left);
+      if (left > 0) X::store(o + v * W, activate<T, Silu, Out16>(acc[v]), left);
     }
   }
 }
 
-template <typename T, bool Io16, bool Silu, int KT>
+template <typename T, bool In16, bool Out16, bool Silu, int KT>
 void causal_channel_taps(const CausalChannelTile<T>& a) {
   constexpr int64_t W = Simd<T>::kLanes;
   int64_t c = 0;
-  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, Io16, Silu, 4, true, KT>(a, c, 4 * W);
-  for (; c + W <= a.channels; c += W) causal_channel_block<T, Io16, Silu, 1, true, KT>(a, c, W);
-  if (c < a.channels) causal_channel_block<T, Io16, Silu, 1, false, KT>(a, c, a.channels - c);
+  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, In16, Out16, Silu, 4, true, KT>(a, c, 4 * W);
+  for (; c + W <= a.channels; c += W) causal_channel_block<T, In16, Out16, Silu, 1, true, KT>(a, c, W);
+  if (c < a.channels) causal_channel_block<T, In16, Out16, Silu, 1, false, KT>(a, c, a.channels - c);
 }
 
-template <typename T, bool Io16>
+template <typename T, bool In16, bool Out16>
 void causal_channel_io(const CausalChannelTile<T>& a) {
   with_activation(a.act, [&](auto silu) {
     with_taps<1, 4>(a.taps, [&](auto kt) {
-      causal_channel_taps<T, Io16, decltype(silu)::value, decltype(kt)::value>(a);
+      causal_channel_taps<T, In16, Out16, decltype(silu)::value, decltype(kt)::value>(a);
     });
   });
 }
@@ -274,9 +275,10 @@ void causal_channel_io(const CausalChannelTile<T>& a) {
 template <typename T>
 void causal_channel(const CausalChannelTile<T>& a) {
   if constexpr (sizeof(T) == 4) {
-    if (a.rows_bf16) return causal_channel_io<T, true>(a);
+    if (a.rows_bf16 && a.out_bf16) return causal_channel_io<T, true, true>(a);
+    if (a.out_bf16) return causal_channel_io<T, false, true>(a);
   }
-  causal_channel_io<T, false>(a);
+  causal_channel_io<T, false, false>(a);
 }
 
 // ---- weight and bias gradients

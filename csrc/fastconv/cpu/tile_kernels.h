@@ -116,7 +116,7 @@ struct CausalTimeTile {
 // Vectors along channels: window position i is the row rows[i] of `channels`
 // values; for j < n and c < channels,
 //   out[j * out_stride + c] = act(bias[c] + sum_k w[k * channels + c] * rows[j + k * dilation][c]).
-// (For float: rows_bf16 / out_bf16 as in CausalTimeTile.)
+// (For float: rows_bf16 / out_bf16 as in CausalTimeTile; rows_bf16 only with out_bf16.)
 template <typename T>
 struct CausalChannelTile {
   const T* const* rows;
