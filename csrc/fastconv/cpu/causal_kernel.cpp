@@ -576,6 +576,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
 
 // ---- decoding
 
+// Decoding steps through the vector kernel: T (float or bfloat16) stored as E.
+template <typename T, typename E>
+void update_steps(const at::Tensor& x3, const at::Tensor& conv_state, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const at::Tensor& y3, const int32_t* idx, bool silu) {
+  constexpr int64_t kBlock = 512;
+  const int64_t B = x3.size(0), C = x3.size(1);
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  const auto bias_t = bias && bias->defined() ? bias->contiguous() : at::Tensor();
+  // T's storage as E (the same bits).
+  const auto e = [](auto* p) {
+    using P = std::remove_pointer_t<decltype(p)>;
+    return reinterpret_cast<std::conditional_t<std::is_const_v<P>, const E*, E*>>(p);
+  };
+  std::vector<E*> states(B), outs(B);
+  std::vector<const E*> xs(B);
+  for (int64_t b = 0; b < B; ++b) {
+    states[b] = e(conv_state.data_ptr<T>() + (idx ? idx[b] : b) * conv_state.stride(0));
+    xs[b] = e(x3.const_data_ptr<T>() + b * x3.stride(0));
+    outs[b] = e(y3.data_ptr<T>() + b * y3.stride(0));
+  }
+  // About 2 us of work (B = 1, C = 4096) per task: a single row stays on one thread.
+  at::parallel_for(0, blocks, std::max<int64_t>(1, 8 / B), [&](int64_t begin, int64_t end) {
+    std::vector<E*> st(B), out(B);
+    std::vector<const E*> xr(B);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t c0 = blk * kBlock;
+      for (int64_t b = 0; b < B; ++b) {
+        st[b] = states[b] + c0 * conv_state.stride(1);
+        xr[b] = xs[b] + c0;
+        out[b] = outs[b] + c0;
+      }
+      cpu::run(cpu::CausalUpdateRows<E>{st.data(), conv_state.stride(1), xr.data(), x3.stride(2),
+                                        e(weight.const_data_ptr<T>()) + c0 * weight.stride(0), weight.stride(0),
+                                        bias_t.defined() ? e(bias_t.const_data_ptr<T>()) + c0 : nullptr, out.data(),
+                                        y3.stride(2), B, std::min(kBlock, C - c0), weight.size(1), conv_state.size(2),
+                                        x3.size(2), silu ? cpu::Activation::kSilu : cpu::Activation::kNone});
+    }
+  });
+}
+
 at::Tensor causal_conv1d_update_cpu(
     const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     std::optional<c10::string_view> activation, const std::optional<at::Tensor>& cache_seqlens,
@@ -595,9 +635,9 @@ at::Tensor causal_conv1d_update_cpu(
   }
   const bool vector_step = !seqlens && T == 1 && conv_state.stride(2) == 1 && S + T <= cpu::kCausalUpdateWindow &&
       K <= cpu::kCausalUpdateWindow && x.numel() > 0;
-  if (vector_step && (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16)) {
-    // 16-bit: the state rows in use, x and the weights in float through the
-    // vector kernel, then back (exact: the state holds 16-bit inputs).
+  if (vector_step && x.scalar_type() == at::kHalf) {
+    // float16: the state rows in use, x and the weights in float through the
+    // vector kernel, then back (exact: the state holds float16 inputs).
     const at::Tensor rows = idx_t.defined() ? conv_state.index_select(0, idx_t.to(at::kLong)) : conv_state;
     at::Tensor state = rows.to(at::kFloat).contiguous();
     const at::Tensor y = causal_conv1d_update_cpu(
@@ -614,37 +654,15 @@ at::Tensor causal_conv1d_update_cpu(
   at::Tensor y = at::empty(x.sizes(), x.options());
   const auto x3 = x.dim() == 3 ? x : x.unsqueeze(2);
   const auto y3 = x.dim() == 3 ? y : y.unsqueeze(2);
-  // float decoding steps of a shift register with rows along time: the
-  // vector kernel, channels in blocks (one thread for a few thousand).
-  if (vector_step && x.scalar_type() == at::kFloat && x3.stride(1) == 1 && weight.stride(1) == 1) {
-    constexpr int64_t kBlock = 512;
-    const int64_t blocks = (C + kBlock - 1) / kBlock;
-    const auto bias_t = bias && bias->defined() ? bias->contiguous() : at::Tensor();
-    std::vector<float*> states(B), outs(B);
-    std::vector<const float*> xs(B);
-    for (int64_t b = 0; b < B; ++b) {
-      states[b] = conv_state.data_ptr<float>() + (idx ? idx[b] : b) * conv_state.stride(0);
-      xs[b] = x3.const_data_ptr<float>() + b * x3.stride(0);
-      outs[b] = y3.data_ptr<float>() + b * y3.stride(0);
+  // float and bfloat16 decoding steps of a shift register with rows along
+  // time: the vector kernel, channels in blocks (one thread for a few thousand).
+  if (vector_step && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && x3.stride(1) == 1 &&
+      weight.stride(1) == 1) {
+    if (x.scalar_type() == at::kFloat) {
+      update_steps<float, float>(x3, conv_state, weight, bias, y3, idx, d.silu);
+    } else {
+      update_steps<c10::BFloat16, uint16_t>(x3, conv_state, weight, bias, y3, idx, d.silu);
     }
-    // About 2 us of work (B = 1, C = 4096) per task: a single row stays on one thread.
-    at::parallel_for(0, blocks, std::max<int64_t>(1, 8 / B), [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t c0 = blk * kBlock;
-        std::vector<float*> st(B), out(B);
-        std::vector<const float*> xr(B);
-        for (int64_t b = 0; b < B; ++b) {
-          st[b] = states[b] + c0 * conv_state.stride(1);
-          xr[b] = xs[b] + c0;
-          out[b] = outs[b] + c0;
-        }
-        cpu::run(cpu::CausalUpdateRows{st.data(), conv_state.stride(1), xr.data(), x3.stride(2),
-                                       weight.const_data_ptr<float>() + c0 * weight.stride(0), weight.stride(0),
-                                       bias_t.defined() ? bias_t.const_data_ptr<float>() + c0 : nullptr, out.data(),
-                                       y3.stride(2), B, std::min(kBlock, C - c0), K, S, T,
-                                       d.silu ? cpu::Activation::kSilu : cpu::Activation::kNone});
-      }
-    });
     return y;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastconv.causal_conv1d_update", [&] {

@@ -369,47 +369,66 @@ void silu_grad(const T* pre, T* g, int64_t n) {
 // ---- decoding: a vector of channels at a time, its window in registers
 // (gathered from the state rows, which run along time).
 
-// Lanes l < m of p[l * stride]: a gather with AVX-512, else lane by lane.
-Simd<float>::V strided(const float* p, int64_t stride, int64_t m) {
+// Lanes l < m of p[l * stride] as floats: a gather with AVX-512 (float), else
+// lane by lane (bfloat16 bits widened).
+template <typename E>
+Simd<float>::V strided(const E* p, int64_t stride, int64_t m) {
 #if FASTCONV_X86_AVX512
-  if (m == Simd<float>::kLanes && stride < (int64_t(1) << 26)) {
-    const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(static_cast<int>(stride)));
-    return (Simd<float>::V)_mm512_i32gather_ps(at, p, 4);
+  if constexpr (std::is_same_v<E, float>) {
+    if (m == Simd<float>::kLanes && stride < (int64_t(1) << 26)) {
+      const __m512i at = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(static_cast<int>(stride)));
+      return (Simd<float>::V)_mm512_i32gather_ps(at, p, 4);
+    }
   }
 #endif
   Simd<float>::V v = {};
-  for (int64_t l = 0; l < m; ++l) v[l] = p[l * stride];
+  for (int64_t l = 0; l < m; ++l) {
+    if constexpr (std::is_same_v<E, float>) {
+      v[l] = p[l * stride];
+    } else {
+      const uint32_t bits = uint32_t(p[l * stride]) << 16;
+      std::memcpy(&v[l], &bits, sizeof(float));
+    }
+  }
   return v;
 }
 
 // Channels outer, rows inner: the weights of a vector of channels are
-// gathered once for every row.
-void causal_update(const CausalUpdateRows& a) {
-  using S = Simd<float>;
-  using Vec = S::V;
-  constexpr int64_t W = S::kLanes;
+// gathered once for every row. bfloat16 windows hold bfloat16 values, so the
+// state goes back exactly (its upper half).
+template <typename E>
+void causal_update(const CausalUpdateRows<E>& a) {
+  using Vec = Simd<float>::V;
+  using X = Io<float, std::is_same_v<E, uint16_t>>;
+  constexpr int64_t W = Simd<float>::kLanes;
   for (int64_t c = 0; c < a.channels; c += W) {
     const int64_t m = std::min<int64_t>(W, a.channels - c);
     Vec w[kCausalUpdateWindow];
     for (int64_t k = 0; k < a.taps; ++k) w[k] = strided(a.w + c * a.w_stride + k, a.w_stride, m);
-    const Vec bias = a.bias == nullptr ? Vec{} : m == W ? S::load(a.bias + c) : load_partial(a.bias + c, m);
+    const Vec bias = a.bias == nullptr ? Vec{} : X::load(a.bias + c, m);
     for (int64_t r = 0; r < a.rows; ++r) {
-      float* state = a.state[r] + c * a.state_stride;
-      const float* x = a.x[r] + c;
+      E* state = a.state[r] + c * a.state_stride;
+      const E* x = a.x[r] + c;
       Vec win[kCausalUpdateWindow];
       for (int64_t i = 0; i < a.S; ++i) win[i] = strided(state + i, a.state_stride, m);
-      for (int64_t t = 0; t < a.T; ++t) {
-        win[a.S + t] = m == W ? S::load(x + t * a.x_stride) : load_partial(x + t * a.x_stride, m);
-      }
+      for (int64_t t = 0; t < a.T; ++t) win[a.S + t] = X::load(x + t * a.x_stride, m);
       for (int64_t t = 0; t < a.T; ++t) {
         Vec acc = bias;
         for (int64_t k = 0; k < a.taps; ++k) acc += w[k] * win[a.S + t - (a.taps - 1) + k];
-        S::store(a.out[r] + c + t * a.out_stride, a.act == Activation::kSilu ? acc * sigmoid<float>(acc) : acc, m);
+        X::store(a.out[r] + c + t * a.out_stride, a.act == Activation::kSilu ? acc * sigmoid<float>(acc) : acc, m);
       }
       for (int64_t i = 0; i < a.S; ++i) {
         const Vec v = win[a.T + i];
-        for (int64_t l = 0; l < m; ++l) state[l * a.state_stride + i] = v[l];
+        for (int64_t l = 0; l < m; ++l) {
+          if constexpr (std::is_same_v<E, float>) {
+            state[l * a.state_stride + i] = v[l];
+          } else {
+            uint32_t bits;
+            std::memcpy(&bits, &v[l], sizeof(float));
+            state[l * a.state_stride + i] = static_cast<uint16_t>(bits >> 16);
+          }
+        }
       }
     }
   }

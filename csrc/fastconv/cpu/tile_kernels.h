@@ -154,23 +154,25 @@ struct CausalChannelWeightTile {
   T* gb;
 };
 
-// Decoding steps of float channels, for each row r < rows: for c < channels,
-// with the window win[i] = state[r][c * state_stride + i] for i < S (oldest
-// first) and x[r][t * x_stride + c] for i = S + t,
+// Decoding steps, for each row r < rows: for c < channels, with the window
+// win[i] = state[r][c * state_stride + i] for i < S (oldest first) and
+// x[r][t * x_stride + c] for i = S + t,
 //   out[r][t * out_stride + c] = act(bias[c] + sum_k w[c * w_stride + k] * win[S + t - (K-1) + k]),
 // then state[r][c * state_stride + i] = win[T + i] for i < S. S + T and K are
-// at most kCausalUpdateWindow.
+// at most kCausalUpdateWindow. E: float, or bfloat16 as its bits (uint16_t),
+// computed in float.
 constexpr int64_t kCausalUpdateWindow = 64;
 
+template <typename E>
 struct CausalUpdateRows {
-  float* const* state;
+  E* const* state;
   int64_t state_stride;
-  const float* const* x;
+  const E* const* x;
   int64_t x_stride;
-  const float* w;
+  const E* w;
   int64_t w_stride;
-  const float* bias;  // [channels] or nullptr
-  float* const* out;
+  const E* bias;  // [channels] or nullptr
+  E* const* out;
   int64_t out_stride;
   int64_t rows, channels, taps, S, T;
   Activation act;
@@ -226,7 +228,8 @@ struct KernelTable {
   // g[j] *= silu'(pre[j]) for j < n, silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
   void (*silu_grad_f32)(const float* pre, float* g, int64_t n);
   void (*silu_grad_f64)(const double* pre, double* g, int64_t n);
-  void (*causal_update_f32)(const CausalUpdateRows&);
+  void (*causal_update_f32)(const CausalUpdateRows<float>&);
+  void (*causal_update_bf16)(const CausalUpdateRows<uint16_t>&);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced
@@ -250,7 +253,8 @@ inline void run(const CausalTimeWeightTile<float>& t) { kernels().causal_time_we
 inline void run(const CausalTimeWeightTile<double>& t) { kernels().causal_time_weight_f64(t); }
 inline void run(const CausalChannelWeightTile<float>& t) { kernels().causal_channel_weight_f32(t); }
 inline void run(const CausalChannelWeightTile<double>& t) { kernels().causal_channel_weight_f64(t); }
-inline void run(const CausalUpdateRows& t) { kernels().causal_update_f32(t); }
+inline void run(const CausalUpdateRows<float>& t) { kernels().causal_update_f32(t); }
+inline void run(const CausalUpdateRows<uint16_t>& t) { kernels().causal_update_bf16(t); }
 inline void silu_grad(const float* pre, float* g, int64_t n) { kernels().silu_grad_f32(pre, g, n); }
 inline void silu_grad(const double* pre, double* g, int64_t n) { kernels().silu_grad_f64(pre, g, n); }
 

@@ -1068,7 +1068,8 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::causal_channel_weight<double>,
       &FASTCONV_ISA::silu_grad<float>,
       &FASTCONV_ISA::silu_grad<double>,
-      &FASTCONV_ISA::causal_update,
+      &FASTCONV_ISA::causal_update<float>,
+      &FASTCONV_ISA::causal_update<uint16_t>,
   };
   return table;
 }
