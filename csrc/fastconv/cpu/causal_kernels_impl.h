@@ -394,29 +394,98 @@ Simd<float>::V strided(const E* p, int64_t stride, int64_t m) {
   return v;
 }
 
+// Lane shuffles across up to four vectors: lane l of the result is lane
+// idx[l] of the pair (src[0], src[1]), or of (src[2], src[3]) where hi[l].
+struct Pick {
+  I32Vec idx, hi;
+};
+
+Simd<float>::V pick(const Simd<float>::V* src, int n, const Pick& p) {
+  const Simd<float>::V lo = __builtin_shuffle(src[0], n > 1 ? src[1] : src[0], p.idx);
+  if (n <= 2) return lo;
+  const Simd<float>::V high = __builtin_shuffle(src[2], n > 3 ? src[3] : src[2], p.idx);
+  return p.hi ? high : lo;
+}
+
+// Pick for lane l taking flat element f(l) of the concatenated sources.
+template <typename F>
+Pick make_pick(F f) {
+  constexpr int W = Simd<float>::kLanes;
+  Pick p;
+  for (int l = 0; l < W; ++l) {
+    const int at = f(l);
+    p.idx[l] = at % (2 * W);
+    p.hi[l] = at >= 2 * W ? -1 : 0;
+  }
+  return p;
+}
+
+// Rows of `stride` <= 4 values per channel (the state, the weights), W
+// channels of them: `stride` vectors loaded as they lie and transposed in
+// registers (component i of channel l is flat element l * stride + i), and
+// back. Lane by lane, the transposition was most of a decoding step.
+struct Transposer {
+  static constexpr int W = Simd<float>::kLanes;
+  int stride;
+  Pick out[4];  // component i: lanes l * stride + i
+  Pick back[4];  // flat vector q: lane l is component (q W + l) % stride of channel (q W + l) / stride
+  explicit Transposer(int s) : stride(s) {
+    for (int i = 0; i < s; ++i) out[i] = make_pick([&](int l) { return l * s + i; });
+    for (int q = 0; q < s; ++q) {
+      back[q] = make_pick([&](int l) { return (q * W + l) % s * W + (q * W + l) / s; });
+    }
+  }
+};
+
+template <typename E>
+void load_rows(const E* p, int n, Simd<float>::V* v) {
+  using X = Io<float, std::is_same_v<E, uint16_t>>;
+  for (int q = 0; q < n; ++q) v[q] = X::load(p + q * Simd<float>::kLanes);
+}
+
 // Channels outer, rows inner: the weights of a vector of channels are
-// gathered once for every row. bfloat16 windows hold bfloat16 values, so the
+// read once for every row. bfloat16 windows hold bfloat16 values, so the
 // state goes back exactly (its upper half).
 template <typename E>
 void causal_update(const CausalUpdateRows<E>& a) {
   using Vec = Simd<float>::V;
   using X = Io<float, std::is_same_v<E, uint16_t>>;
   constexpr int64_t W = Simd<float>::kLanes;
+  // Contiguous rows of at most 4 (Mamba's K = 4, S = 3): transposed in registers.
+  const bool packed = a.S >= 1 && a.S <= 4 && a.state_stride == a.S && a.taps <= 4 && a.w_stride == a.taps;
+  const Transposer ts(packed ? static_cast<int>(a.S) : 1), tw(packed ? static_cast<int>(a.taps) : 1);
   for (int64_t c = 0; c < a.channels; c += W) {
     const int64_t m = std::min<int64_t>(W, a.channels - c);
+    const bool fast = packed && m == W;
     Vec w[kCausalUpdateWindow];
-    for (int64_t k = 0; k < a.taps; ++k) w[k] = strided(a.w + c * a.w_stride + k, a.w_stride, m);
+    if (fast) {
+      Vec flat[4];
+      load_rows(a.w + c * a.w_stride, static_cast<int>(a.taps), flat);
+      for (int64_t k = 0; k < a.taps; ++k) w[k] = pick(flat, static_cast<int>(a.taps), tw.out[k]);
+    } else {
+      for (int64_t k = 0; k < a.taps; ++k) w[k] = strided(a.w + c * a.w_stride + k, a.w_stride, m);
+    }
     const Vec bias = a.bias == nullptr ? Vec{} : X::load(a.bias + c, m);
     for (int64_t r = 0; r < a.rows; ++r) {
       E* state = a.state[r] + c * a.state_stride;
       const E* x = a.x[r] + c;
       Vec win[kCausalUpdateWindow];
-      for (int64_t i = 0; i < a.S; ++i) win[i] = strided(state + i, a.state_stride, m);
+      if (fast) {
+        Vec flat[4];
+        load_rows(state, static_cast<int>(a.S), flat);
+        for (int64_t i = 0; i < a.S; ++i) win[i] = pick(flat, static_cast<int>(a.S), ts.out[i]);
+      } else {
+        for (int64_t i = 0; i < a.S; ++i) win[i] = strided(state + i, a.state_stride, m);
+      }
       for (int64_t t = 0; t < a.T; ++t) win[a.S + t] = X::load(x + t * a.x_stride, m);
       for (int64_t t = 0; t < a.T; ++t) {
         Vec acc = bias;
         for (int64_t k = 0; k < a.taps; ++k) acc += w[k] * win[a.S + t - (a.taps - 1) + k];
         X::store(a.out[r] + c + t * a.out_stride, a.act == Activation::kSilu ? acc * sigmoid<float>(acc) : acc, m);
+      }
+      if (fast) {
+        for (int q = 0; q < a.S; ++q) X::store(state + q * W, pick(win + a.T, static_cast<int>(a.S), ts.back[q]), W);
+        continue;
       }
       for (int64_t i = 0; i < a.S; ++i) {
         const Vec v = win[a.T + i];
