@@ -137,8 +137,7 @@ __attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd
 }
 
 // f(std::bool_constant<act is SiLU>()): kernels with the activation fixed at
-// compile time (a branch per vector cost as much as the SiLU itself with
-// bfloat16 outputs).
+// compile time, so no vector of outputs branches on it.
 template <typename F>
 void with_activation(Activation act, F&& f) {
   if (act == Activation::kSilu) return f(std::true_type());
