@@ -28,6 +28,8 @@ CONV2D_CASES = [
     ((1, 6, 10, 10), (6, 2, 3, 5), (2, 1), (1, 2), (1, 1), 3),  # vertical stride 2
     ((2, 4, 9, 9), (8, 4, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # pointwise
     ((5, 8, 8), (4, 5, 2, 2), (2, 2), (0, 1), (1, 1), 1),  # unbatched, stride 2
+    ((2, 6, 13, 12), (6, 1, 5, 5), (2, 3), (2, 1), (1, 2), 6),  # depthwise 5x5, strided: depthwise, direct, fft
+    ((1, 4, 9, 10), (8, 2, 5, 5), (1, 1), (2, 2), (1, 1), 2),  # grouped 5x5: fft
 ]
 
 
@@ -72,16 +74,25 @@ def test_every_conv2d_path_matches_float64_reference(case):
 
 def test_candidates_and_forced_paths_that_cannot_run():
     x, w = torch.randn(1, 4, 10, 10), torch.randn(4, 1, 3, 3)
-    assert ops._conv_candidates(x, w, [1, 1], [1, 1], [1, 1], 4) == ["native", "direct", "im2col", "shifted"]
-    assert ops._conv_candidates(x, w, [1, 2], [1, 1], [1, 1], 4) == ["native", "im2col"]
-    with pytest.raises(RuntimeError, match=r"algorithm='direct' cannot run these arguments: it needs horizontal "
-                                           r"stride 1"):
-        fastconv_ext.conv2d(x, w, stride=(1, 2), padding=1, groups=4, algorithm="direct")
+    assert ops._conv_candidates(x, w, [1, 1], [1, 1], [1, 1], 4) == ["native", "direct", "im2col", "shifted",
+                                                                      "depthwise"]
+    assert ops._conv_candidates(x, w, [1, 2], [1, 1], [1, 1], 4) == ["native", "direct", "im2col", "depthwise"]
+    w5 = torch.randn(4, 1, 5, 5)
+    assert ops._conv_candidates(x, w5, [2, 2], [2, 2], [1, 1], 4) == ["native", "direct", "fft", "im2col",
+                                                                       "depthwise"]
     with pytest.raises(RuntimeError, match=r"algorithm='shifted' cannot run these arguments: it needs stride 1"):
         fastconv_ext.conv2d(x, w, stride=2, padding=1, groups=4, algorithm="shifted")
-    dense = torch.randn(4, 4, 3, 3)
-    with pytest.raises(RuntimeError, match=r"at most 32 taps per group .* not 36"):
-        fastconv_ext.conv2d(x, dense, padding=1, algorithm="direct")
+    dense = torch.randn(8, 8, 3, 3)
+    x8 = torch.randn(1, 8, 10, 10)
+    with pytest.raises(RuntimeError, match=r"at most 32 taps per group .* with more than 4 input channels per group, "
+                                           r"not 72"):
+        fastconv_ext.conv2d(x8, dense, padding=1, algorithm="direct")
+    with pytest.raises(RuntimeError, match=r"algorithm='depthwise' cannot run these arguments: it needs a depthwise "
+                                           r"layer"):
+        fastconv_ext.conv2d(x8, dense, padding=1, algorithm="depthwise")
+    with pytest.raises(RuntimeError, match=r"algorithm='fft' cannot run these arguments: it is for kernels of at "
+                                           r"least 25 taps"):
+        fastconv_ext.conv2d(x8, dense, padding=1, algorithm="fft")
     # grad_input of a strided layer has no transposed stride-1 convolution to run directly.
     gy = torch.randn(1, 4, 5, 5)
     with pytest.raises(RuntimeError, match=r"conv2d \(input\): algorithm='direct' cannot run .* grad_input needs "
@@ -93,16 +104,16 @@ def test_unknown_algorithm_names_the_allowed_values():
     x1, w1 = torch.randn(1, 2, 8), torch.randn(2, 2, 3)
     x2, w2 = torch.randn(1, 2, 8, 8), torch.randn(2, 2, 3, 3)
     with pytest.raises(RuntimeError, match=r"fastconv.conv2d: algorithm must be 'auto', 'native', 'direct', "
-                                           r"'im2col' or 'shifted', but got 'fft'"):
-        fastconv_ext.conv2d(x2, w2, algorithm="fft")
+                                           r"'im2col', 'shifted', 'depthwise' or 'fft', but got 'best'"):
+        fastconv_ext.conv2d(x2, w2, algorithm="best")
     with pytest.raises(RuntimeError, match=r"fastconv.conv1d: algorithm must be 'auto', 'native', 'direct' or "
                                            r"'fft', but got 'im2col'"):
         fastconv_ext.conv1d(x1, w1, algorithm="im2col")
     with pytest.raises(RuntimeError, match=r"conv2d_weight_backward: algorithm must be"):
         ops.conv2d_weight_backward(torch.randn(1, 2, 6, 6), x2, [3, 3], [1, 1], [0, 0], [1, 1], 1, "best")
     with pytest.raises(ValueError, match=r"fastconv.Conv2d: algorithm must be one of \['auto', 'native', 'direct', "
-                                         r"'im2col', 'shifted'\]"):
-        fastconv_ext.Conv2d(2, 2, 3, algorithm="fft")
+                                         r"'im2col', 'shifted', 'depthwise', 'fft'\]"):
+        fastconv_ext.Conv2d(2, 2, 3, algorithm="best")
     with pytest.raises(RuntimeError, match=r"op must be 'forward', 'input' or 'weight'"):
         ops._conv_path(x1, w1, [1], [0], [1], 1, "auto", "backward")
 
@@ -123,7 +134,7 @@ def test_conv2d_gradgradcheck_forced_paths():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 1, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    for algorithm in ("native", "direct", "im2col", "shifted"):
+    for algorithm in ("native", "direct", "im2col", "shifted", "depthwise"):
         f = lambda x, w, b, a=algorithm: fastconv_ext.conv2d(x, w, b, padding=1, groups=2, algorithm=a)  # noqa: E731
         assert torch.autograd.gradcheck(f, (x, w, b))
         assert torch.autograd.gradgradcheck(f, (x, w, b))
@@ -281,7 +292,7 @@ def test_two_processes_writing_at_once_leave_a_well_formed_file(tmp_path):
     assert json.loads(run.stdout)["entries"] >= 12
 
 
-@pytest.mark.parametrize("algorithm", ["auto", "native", "direct", "im2col", "shifted"])
+@pytest.mark.parametrize("algorithm", ["auto", "native", "direct", "im2col", "shifted", "depthwise"])
 def test_conv2d_channels_last_in_channels_last_out(algorithm):
     """A channels-last activation stays channels-last, as through F.conv2d, whichever path runs;
     opcheck holds the fake kernel to the same layout."""

@@ -9,14 +9,19 @@
 #include "fastconv/autotune.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/fft/fft_conv1d.h"
+#include "fastconv/fft/fft_conv2d.h"
 #include "fastconv/native.h"
 
 namespace fastconv {
 namespace {
 
-// conv2d direct rows keep up to this many taps per group (C_in/g * KH * KW)
-// in registers.
+constexpr Path kAllPaths[] = {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted, Path::kDepthwise};
+
+// conv2d direct rows run layers of up to this many taps per group
+// (C_in/g * KH * KW), or of up to kDirectFewChannels input channels per group
+// with any kernel: beyond that im2col's GEMM has the K to run well.
 constexpr int64_t kDirectMaxTaps = 32;
+constexpr int64_t kDirectFewChannels = 4;
 
 // A fastconv path is the default only where the cost model predicts it at
 // most this fraction of the native kernel's time: the model's error must not
@@ -40,11 +45,10 @@ bool stride_one(const Conv2dIntDims& d) { return d.stride[0] == 1 && d.stride[1]
 // conv2d: why the direct rows or the shifted GEMM cannot run the forward
 // convolution `d`.
 std::optional<std::string> why_not_direct_rows(const Conv2dIntDims& d) {
-  if (d.stride[1] != 1) return "it needs horizontal stride 1";
   if (conv2d_is_pointwise(d)) return "a pointwise (1x1, stride 1, no padding) convolution is a GEMM";
-  if (taps_per_group(d) > kDirectMaxTaps) {
-    return "it takes at most " + std::to_string(kDirectMaxTaps) + " taps per group (C_in / groups * KH * KW), not " +
-        std::to_string(taps_per_group(d));
+  if (taps_per_group(d) > kDirectMaxTaps && d.in_channels_per_group() > kDirectFewChannels) {
+    return "it takes at most " + std::to_string(kDirectMaxTaps) + " taps per group (C_in / groups * KH * KW) with more than " +
+        std::to_string(kDirectFewChannels) + " input channels per group, not " + std::to_string(taps_per_group(d));
   }
   return std::nullopt;
 }
@@ -54,6 +58,27 @@ std::optional<std::string> why_not_shifted(const Conv2dIntDims& d) {
   if (conv2d_is_pointwise(d)) return "a pointwise (1x1, stride 1, no padding) convolution is a GEMM";
   if (d.padding[1] > d.dilation[1] * (d.kernel_size[1] - 1)) {
     return "it needs horizontal padding <= dilation * (KW - 1)";
+  }
+  return std::nullopt;
+}
+
+// The FFT path transforms whole images: it is offered for kernels of at least
+// kFftMinTaps taps, whose transforms replace as many multiply-adds per
+// output, and while the weights' spectra (C_out x C_in/g of them) stay under
+// kFftMaxSpectra bytes.
+constexpr int64_t kFftMinTaps = 25;
+constexpr int64_t kFftMaxSpectra = int64_t(256) << 20;
+
+std::optional<std::string> why_not_fft2d(const Conv2dIntDims& d) {
+  if (d.kernel_size[0] * d.kernel_size[1] < kFftMinTaps) {
+    return "it is for kernels of at least " + std::to_string(kFftMinTaps) + " taps (KH * KW), not " +
+        std::to_string(d.kernel_size[0] * d.kernel_size[1]);
+  }
+  const auto size = fft::conv2d_fft_size(d);
+  const int64_t bytes = d.out_channels * d.in_channels_per_group() * size[0] * (size[1] / 2 + 1) * 16;
+  if (bytes > kFftMaxSpectra) {
+    return "the weights' spectra would take " + std::to_string(bytes >> 20) + " MiB (at most " +
+        std::to_string(kFftMaxSpectra >> 20) + ")";
   }
   return std::nullopt;
 }
@@ -95,25 +120,42 @@ Path conv1d_default(const ConvCall& c) {
 
 // ---- conv2d rules.
 //
-// fastconv's conv2d paths beat PyTorch clearly in the backward passes of
-// depthwise layers, which it runs through slow generic kernels (direct rows
-// where they can run: up to 32 taps). oneDNN's forward is direct and
-// vectorized across channels: native. Everything else is native by default;
-// autotuning finds the rest (im2col for many pointwise and 7x7 depthwise
-// weight gradients).
+// Depthwise layers (C_in/g = C_out/g = 1): PyTorch's backward runs through
+// slow generic kernels (grad_weight 10-100x its forward, bfloat16 grad_input
+// at stride 2 30x), fastconv's take about a forward each. Its forward is
+// oneDNN's direct kernel vectorized across channels, fast but for large
+// kernels (13x13 and up) and, read channels-last, strided layers, where
+// fastconv's depthwise kernels beat it. NCHW layers run the direct rows
+// (vectors along image rows) where they read in place, channels-last ones
+// the depthwise kernels. Everything else is native by default; autotuning
+// finds the rest (im2col for many pointwise weight gradients).
+constexpr int64_t kLargeTaps = 100;         // channels-last forward from 10x10 taps
+constexpr int64_t kLargeTapsRows = 200;     // NCHW forward (direct rows) from about 14x14
+
+Path depthwise_default(const ConvCall& c) {
+  const Conv2dIntDims& d = c.d;
+  const bool channels_last = c.layout == 1, strided = !stride_one(d);
+  const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
+  switch (c.op) {
+    case ConvOp::kForward:
+      if (channels_last) return strided || taps >= kLargeTaps ? Path::kDepthwise : Path::kNative;
+      return taps >= kLargeTapsRows && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
+    case ConvOp::kInput:
+      if (channels_last) return Path::kDepthwise;
+      if (!why_not_transposed(d, why_not_direct_rows)) return Path::kDirect;
+      // Strided NCHW: PyTorch's float kernel is as fast as the depthwise
+      // kernels' two layout copies; its 16-bit one is not.
+      return c.dtype == at::kFloat || c.dtype == at::kDouble ? Path::kNative : Path::kDepthwise;
+    case ConvOp::kWeight:
+      return channels_last || strided || why_not_direct_rows(d) ? Path::kDepthwise : Path::kDirect;
+  }
+  return Path::kNative;
+}
+
 Path conv2d_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   if (!c.device.is_cpu()) return Path::kNative;
-  if (c.dtype == at::kBFloat16 && cpu::has_bf16_dot_product()) return Path::kNative;
-  const bool depthwise = d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1;
-  switch (c.op) {
-    case ConvOp::kForward:
-      return Path::kNative;
-    case ConvOp::kInput:
-      return depthwise && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect : Path::kNative;
-    case ConvOp::kWeight:
-      return depthwise && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
-  }
+  if (d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1) return depthwise_default(c);
   return Path::kNative;
 }
 
@@ -126,6 +168,7 @@ const char* path_name(Path path) {
     case Path::kFft: return "fft";
     case Path::kIm2col: return "im2col";
     case Path::kShifted: return "shifted";
+    case Path::kDepthwise: return "depthwise";
   }
   return "?";
 }
@@ -158,7 +201,7 @@ ConvCall make_call(ConvOp op, const Conv2dIntDims& d, const at::Tensor& activati
 
 const std::vector<std::string>& algorithm_names(int dims) {
   static const std::vector<std::string> conv1d{"auto", "native", "direct", "fft"};
-  static const std::vector<std::string> conv2d{"auto", "native", "direct", "im2col", "shifted"};
+  static const std::vector<std::string> conv2d{"auto", "native", "direct", "im2col", "shifted", "depthwise", "fft"};
   return dims == 1 ? conv1d : conv2d;
 }
 
@@ -184,22 +227,29 @@ std::optional<std::string> why_not(Path path, const ConvCall& c) {
     return std::string("it is a conv2d path");
   }
   switch (path) {
+    case Path::kNative:
     case Path::kIm2col:
       return std::nullopt;
+    case Path::kFft:
+      return why_not_fft2d(c.d);
+    case Path::kDepthwise:
+      if (c.d.in_channels_per_group() != 1 || c.d.out_channels_per_group() != 1) {
+        return std::string("it needs a depthwise layer (groups == C_in == C_out)");
+      }
+      return std::nullopt;
     case Path::kDirect:
-      if (cuda) return "on CUDA conv2d runs im2col or native";
+      if (cuda) return std::string("on CUDA conv2d runs im2col, depthwise, fft or native");
       return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_direct_rows) : why_not_direct_rows(c.d);
     case Path::kShifted:
-      if (cuda) return "on CUDA conv2d runs im2col or native";
+      if (cuda) return std::string("on CUDA conv2d runs im2col, depthwise, fft or native");
       return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_shifted) : why_not_shifted(c.d);
-    default:
-      return std::string("it is a conv1d path");
   }
+  return std::nullopt;
 }
 
 std::vector<Path> candidates(const ConvCall& call) {
   std::vector<Path> out;
-  for (Path p : {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted}) {
+  for (Path p : kAllPaths) {
     if (!why_not(p, call)) out.push_back(p);
   }
   return out;
@@ -215,7 +265,7 @@ namespace {
 
 std::optional<Path> forced(const ConvCall& call, c10::string_view algorithm) {
   if (algorithm == "auto") return std::nullopt;
-  for (Path p : {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted}) {
+  for (Path p : kAllPaths) {
     if (algorithm != path_name(p)) continue;
     const auto reason = why_not(p, call);
     TORCH_CHECK(!reason, "fastconv.conv", call.dims, "d (", op_name(call.op), "): algorithm='", path_name(p),

@@ -34,9 +34,10 @@ namespace fastconv {
 enum class ConvOp : uint8_t { kForward, kInput, kWeight };
 
 // Implementations. conv1d has native, direct and fft; conv2d has native,
-// direct (rows of 1-D convolutions), im2col (+ GEMM) and shifted (GEMM per
-// tap on staged rows).
-enum class Path : uint8_t { kNative, kDirect, kFft, kIm2col, kShifted };
+// direct (rows of 1-D convolutions), im2col (+ GEMM), shifted (GEMM per tap
+// on staged rows), depthwise (vectors across channels, channels-last) and
+// fft (2-D transforms).
+enum class Path : uint8_t { kNative, kDirect, kFft, kIm2col, kShifted, kDepthwise };
 
 const char* path_name(Path path);
 const char* op_name(ConvOp op);

@@ -34,9 +34,11 @@
 
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/convert_row.h"
+#include "fastconv/cpu/depthwise2d.h"
 #include "fastconv/cpu/im2col.h"
 #include "fastconv/cpu/streaming_store.h"
 #include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/fft/fft_conv2d.h"
 #include "fastconv/native.h"
 #include "fastconv/path.h"
 #include "fastconv/shape.h"
@@ -268,18 +270,26 @@ struct DirectBands {
   int64_t count;    // bands per (sample, group)
   int64_t pitch;    // P
   int64_t step;     // input rows from one staged row to the next
-  int64_t staged;   // staged rows per input channel
+  int64_t staged;   // staged rows per input channel and phase
+  int64_t phases;   // horizontal stride phases staged
   int64_t channel;  // scratch values per input channel
   int64_t span(int64_t r, int64_t out_width) const { return (r - 1) * pitch + out_width; }
 };
 
+// Horizontal stride sw: staged rows are deinterleaved, phase q holding the
+// padded row's values q, q + sw, q + 2 sw, ..., so that tap kw reads phase
+// kw * dw % sw at offset kw * dw / sw and every tap is still one offset into
+// one long row (the layout conv1d stages for its stride).
 DirectBands plan_bands(const Conv2dIntDims& d, int64_t elem_size) {
   const int64_t OH = d.out_size[0], OW = d.out_size[1], KH = d.kernel_size[0], dh = d.dilation[0];
   const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
-  const int64_t pitch = OW + d.dilation[1] * (d.kernel_size[1] - 1);
+  const int64_t reach = d.dilation[1] * (d.kernel_size[1] - 1);
+  const int64_t phases = std::min(d.stride[1], reach + 1);
+  const int64_t pitch = OW + reach / d.stride[1];
   int64_t rows = 1;
   if (d.stride[0] == 1 && OW < kBandBelow && OH > 0 && OW > 0 && d.batch > 0) {
-    const int64_t fit = (kBandBytes / (elem_size * pitch) - cin_g * dh * (KH - 1)) / (cin_g + cout_g);
+    const int64_t staged_in = cin_g * phases;
+    const int64_t fit = (kBandBytes / (elem_size * pitch) - staged_in * dh * (KH - 1)) / (staged_in + cout_g);
     // Enough bands to keep every thread busy, when the image allows it.
     const int64_t images = d.batch * d.groups;
     const int64_t want = (4 * at::get_num_threads() + images - 1) / images;
@@ -289,16 +299,17 @@ DirectBands plan_bands(const Conv2dIntDims& d, int64_t elem_size) {
   // One row: only the KH rows its taps read, dh apart.
   const int64_t step = rows == 1 ? dh : 1;
   const int64_t staged = rows + dh * (KH - 1) / step;
-  return DirectBands{rows, (OH + rows - 1) / rows, pitch, step, staged, staged * pitch + cpu::kScratchSlack};
+  return DirectBands{rows, (OH + rows - 1) / rows, pitch, step, staged, phases,
+                     phases * staged * pitch + cpu::kScratchSlack};
 }
 
 // Tap (c, kh, kw), the weight's own order, reads the staged rows at this offset.
 std::vector<int64_t> band_offsets(const Conv2dIntDims& d, const DirectBands& b) {
-  const int64_t KH = d.kernel_size[0], KW = d.kernel_size[1];
+  const int64_t KH = d.kernel_size[0], KW = d.kernel_size[1], sw = d.stride[1];
   std::vector<int64_t> offsets(taps_per_group(d));
   for (int64_t t = 0; t < taps_per_group(d); ++t) {
-    const int64_t c = t / (KH * KW), kh = t / KW % KH, kw = t % KW;
-    offsets[t] = c * b.channel + kh * d.dilation[0] / b.step * b.pitch + kw * d.dilation[1];
+    const int64_t c = t / (KH * KW), kh = t / KW % KH, kw = t % KW, at = kw * d.dilation[1];
+    offsets[t] = c * b.channel + at % sw * b.staged * b.pitch + kh * d.dilation[0] / b.step * b.pitch + at / sw;
   }
   return offsets;
 }
@@ -309,7 +320,7 @@ std::vector<int64_t> band_offsets(const Conv2dIntDims& d, const DirectBands& b) 
 template <typename T, typename scalar_t, typename F>
 void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const scalar_t* x, F f) {
   const int64_t cin_g = d.in_channels_per_group(), H = d.in_size[0], W = d.in_size[1];
-  const int64_t pw = d.padding[1];
+  const int64_t pw = d.padding[1], sw = d.stride[1];
   const int64_t items = d.batch * d.groups * b.count;
   const int64_t work = cin_g * d.out_channels_per_group() * d.kernel_size[0] * d.kernel_size[1] * b.rows * b.pitch;
   at::parallel_for(0, items, std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(1, work)),
@@ -322,14 +333,24 @@ void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const scalar_t*
       for (int64_t c = 0; c < cin_g; ++c) {
         const scalar_t* plane = x + (n * d.in_channels + g * cin_g + c) * H * W;
         T* dst = stage + c * b.channel;
-        for (int64_t r = 0; r < b.staged; ++r, dst += b.pitch) {
-          // dst[j] = x[.., ih, j - pw], zero outside the image.
-          const int64_t ih = oh0 * d.stride[0] - d.padding[0] + r * b.step;
-          const int64_t lo = std::clamp<int64_t>(pw, 0, b.pitch);
-          const int64_t hi = ih < 0 || ih >= H ? lo : std::clamp<int64_t>(pw + W, lo, b.pitch);
-          std::fill(dst, dst + lo, T(0));
-          if (hi > lo) cpu::convert_row(plane + ih * W + (lo - pw), dst + lo, hi - lo);
-          std::fill(dst + hi, dst + b.pitch, T(0));
+        for (int64_t q = 0; q < b.phases; ++q) {
+          for (int64_t r = 0; r < b.staged; ++r, dst += b.pitch) {
+            // dst[j] = x[.., ih, j * sw + q - pw], zero outside the image.
+            const int64_t ih = oh0 * d.stride[0] - d.padding[0] + r * b.step;
+            const bool inside = ih >= 0 && ih < H;
+            if (sw > 1) {
+              for (int64_t j = 0; j < b.pitch; ++j) {
+                const int64_t iw = j * sw + q - pw;
+                dst[j] = inside && iw >= 0 && iw < W ? static_cast<T>(plane[ih * W + iw]) : T(0);
+              }
+              continue;
+            }
+            const int64_t lo = std::clamp<int64_t>(pw, 0, b.pitch);
+            const int64_t hi = inside ? std::clamp<int64_t>(pw + W, lo, b.pitch) : lo;
+            std::fill(dst, dst + lo, T(0));
+            if (hi > lo) cpu::convert_row(plane + ih * W + (lo - pw), dst + lo, hi - lo);
+            std::fill(dst + hi, dst + b.pitch, T(0));
+          }
         }
         std::fill(dst, dst + cpu::kScratchSlack, T(0));
       }
@@ -510,10 +531,14 @@ at::Tensor conv2d_cpu(
     c10::SymInt groups,
     c10::string_view algorithm) {
   const auto d = concrete(check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm));
+  const auto layout = conv2d_memory_format(input);
   return run_selected(make_call(ConvOp::kForward, d, input), algorithm, [&](Path path) {
-    return path == Path::kNative
-        ? native::forward(input, weight, bias, d, 2)
-        : conv2d_forward_own(input, weight, bias, d, path).contiguous(conv2d_memory_format(input));
+    switch (path) {
+      case Path::kNative: return native::forward(input, weight, bias, d, 2);
+      case Path::kDepthwise: return cpu::depthwise2d_forward(input, weight, bias, d).contiguous(layout);
+      case Path::kFft: return fft::conv2d_forward(input, weight, bias, d).contiguous(layout);
+      default: return conv2d_forward_own(input, weight, bias, d, path).contiguous(layout);
+    }
   });
 }
 
@@ -572,8 +597,12 @@ at::Tensor conv2d_weight_backward_cpu(
   const auto d = concrete(check_conv2d_weight_backward(
       grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm));
   return run_selected(make_call(ConvOp::kWeight, d, input), algorithm, [&](Path path) {
-    return path == Path::kNative ? std::get<0>(native::weight_backward(grad_output, input, d, 2, false))
-                                 : conv2d_weight_backward_own(grad_output, input, d, path);
+    switch (path) {
+      case Path::kNative: return std::get<0>(native::weight_backward(grad_output, input, d, 2, false));
+      case Path::kDepthwise: return cpu::depthwise2d_weight_backward(grad_output, input, d);
+      case Path::kFft: return fft::conv2d_weight_backward(grad_output, input, d);
+      default: return conv2d_weight_backward_own(grad_output, input, d, path);
+    }
   });
 }
 
@@ -628,10 +657,14 @@ at::Tensor conv2d_input_backward_cpu(
     c10::string_view algorithm) {
   const auto d = concrete(check_conv2d_input_backward(
       grad_output, weight, input_size, stride, padding, dilation, groups, algorithm));
+  const auto layout = conv2d_memory_format(grad_output);
   return run_selected(make_call(ConvOp::kInput, d, grad_output), algorithm, [&](Path path) {
-    return path == Path::kNative
-        ? native::input_backward(grad_output, weight, d, 2)
-        : conv2d_input_backward_own(grad_output, weight, d, path).contiguous(conv2d_memory_format(grad_output));
+    switch (path) {
+      case Path::kNative: return native::input_backward(grad_output, weight, d, 2);
+      case Path::kDepthwise: return cpu::depthwise2d_input_backward(grad_output, weight, d).contiguous(layout);
+      case Path::kFft: return fft::conv2d_input_backward(grad_output, weight, d).contiguous(layout);
+      default: return conv2d_input_backward_own(grad_output, weight, d, path).contiguous(layout);
+    }
   });
 }
 

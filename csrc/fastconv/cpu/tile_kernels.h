@@ -178,6 +178,36 @@ struct CausalUpdateRows {
   Activation act;
 };
 
+// ---- Depthwise conv2d with vectors across channels (depthwise2d_kernel.cpp):
+// pixels are rows of `channels` values (channels-last). E is where a kernel
+// reads and writes: T itself, or bfloat16 bits (uint16_t) computed in float.
+//
+// A run of n pixels: for j < n and c < channels,
+//   out[j * out_step + c] = bias[c] + sum_{t < taps} w[t][c] * in[t][j * in_step + c].
+template <typename E, typename T>
+struct DepthwisePixels {
+  const E* const* in;  // [taps]: pixel 0 of each tap
+  int64_t in_step;
+  const T* const* w;   // [taps]: rows of `channels` weights
+  int64_t taps;
+  const T* bias;       // [channels] or nullptr
+  E* out;
+  int64_t out_step;
+  int64_t n, channels;
+};
+
+// Its weight gradient, accumulated into:
+//   gw[t][c] += sum_{j < n} g[j * g_step + c] * in[t][j * in_step + c].
+template <typename E, typename T>
+struct DepthwisePixelsWeight {
+  const E* g;
+  int64_t g_step;
+  const E* const* in;
+  int64_t in_step;
+  T* const* gw;  // [taps]: rows of `channels` sums
+  int64_t taps, n, channels;
+};
+
 // Outputs from this size on are written with non-temporal stores, around the
 // caches (conv1d, conv2d and convolve).
 constexpr int64_t kStreamingBytes = int64_t(16) << 20;
@@ -230,6 +260,12 @@ struct KernelTable {
   void (*silu_grad_f64)(const double* pre, double* g, int64_t n);
   void (*causal_update_f32)(const CausalUpdateRows<float>&);
   void (*causal_update_bf16)(const CausalUpdateRows<uint16_t>&);
+  void (*depthwise_f32)(const DepthwisePixels<float, float>&);
+  void (*depthwise_f64)(const DepthwisePixels<double, double>&);
+  void (*depthwise_bf16)(const DepthwisePixels<uint16_t, float>&);
+  void (*depthwise_weight_f32)(const DepthwisePixelsWeight<float, float>&);
+  void (*depthwise_weight_f64)(const DepthwisePixelsWeight<double, double>&);
+  void (*depthwise_weight_bf16)(const DepthwisePixelsWeight<uint16_t, float>&);
 };
 
 // The table for the best instruction set this CPU supports, or the one forced
@@ -255,6 +291,12 @@ inline void run(const CausalChannelWeightTile<float>& t) { kernels().causal_chan
 inline void run(const CausalChannelWeightTile<double>& t) { kernels().causal_channel_weight_f64(t); }
 inline void run(const CausalUpdateRows<float>& t) { kernels().causal_update_f32(t); }
 inline void run(const CausalUpdateRows<uint16_t>& t) { kernels().causal_update_bf16(t); }
+inline void run(const DepthwisePixels<float, float>& t) { kernels().depthwise_f32(t); }
+inline void run(const DepthwisePixels<double, double>& t) { kernels().depthwise_f64(t); }
+inline void run(const DepthwisePixels<uint16_t, float>& t) { kernels().depthwise_bf16(t); }
+inline void run(const DepthwisePixelsWeight<float, float>& t) { kernels().depthwise_weight_f32(t); }
+inline void run(const DepthwisePixelsWeight<double, double>& t) { kernels().depthwise_weight_f64(t); }
+inline void run(const DepthwisePixelsWeight<uint16_t, float>& t) { kernels().depthwise_weight_bf16(t); }
 inline void silu_grad(const float* pre, float* g, int64_t n) { kernels().silu_grad_f32(pre, g, n); }
 inline void silu_grad(const double* pre, double* g, int64_t n) { kernels().silu_grad_f64(pre, g, n); }
 

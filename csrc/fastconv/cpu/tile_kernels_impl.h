@@ -1032,6 +1032,7 @@ void narrow_f16(const float* src, uint16_t* dst, int64_t n) {
 }  // namespace fastconv::cpu::FASTCONV_ISA
 
 #include "fastconv/cpu/causal_kernels_impl.h"
+#include "fastconv/cpu/depthwise_kernels_impl.h"
 
 #define FASTCONV_CAT2(a, b) a##b
 #define FASTCONV_CAT(a, b) FASTCONV_CAT2(a, b)
@@ -1070,6 +1071,12 @@ const KernelTable& FASTCONV_CAT(kernels_, FASTCONV_ISA)() {
       &FASTCONV_ISA::silu_grad<double>,
       &FASTCONV_ISA::causal_update<float>,
       &FASTCONV_ISA::causal_update<uint16_t>,
+      &FASTCONV_ISA::depthwise_pixels<float, float>,
+      &FASTCONV_ISA::depthwise_pixels<double, double>,
+      &FASTCONV_ISA::depthwise_pixels<uint16_t, float>,
+      &FASTCONV_ISA::depthwise_weight<float, float>,
+      &FASTCONV_ISA::depthwise_weight<double, double>,
+      &FASTCONV_ISA::depthwise_weight<uint16_t, float>,
   };
   return table;
 }

@@ -18,6 +18,8 @@
 
 #include <algorithm>
 
+#include "fastconv/cuda/depthwise2d.h"
+#include "fastconv/fft/fft_conv2d.h"
 #include "fastconv/native.h"
 #include "fastconv/path.h"
 #include "fastconv/shape.h"
@@ -157,12 +159,15 @@ at::Tensor conv2d_cuda(
     c10::string_view algorithm) {
   const auto sym = check_conv2d(input, weight, bias, stride, padding, dilation, groups, algorithm);
   const auto d = concrete(sym);
-  // Native, or im2col: this kernel's own path, which "im2col" forces.
+  // Native, depthwise, fft, or im2col: this kernel's own path, which "im2col" forces.
   if (algorithm != "im2col") {
     return run_selected(make_call(ConvOp::kForward, d, input), algorithm, [&](Path path) {
-      return path == Path::kNative
-          ? native::forward(input, weight, bias, d, 2)
-          : conv2d_cuda(input, weight, bias, stride, padding, dilation, groups, "im2col");
+      switch (path) {
+        case Path::kNative: return native::forward(input, weight, bias, d, 2);
+        case Path::kDepthwise: return cuda::depthwise2d_forward(input, weight, bias, d);
+        case Path::kFft: return fft::conv2d_forward(input, weight, bias, d).contiguous(conv2d_memory_format(input));
+        default: return conv2d_cuda(input, weight, bias, stride, padding, dilation, groups, "im2col");
+      }
     });
   }
   c10::cuda::CUDAGuard guard(input.device());
@@ -198,9 +203,14 @@ at::Tensor conv2d_weight_backward_cuda(
   const auto d = concrete(sym);
   if (algorithm != "im2col") {
     return run_selected(make_call(ConvOp::kWeight, d, input), algorithm, [&](Path path) {
-      return path == Path::kNative
-          ? std::get<0>(native::weight_backward(grad_output, input, d, 2, false))
-          : conv2d_weight_backward_cuda(grad_output, input, kernel_size, stride, padding, dilation, groups, "im2col");
+      switch (path) {
+        case Path::kNative: return std::get<0>(native::weight_backward(grad_output, input, d, 2, false));
+        case Path::kDepthwise: return cuda::depthwise2d_weight_backward(grad_output, input, d);
+        case Path::kFft: return fft::conv2d_weight_backward(grad_output, input, d);
+        default:
+          return conv2d_weight_backward_cuda(grad_output, input, kernel_size, stride, padding, dilation, groups,
+                                             "im2col");
+      }
     });
   }
   c10::cuda::CUDAGuard guard(input.device());
@@ -235,9 +245,15 @@ at::Tensor conv2d_input_backward_cuda(
   const auto d = concrete(sym);
   if (algorithm != "im2col") {
     return run_selected(make_call(ConvOp::kInput, d, grad_output), algorithm, [&](Path path) {
-      return path == Path::kNative
-          ? native::input_backward(grad_output, weight, d, 2)
-          : conv2d_input_backward_cuda(grad_output, weight, input_size, stride, padding, dilation, groups, "im2col");
+      switch (path) {
+        case Path::kNative: return native::input_backward(grad_output, weight, d, 2);
+        case Path::kDepthwise: return cuda::depthwise2d_input_backward(grad_output, weight, d);
+        case Path::kFft:
+          return fft::conv2d_input_backward(grad_output, weight, d).contiguous(conv2d_memory_format(grad_output));
+        default:
+          return conv2d_input_backward_cuda(grad_output, weight, input_size, stride, padding, dilation, groups,
+                                            "im2col");
+      }
     });
   }
   c10::cuda::CUDAGuard guard(grad_output.device());

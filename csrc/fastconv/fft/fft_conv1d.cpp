@@ -64,29 +64,6 @@ at::Tensor upsample(const at::Tensor& x, int64_t stride) {
   return out;
 }
 
-// Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f].
-at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups) {
-  const int64_t N = X.size(0), S = X.size(2), F = X.size(3);
-  const int64_t O = W.size(0), Cg = W.size(1), Og = O / groups;
-  if (X.is_cpu()) {
-    // ATen's complex bmm falls back to a per-matrix loop for these many tiny
-    // products (measured 5 ms where this takes 0.3).
-    at::Tensor Y = at::empty({N, O, S, F}, X.options());
-    const at::Tensor Xc = X.contiguous(), Wc = W.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(at::toRealValueType(X.scalar_type()), "fastconv_fft_mix", [&] {
-      cpu::mix_channels<scalar_t>(
-          reinterpret_cast<const scalar_t*>(Xc.const_data_ptr()),
-          reinterpret_cast<const scalar_t*>(Wc.const_data_ptr()),
-          reinterpret_cast<scalar_t*>(Y.mutable_data_ptr()), N, groups, Cg, Og, S, F);
-    });
-    return Y;
-  }
-  // One (N*S x Cg) @ (Cg x Og) product per group and frequency.
-  const at::Tensor Xm = X.view({N, groups, Cg, S, F}).permute({1, 4, 0, 3, 2}).reshape({groups * F, N * S, Cg});
-  const at::Tensor Wm = W.view({groups, Og, Cg, F}).permute({0, 3, 2, 1}).reshape({groups * F, Cg, Og});
-  return at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}).reshape({N, O, S, F});
-}
-
 // Segments [begin, end) of a correlation's input as a (N, C, end - begin, n)
 // tensor: a view of x where they lie inside it, else a zero-filled copy of
 // the part they overlap. Segment s starts at x position s * hop - left.
@@ -173,6 +150,28 @@ at::Tensor correlate(const at::Tensor& x, int64_t left, const at::Tensor& w, int
 }
 
 }  // namespace
+
+at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups) {
+  const int64_t N = X.size(0), S = X.size(2), F = X.size(3);
+  const int64_t O = W.size(0), Cg = W.size(1), Og = O / groups;
+  if (X.is_cpu()) {
+    // ATen's complex bmm falls back to a per-matrix loop for these many tiny
+    // products (measured 5 ms where this takes 0.3).
+    at::Tensor Y = at::empty({N, O, S, F}, X.options());
+    const at::Tensor Xc = X.contiguous(), Wc = W.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(at::toRealValueType(X.scalar_type()), "fastconv_fft_mix", [&] {
+      cpu::mix_channels<scalar_t>(
+          reinterpret_cast<const scalar_t*>(Xc.const_data_ptr()),
+          reinterpret_cast<const scalar_t*>(Wc.const_data_ptr()),
+          reinterpret_cast<scalar_t*>(Y.mutable_data_ptr()), N, groups, Cg, Og, S, F);
+    });
+    return Y;
+  }
+  // One (N*S x Cg) @ (Cg x Og) product per group and frequency.
+  const at::Tensor Xm = X.view({N, groups, Cg, S, F}).permute({1, 4, 0, 3, 2}).reshape({groups * F, N * S, Cg});
+  const at::Tensor Wm = W.view({groups, Og, Cg, F}).permute({0, 3, 2, 1}).reshape({groups * F, Cg, Og});
+  return at::bmm(Xm, Wm).view({groups, F, N, S, Og}).permute({2, 0, 4, 3, 1}).reshape({N, O, S, F});
+}
 
 double transform_cost(int64_t n) {
   const bool power_of_two = (n & (n - 1)) == 0;

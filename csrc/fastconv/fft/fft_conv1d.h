@@ -62,4 +62,9 @@ double transform_cost(int64_t n);
 // with a >= 3 (a power of two up to 8).
 int64_t fast_length(int64_t target);
 
+// Channel mixing of spectra (complex tensors), shared with fft_conv2d:
+//   Y[n, o, s, f] = sum over c in group(o) of X[n, c, s, f] * W[o, c, f],
+// X (N, C_in, S, F), W (C_out, C_in / groups, F).
+at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups);
+
 }  // namespace fastconv::fft

@@ -1,0 +1,176 @@
+// The depthwise conv2d micro-kernels of tile_kernels.h (vectors across
+// channels), per instruction set: included by tile_kernels_impl.h after the
+// causal kernels, whose Io (bfloat16 bits widened in registers) they share,
+// under the same internal-linkage rule.
+#include <cstdint>
+#include <type_traits>
+
+#include "fastconv/cpu/tile_kernels.h"
+
+namespace fastconv::cpu::FASTCONV_ISA {
+namespace {
+
+// Pixels per block of the forward kernel and taps per block of the weight
+// kernel, each with two vectors of channels: P * 2 accumulators, two weight
+// (or grad_output) vectors and a load in the registers.
+constexpr int kDepthwiseBlock = kRegs >= 32 ? 8 : 4;
+
+template <typename E, typename T>
+using DepthwiseIo = Io<T, std::is_same_v<E, uint16_t> && !std::is_same_v<T, uint16_t>>;
+
+// P pixels from j0 x V vectors of channels from c0; with Tail, the last
+// vector holds only `last` channels (loads and stores stop there).
+template <typename E, typename T, int P, int V, bool Tail>
+void depthwise_block(const DepthwisePixels<E, T>& a, int64_t j0, int64_t c0, int64_t last) {
+  using S = Simd<T>;
+  using X = DepthwiseIo<E, T>;
+  using Vec = typename S::V;
+  constexpr int W = S::kLanes;
+  const auto lanes = [&](int v) { return Tail && v == V - 1 ? last : int64_t(W); };
+  const auto load_w = [&](const T* p, int v) {
+    return Tail && v == V - 1 ? Io<T, false>::load(p + v * W, last) : S::load(p + v * W);
+  };
+  Vec acc[P][V];
+  for (int v = 0; v < V; ++v) {
+    const Vec b = a.bias ? load_w(a.bias + c0, v) : Vec{};
+    for (int p = 0; p < P; ++p) acc[p][v] = b;
+  }
+  for (int64_t t = 0; t < a.taps; ++t) {
+    const E* x = a.in[t] + j0 * a.in_step + c0;
+    Vec wv[V];
+    for (int v = 0; v < V; ++v) wv[v] = load_w(a.w[t] + c0, v);
+    for (int p = 0; p < P; ++p) {
+      for (int v = 0; v < V; ++v) {
+        const E* xp = x + p * a.in_step + v * W;
+        acc[p][v] += wv[v] * (Tail && v == V - 1 ? X::load(xp, last) : X::load(xp));
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    E* o = a.out + (j0 + p) * a.out_step + c0;
+    for (int v = 0; v < V; ++v) X::store(o + v * W, acc[p][v], lanes(v));
+  }
+}
+
+// One pixel j x V vectors of channels from c0: a single accumulator per
+// vector would wait on the FMA latency at every tap, so taps go round U
+// chains, summed at the end.
+template <typename E, typename T, int V, bool Tail>
+void depthwise_pixel(const DepthwisePixels<E, T>& a, int64_t j, int64_t c0, int64_t last) {
+  using S = Simd<T>;
+  using X = DepthwiseIo<E, T>;
+  using Vec = typename S::V;
+  constexpr int W = S::kLanes, U = 4;
+  const auto load_w = [&](const T* p, int v) {
+    return Tail && v == V - 1 ? Io<T, false>::load(p + v * W, last) : S::load(p + v * W);
+  };
+  const auto load_x = [&](const E* p, int v) {
+    return Tail && v == V - 1 ? X::load(p + v * W, last) : X::load(p + v * W);
+  };
+  Vec acc[U][V] = {};
+  const int64_t offset = j * a.in_step + c0;
+  int64_t t = 0;
+  for (; t + U <= a.taps; t += U) {
+    for (int u = 0; u < U; ++u) {
+      for (int v = 0; v < V; ++v) acc[u][v] += load_w(a.w[t + u] + c0, v) * load_x(a.in[t + u] + offset, v);
+    }
+  }
+  for (; t < a.taps; ++t) {
+    for (int v = 0; v < V; ++v) acc[0][v] += load_w(a.w[t] + c0, v) * load_x(a.in[t] + offset, v);
+  }
+  E* o = a.out + j * a.out_step + c0;
+  for (int v = 0; v < V; ++v) {
+    Vec sum = a.bias ? load_w(a.bias + c0, v) : Vec{};
+    for (int u = 0; u < U; ++u) sum += acc[u][v];
+    X::store(o + v * W, sum, Tail && v == V - 1 ? last : int64_t(W));
+  }
+}
+
+// The channels of P pixels from j: two vectors at a time, then one, then the tail.
+template <typename E, typename T, int P>
+void depthwise_channels(const DepthwisePixels<E, T>& a, int64_t j) {
+  constexpr int W = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + 2 * W <= a.channels; c += 2 * W) depthwise_block<E, T, P, 2, false>(a, j, c, W);
+  for (; c + W <= a.channels; c += W) depthwise_block<E, T, P, 1, false>(a, j, c, W);
+  if (c < a.channels) depthwise_block<E, T, P, 1, true>(a, j, c, a.channels - c);
+}
+
+// The last R < P pixels of a run, as one block (R >= 2).
+template <typename E, typename T, int R = kDepthwiseBlock - 1>
+void depthwise_rest(const DepthwisePixels<E, T>& a, int64_t j, int64_t rest) {
+  if constexpr (R >= 2) {
+    if (rest == R) return depthwise_channels<E, T, R>(a, j);
+    return depthwise_rest<E, T, R - 1>(a, j, rest);
+  }
+}
+
+template <typename E, typename T>
+void depthwise_pixels(const DepthwisePixels<E, T>& a) {
+  constexpr int P = kDepthwiseBlock;
+  int64_t j = 0;
+  for (; j + P <= a.n; j += P) depthwise_channels<E, T, P>(a, j);
+  if (a.n - j >= 2) return depthwise_rest<E, T>(a, j, a.n - j);
+  // One pixel (border pixels come one at a time): its taps spread over four
+  // accumulator chains per vector.
+  if (j < a.n) {
+    constexpr int W = Simd<T>::kLanes;
+    int64_t c = 0;
+    for (; c + 2 * W <= a.channels; c += 2 * W) depthwise_pixel<E, T, 2, false>(a, j, c, W);
+    for (; c + W <= a.channels; c += W) depthwise_pixel<E, T, 1, false>(a, j, c, W);
+    if (c < a.channels) depthwise_pixel<E, T, 1, true>(a, j, c, a.channels - c);
+  }
+}
+
+// P taps from t0 x V vectors of channels from c0, over all n pixels.
+template <typename E, typename T, int P, int V, bool Tail>
+void depthwise_weight_block(const DepthwisePixelsWeight<E, T>& a, int64_t t0, int64_t c0, int64_t last) {
+  using S = Simd<T>;
+  using X = DepthwiseIo<E, T>;
+  using Vec = typename S::V;
+  constexpr int W = S::kLanes;
+  const auto load = [&](const E* p, int v) { return Tail && v == V - 1 ? X::load(p, last) : X::load(p); };
+  Vec acc[P][V] = {};
+  const E* x[P];
+  for (int p = 0; p < P; ++p) x[p] = a.in[t0 + p] + c0;
+  const E* g = a.g + c0;
+  for (int64_t j = 0; j < a.n; ++j) {
+    Vec gv[V];
+    for (int v = 0; v < V; ++v) gv[v] = load(g + j * a.g_step + v * W, v);
+    for (int p = 0; p < P; ++p) {
+      for (int v = 0; v < V; ++v) acc[p][v] += gv[v] * load(x[p] + j * a.in_step + v * W, v);
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    T* out = a.gw[t0 + p] + c0;
+    for (int v = 0; v < V; ++v) {
+      const int64_t n = Tail && v == V - 1 ? last : W;
+      const Vec sum = Io<T, false>::load(out + v * W, n) + acc[p][v];
+      S::store(out + v * W, sum, n);
+    }
+  }
+}
+
+template <typename E, typename T, int V, bool Tail>
+void depthwise_weight_taps(const DepthwisePixelsWeight<E, T>& a, int64_t c0, int64_t last) {
+  constexpr int P = kDepthwiseBlock;
+  int64_t t = 0;
+  for (; t + P <= a.taps; t += P) depthwise_weight_block<E, T, P, V, Tail>(a, t, c0, last);
+  if constexpr (P > 4) {
+    for (; t + 4 <= a.taps; t += 4) depthwise_weight_block<E, T, 4, V, Tail>(a, t, c0, last);
+  }
+  for (; t + 2 <= a.taps; t += 2) depthwise_weight_block<E, T, 2, V, Tail>(a, t, c0, last);
+  for (; t < a.taps; ++t) depthwise_weight_block<E, T, 1, V, Tail>(a, t, c0, last);
+}
+
+template <typename E, typename T>
+void depthwise_weight(const DepthwisePixelsWeight<E, T>& a) {
+  constexpr int W = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + 2 * W <= a.channels; c += 2 * W) depthwise_weight_taps<E, T, 2, false>(a, c, W);
+  for (; c + W <= a.channels; c += W) depthwise_weight_taps<E, T, 1, false>(a, c, W);
+  if (c < a.channels) depthwise_weight_taps<E, T, 1, true>(a, c, a.channels - c);
+}
+
+}  // namespace
+}  // namespace fastconv::cpu::FASTCONV_ISA

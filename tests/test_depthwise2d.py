@@ -1,0 +1,215 @@
+"""Depthwise and large-kernel conv2d: the "depthwise" path (vectors across channels), the direct rows
+at any horizontal stride and kernel size, and the "fft" path, against a float64 F.conv2d reference for
+every stride, dilation, padding, memory format and dtype; forward and every gradient, gradcheck and
+gradgradcheck, opcheck, torch.compile, the layout of every result, and the default choices."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastconv_ext
+
+ops = torch.ops.fastconv
+
+PATHS = ["depthwise", "direct", "fft"]
+
+
+def depthwise_cases(count, seed):
+    rng = random.Random(seed)
+    cases = []
+    while len(cases) < count:
+        channels = rng.choice([1, 3, 16, 17, 40, 64])
+        kernel = (rng.choice([1, 2, 3, 5, 7, 13]), rng.choice([1, 3, 4, 5, 7, 13]))
+        stride = (rng.choice([1, 1, 2, 3]), rng.choice([1, 1, 2, 3]))
+        dilation = (rng.choice([1, 1, 2]), rng.choice([1, 1, 3]))
+        padding = (rng.randint(0, kernel[0]), rng.randint(0, kernel[1]))
+        size = []
+        for i in range(2):
+            span = dilation[i] * (kernel[i] - 1) + 1
+            lo = max(1, span - 2 * padding[i])
+            size.append(rng.randint(lo, lo + 12))
+        batch = rng.choice([None, 1, 2])
+        cases.append((batch, channels, tuple(size), kernel, stride, padding, dilation, rng.random() < 0.7))
+    return cases
+
+
+def case_id(case):
+    batch, channels, size, kernel, stride, padding, dilation, bias = case
+    return f"B{batch}-C{channels}-{size[0]}x{size[1]}-K{kernel[0]}x{kernel[1]}-s{stride}-p{padding}-d{dilation}" \
+        f"-{'b' if bias else 'nb'}".replace(" ", "")
+
+
+def tensors(case, dtype, device, channels_last, seed=0):
+    batch, channels, size, kernel, _, _, _, bias = case
+    g = torch.Generator().manual_seed(seed)
+    shape = ((batch,) if batch is not None else ()) + (channels, *size)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.randn(channels, 1, *kernel, generator=g, dtype=torch.float64) / (kernel[0] * kernel[1]) ** 0.5
+    b = torch.randn(channels, generator=g, dtype=torch.float64) if bias else None
+    x, w = x.to(device=device, dtype=dtype), w.to(device=device, dtype=dtype)
+    b = b.to(device=device, dtype=dtype) if b is not None else None
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, w, b
+
+
+def run(fn, case, x, w, b, gy_seed=5, **kw):
+    _, channels, _, _, stride, padding, dilation, _ = case
+    inputs = [t.detach().clone().requires_grad_() for t in (x, w, b) if t is not None]
+    y = fn(*inputs, *([] if b is not None else [None]), stride=stride, padding=padding, dilation=dilation,
+           groups=channels, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(gy_seed), dtype=torch.float64)
+    gy = gy.to(y).contiguous(memory_format=torch.channels_last) if y.dim() == 4 and not y.is_contiguous() else gy.to(y)
+    return (y,) + torch.autograd.grad(y, inputs, gy)
+
+
+def check(case, dtype, device, channels_last, path):
+    x, w, b = tensors(case, dtype, device, channels_last)
+    try:
+        got = run(fastconv_ext.conv2d, case, x, w, b, algorithm=path)
+    except RuntimeError as e:
+        assert "cannot run these arguments" in str(e)
+        return False
+    ref = run(F.conv2d, case, *(t.double() if t is not None else None for t in (x, w, b)))
+    for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), got, ref):
+        assert a.dtype == dtype and a.shape == r.shape, name
+        scale = max(r.abs().max().item(), 1.0)
+        tol = {torch.float64: dict(rtol=1e-10, atol=1e-10 * scale), torch.float32: dict(rtol=1e-5, atol=2e-5 * scale),
+               torch.bfloat16: dict(rtol=2e-2, atol=2e-2 * scale), torch.float16: dict(rtol=3e-3, atol=3e-3 * scale)}
+        torch.testing.assert_close(a.double(), r, **tol[dtype], msg=lambda m: f"{path} {name}: {m}")
+    # A channels-last activation stays channels-last, as through F.conv2d.
+    assert got[0].is_contiguous(memory_format=torch.channels_last) == ref[0].is_contiguous(
+        memory_format=torch.channels_last) or got[0].dim() == 3
+    return True
+
+
+@pytest.mark.parametrize("case", depthwise_cases(60, seed=11), ids=case_id)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_every_path_float64(case, channels_last, device):
+    ran = [path for path in PATHS if check(case, torch.float64, device, channels_last, path)]
+    assert "depthwise" in ran  # runs every depthwise layer
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("case", depthwise_cases(12, seed=12), ids=case_id)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_low_precision(case, dtype, channels_last, device):
+    for path in PATHS:
+        check(case, dtype, device, channels_last, path)
+
+
+# Layers of the models the issue names, at small batch: ConvNeXt 7x7, MobileNet/EfficientNet
+# 3x3 and 5x5 at stride 2, RepLKNet 13x13 and 31x31 (the large ones with few channels).
+MODEL_LAYERS = [
+    (2, 48, (14, 14), (7, 7), (1, 1), (3, 3), (1, 1), True),
+    (1, 40, (15, 15), (3, 3), (2, 2), (1, 1), (1, 1), True),
+    (2, 24, (14, 14), (5, 5), (2, 2), (2, 2), (1, 1), False),
+    (1, 16, (20, 20), (13, 13), (1, 1), (6, 6), (1, 1), True),
+    (1, 8, (31, 33), (31, 31), (1, 1), (15, 15), (1, 1), True),
+    (4, 96, (7, 7), (7, 7), (1, 1), (3, 3), (1, 1), True),  # mostly border pixels
+]
+
+
+@pytest.mark.parametrize("case", MODEL_LAYERS, ids=case_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_model_layers_every_path(case, dtype, channels_last, threads):
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        for path in PATHS + ["auto"]:
+            check(case, dtype, "cpu", channels_last, path)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck_and_gradgradcheck(path):
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    for stride in (1, 2):
+        f = lambda x, w, b, s=stride: fastconv_ext.conv2d(x, w, b, stride=s, padding=2, groups=3,  # noqa: E731
+                                                          algorithm=path)
+        assert torch.autograd.gradcheck(f, (x, w, b))
+        assert torch.autograd.gradgradcheck(f, (x, w, b))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: fastconv_ext.conv2d(x, w, b, padding=(1, 3), groups=3, algorithm=path),
+                                    (xc,))
+
+
+@pytest.mark.parametrize("path", ["auto"] + PATHS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_opcheck(path, channels_last):
+    x = torch.randn(2, 6, 11, 10, requires_grad=True)
+    if channels_last:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(6, 1, 5, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    hp = ([2, 1], [2, 3], [1, 1], 6, path)
+    torch.library.opcheck(ops.conv2d.default, (x, w, b, *hp))
+    gy = torch.randn(2, 6, 6, 12)
+    if channels_last:
+        gy = gy.contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(ops.conv2d_weight_backward.default, (gy, x.detach(), [5, 5], *hp))
+    if path == "direct":  # the direct rows run grad_input as a stride-1 convolution only
+        hp = ([1, 1], [2, 2], [1, 1], 6, path)
+        gy = torch.randn(2, 6, 11, 10)
+    torch.library.opcheck(ops.conv2d_input_backward.default, (gy, w.detach(), [11, 10], *hp))
+
+
+@pytest.mark.parametrize("path", ["depthwise", "fft"])
+def test_compile_fullgraph(path):
+    conv = fastconv_ext.Conv2d(8, 8, 7, padding=3, groups=8, stride=2, algorithm=path)
+    x = torch.randn(2, 8, 15, 13).contiguous(memory_format=torch.channels_last).requires_grad_()
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, stride=2, padding=3, groups=8)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_empty_inputs():
+    w = torch.randn(5, 1, 3, 3, requires_grad=True)
+    for path in PATHS:
+        x = torch.randn(0, 5, 9, 9, requires_grad=True)
+        algorithm = path if path != "fft" else "auto"  # 3x3: below the FFT path's kernels
+        y = fastconv_ext.conv2d(x, w, padding=1, groups=5, algorithm=algorithm)
+        assert y.shape == (0, 5, 9, 9)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+        w.grad = None
+    w7 = torch.randn(5, 1, 7, 7)
+    assert fastconv_ext.conv2d(torch.randn(0, 5, 9, 9), w7, padding=3, groups=5, algorithm="fft").shape == (0, 5, 9, 9)
+
+
+def test_non_contiguous_input():
+    x = torch.randn(2, 9, 12, 20)[:, ::2, :, ::2]  # neither layout
+    w = torch.randn(5, 1, 3, 3)
+    for path in PATHS[:2]:
+        torch.testing.assert_close(fastconv_ext.conv2d(x, w, padding=1, groups=5, stride=(1, 2), algorithm=path),
+                                   F.conv2d(x, w, padding=1, groups=5, stride=(1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_default_choices():
+    """Depthwise layers take fastconv's kernels where PyTorch is slow: every gradient, and the
+    forward of large kernels and of strided channels-last layers; a dense layer stays native."""
+    def paths(x, w, stride, padding):
+        args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
+        return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
+
+    w7, w3, w31 = torch.randn(96, 1, 7, 7), torch.randn(96, 1, 3, 3), torch.randn(96, 1, 31, 31)
+    nchw = torch.randn(2, 96, 28, 28)
+    cl = nchw.contiguous(memory_format=torch.channels_last)
+    assert paths(nchw, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "direct"}
+    assert paths(cl, w7, 1, 3) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
+    assert paths(cl, w3, 2, 1) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
+    assert paths(nchw, w3, 2, 1) == {"forward": "native", "input": "native", "weight": "depthwise"}
+    assert paths(nchw, w31, 1, 15)["forward"] == "direct"
+    assert paths(cl, w31, 1, 15)["forward"] == "depthwise"
+    dense = torch.randn(96, 96, 3, 3)
+    assert ops._conv_path(nchw, dense, [1, 1], [1, 1], [1, 1], 1, "auto", "weight") == "native"
