@@ -196,8 +196,9 @@ def test_non_contiguous_input():
 
 
 def test_default_choices():
-    """Depthwise layers take fastconv's kernels where PyTorch is slow: every gradient, and the
-    forward of large kernels and of strided channels-last layers; a dense layer stays native."""
+    """Depthwise layers take fastconv's kernels where PyTorch is slow: every gradient, the NCHW
+    forward at stride 1 on rows of 14 outputs and more, the channels-last forward of large
+    kernels and strided layers; a dense layer stays native."""
     def paths(x, w, stride, padding):
         args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
         return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
@@ -205,10 +206,12 @@ def test_default_choices():
     w7, w3, w31 = torch.randn(96, 1, 7, 7), torch.randn(96, 1, 3, 3), torch.randn(96, 1, 31, 31)
     nchw = torch.randn(2, 96, 28, 28)
     cl = nchw.contiguous(memory_format=torch.channels_last)
-    assert paths(nchw, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "direct"}
+    assert paths(nchw, w7, 1, 3) == {"forward": "direct", "input": "direct", "weight": "direct"}
     assert paths(cl, w7, 1, 3) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
     assert paths(cl, w3, 2, 1) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
-    assert paths(nchw, w3, 2, 1) == {"forward": "native", "input": "native", "weight": "depthwise"}
+    assert paths(nchw, w3, 2, 1) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
+    small = torch.randn(2, 96, 7, 7)
+    assert paths(small, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "depthwise"}
     assert paths(nchw, w31, 1, 15)["forward"] == "direct"
     assert paths(cl, w31, 1, 15)["forward"] == "depthwise"
     dense = torch.randn(96, 96, 3, 3)

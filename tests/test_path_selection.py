@@ -93,11 +93,14 @@ def test_candidates_and_forced_paths_that_cannot_run():
     with pytest.raises(RuntimeError, match=r"algorithm='fft' cannot run these arguments: it is for kernels of at "
                                            r"least 25 taps"):
         fastconv_ext.conv2d(x8, dense, padding=1, algorithm="fft")
-    # grad_input of a strided layer has no transposed stride-1 convolution to run directly.
+    # grad_input of a strided layer has no transposed stride-1 convolution for the shifted GEMM
+    # (the direct rows run it phase by phase).
     gy = torch.randn(1, 4, 5, 5)
-    with pytest.raises(RuntimeError, match=r"conv2d \(input\): algorithm='direct' cannot run .* grad_input needs "
+    with pytest.raises(RuntimeError, match=r"conv2d \(input\): algorithm='shifted' cannot run .* grad_input needs "
                                            r"stride 1"):
-        ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "direct")
+        ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "shifted")
+    torch.testing.assert_close(ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "direct"),
+                               ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "native"))
 
 
 def test_unknown_algorithm_names_the_allowed_values():

@@ -121,33 +121,34 @@ Path conv1d_default(const ConvCall& c) {
 // ---- conv2d rules.
 //
 // Depthwise layers (C_in/g = C_out/g = 1): PyTorch's backward runs through
-// slow generic kernels (grad_weight 10-100x its forward, bfloat16 grad_input
-// at stride 2 30x), fastconv's take about a forward each. Its forward is
-// oneDNN's direct kernel vectorized across channels, fast but for large
-// kernels (13x13 and up) and, read channels-last, strided layers, where
-// fastconv's depthwise kernels beat it. NCHW layers run the direct rows
-// (vectors along image rows) where they read in place, channels-last ones
-// the depthwise kernels. Everything else is native by default; autotuning
-// finds the rest (im2col for many pointwise weight gradients).
-constexpr int64_t kLargeTaps = 100;         // channels-last forward from 10x10 taps
-constexpr int64_t kLargeTapsRows = 200;     // NCHW forward (direct rows) from about 14x14
+// slow generic kernels (grad_weight up to 100x its forward, grad_input of a
+// strided NCHW 3x3 layer 10x), fastconv's take about a forward each. Its
+// forward is oneDNN's kernel, fast read channels-last but for large kernels
+// (13x13 and up) and strided layers, where fastconv's depthwise kernels beat
+// it; read NCHW it is fast at stride 2, erratic at stride 1 (a 3x3 layer on
+// 114x114 images took 10x the direct rows, a 7x7 one 0.7-9x). NCHW layers
+// run the direct rows (vectors along image rows) where rows are at least
+// kRowsFrom outputs long, the depthwise kernels (vectors across channels, a
+// layout copy each way) elsewhere; channels-last layers the depthwise
+// kernels. Everything else is native by default; autotuning finds the rest
+// (im2col for many pointwise weight gradients).
+constexpr int64_t kLargeTaps = 100;  // channels-last forward from 10x10 taps
+constexpr int64_t kRowsFrom = 14;
 
 Path depthwise_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   const bool channels_last = c.layout == 1, strided = !stride_one(d);
-  const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
+  const bool rows = d.out_size[1] >= kRowsFrom && !why_not_direct_rows(d);
   switch (c.op) {
     case ConvOp::kForward:
-      if (channels_last) return strided || taps >= kLargeTaps ? Path::kDepthwise : Path::kNative;
-      return taps >= kLargeTapsRows && !why_not_direct_rows(d) ? Path::kDirect : Path::kNative;
+      if (channels_last) return strided || d.kernel_size[0] * d.kernel_size[1] >= kLargeTaps ? Path::kDepthwise
+                                                                                              : Path::kNative;
+      return !strided && rows ? Path::kDirect : Path::kNative;
     case ConvOp::kInput:
-      if (channels_last) return Path::kDepthwise;
-      if (!why_not_transposed(d, why_not_direct_rows)) return Path::kDirect;
-      // Strided NCHW: PyTorch's float kernel is as fast as the depthwise
-      // kernels' two layout copies; its 16-bit one is not.
-      return c.dtype == at::kFloat || c.dtype == at::kDouble ? Path::kNative : Path::kDepthwise;
+      return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
+                                                                                      : Path::kDepthwise;
     case ConvOp::kWeight:
-      return channels_last || strided || why_not_direct_rows(d) ? Path::kDepthwise : Path::kDirect;
+      return !channels_last && !strided && rows ? Path::kDirect : Path::kDepthwise;
   }
   return Path::kNative;
 }
@@ -239,7 +240,10 @@ std::optional<std::string> why_not(Path path, const ConvCall& c) {
       return std::nullopt;
     case Path::kDirect:
       if (cuda) return std::string("on CUDA conv2d runs im2col, depthwise, fft or native");
-      return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_direct_rows) : why_not_direct_rows(c.d);
+      // grad_input: the transposed stride-1 convolution, else phase by phase
+      // (a strided layer: its phases' sub-kernels are smaller than the kernel).
+      if (c.op == ConvOp::kInput && conv2d_transposed_padding(c.d)) return why_not_transposed(c.d, why_not_direct_rows);
+      return why_not_direct_rows(c.d);
     case Path::kShifted:
       if (cuda) return std::string("on CUDA conv2d runs im2col, depthwise, fft or native");
       return c.op == ConvOp::kInput ? why_not_transposed(c.d, why_not_shifted) : why_not_shifted(c.d);

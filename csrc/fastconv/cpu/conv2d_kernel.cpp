@@ -22,12 +22,15 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/tensor.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <numeric>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -244,8 +247,8 @@ at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t
   return partial.sum(0).permute({0, 2, 3, 1}).reshape({d.out_channels, cin_g, d.kernel_size[0], d.kernel_size[1]});
 }
 
-// Layers with few taps per group (C_in/g * KH * KW <= kDirectMaxTaps, like
-// the 3-channel 3x3 stem) and horizontal stride 1 skip im2col and the GEMM,
+// Layers with few taps per group (C_in/g * KH * KW, like the 3-channel 3x3
+// stem) or few input channels per group (depthwise) skip im2col and the GEMM,
 // whose K (the taps) is then too short to run well: an output row of a group
 // is a sum of 1-D convolutions of its C_in/g * KH input rows, which the conv1d
 // micro-kernels (cpu/tile_kernels.h) compute straight off the staged rows,
@@ -256,8 +259,8 @@ at::Tensor conv2d_weight_backward_shifted(const Conv2dIntDims& d, const scalar_t
 // P = OW + dw * (KW - 1) and laid one after another, so that output (r, ow)
 // is position r * P + ow of one long row and each tap one offset into it:
 // the band is a single conv1d tile, whose P - OW extra outputs per row are
-// computed and dropped. Bands of several rows (vertical stride 1, rows of
-// fewer than kBandBelow outputs) do what packed rows do for conv1d: a
+// computed and dropped. Bands of several rows (rows of fewer than
+// kBandBelow outputs) do what packed rows do for conv1d: a
 // depthwise 3x3 layer on 28x28 images, one output row to a tile, spent more
 // on each tile's edges and calls than on its multiply-adds, and staged every
 // input row KH times.
@@ -269,38 +272,45 @@ struct DirectBands {
   int64_t rows;     // output rows per band
   int64_t count;    // bands per (sample, group)
   int64_t pitch;    // P
-  int64_t step;     // input rows from one staged row to the next
+  int64_t step;     // input rows from one staged row to the next (in a vertical phase)
   int64_t staged;   // staged rows per input channel and phase
   int64_t phases;   // horizontal stride phases staged
+  int64_t vphases;  // vertical stride phases staged
   int64_t channel;  // scratch values per input channel
   int64_t span(int64_t r, int64_t out_width) const { return (r - 1) * pitch + out_width; }
 };
 
-// Horizontal stride sw: staged rows are deinterleaved, phase q holding the
+// Strides: staged rows are deinterleaved, horizontal phase q holding the
 // padded row's values q, q + sw, q + 2 sw, ..., so that tap kw reads phase
-// kw * dw % sw at offset kw * dw / sw and every tap is still one offset into
-// one long row (the layout conv1d stages for its stride).
+// kw * dw % sw at offset kw * dw / sw (the layout conv1d stages for its
+// stride); a band of several rows at vertical stride sh stages vertical
+// phases the same way, phase v holding input rows v, v + sh, ..., so that
+// output row r reads phase kh * dh % sh at row r + kh * dh / sh. Every tap is
+// still one offset into one long row.
 DirectBands plan_bands(const Conv2dIntDims& d, int64_t elem_size) {
   const int64_t OH = d.out_size[0], OW = d.out_size[1], KH = d.kernel_size[0], dh = d.dilation[0];
-  const int64_t cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
+  const int64_t sh = d.stride[0], cin_g = d.in_channels_per_group(), cout_g = d.out_channels_per_group();
   const int64_t reach = d.dilation[1] * (d.kernel_size[1] - 1);
   const int64_t phases = std::min(d.stride[1], reach + 1);
+  const int64_t vphases = std::min(sh, dh * (KH - 1) + 1);
   const int64_t pitch = OW + reach / d.stride[1];
   int64_t rows = 1;
-  if (d.stride[0] == 1 && OW < kBandBelow && OH > 0 && OW > 0 && d.batch > 0) {
-    const int64_t staged_in = cin_g * phases;
-    const int64_t fit = (kBandBytes / (elem_size * pitch) - staged_in * dh * (KH - 1)) / (staged_in + cout_g);
+  if (OW < kBandBelow && OH > 0 && OW > 0 && d.batch > 0) {
+    const int64_t staged_in = cin_g * phases * vphases;
+    const int64_t fit = (kBandBytes / (elem_size * pitch) - staged_in * (dh * (KH - 1) / sh)) / (staged_in + cout_g);
     // Enough bands to keep every thread busy, when the image allows it.
     const int64_t images = d.batch * d.groups;
     const int64_t want = (4 * at::get_num_threads() + images - 1) / images;
     rows = std::clamp<int64_t>(std::min(fit, (OH + want - 1) / want), 1, std::max<int64_t>(OH, 1));
     rows = (OH + (OH + rows - 1) / rows - 1) / ((OH + rows - 1) / rows);  // equal bands
   }
-  // One row: only the KH rows its taps read, dh apart.
-  const int64_t step = rows == 1 ? dh : 1;
-  const int64_t staged = rows + dh * (KH - 1) / step;
-  return DirectBands{rows, (OH + rows - 1) / rows, pitch, step, staged, phases,
-                     phases * staged * pitch + cpu::kScratchSlack};
+  // One row: only the KH rows its taps read, dh apart, in one phase.
+  if (rows == 1) {
+    return DirectBands{rows, OH, pitch, dh, KH, phases, 1, phases * KH * pitch + cpu::kScratchSlack};
+  }
+  const int64_t staged = rows + dh * (KH - 1) / sh;
+  return DirectBands{rows, (OH + rows - 1) / rows, pitch, sh, staged, phases, vphases,
+                     vphases * phases * staged * pitch + cpu::kScratchSlack};
 }
 
 // Tap (c, kh, kw), the weight's own order, reads the staged rows at this offset.
@@ -309,7 +319,9 @@ std::vector<int64_t> band_offsets(const Conv2dIntDims& d, const DirectBands& b) 
   std::vector<int64_t> offsets(taps_per_group(d));
   for (int64_t t = 0; t < taps_per_group(d); ++t) {
     const int64_t c = t / (KH * KW), kh = t / KW % KH, kw = t % KW, at = kw * d.dilation[1];
-    offsets[t] = c * b.channel + at % sw * b.staged * b.pitch + kh * d.dilation[0] / b.step * b.pitch + at / sw;
+    const int64_t down = kh * d.dilation[0];
+    const int64_t v = b.rows == 1 ? 0 : down % b.step, row = b.rows == 1 ? kh : down / b.step;
+    offsets[t] = c * b.channel + ((v * b.phases + at % sw) * b.staged + row) * b.pitch + at / sw;
   }
   return offsets;
 }
@@ -333,16 +345,20 @@ void for_each_band(const Conv2dIntDims& d, const DirectBands& b, const scalar_t*
       for (int64_t c = 0; c < cin_g; ++c) {
         const scalar_t* plane = x + (n * d.in_channels + g * cin_g + c) * H * W;
         T* dst = stage + c * b.channel;
-        for (int64_t q = 0; q < b.phases; ++q) {
+        for (int64_t phase = 0; phase < b.vphases * b.phases; ++phase) {
+          const int64_t v = phase / b.phases, q = phase % b.phases;
           for (int64_t r = 0; r < b.staged; ++r, dst += b.pitch) {
             // dst[j] = x[.., ih, j * sw + q - pw], zero outside the image.
-            const int64_t ih = oh0 * d.stride[0] - d.padding[0] + r * b.step;
+            const int64_t ih = oh0 * d.stride[0] - d.padding[0] + v + r * b.step;
             const bool inside = ih >= 0 && ih < H;
             if (sw > 1) {
-              for (int64_t j = 0; j < b.pitch; ++j) {
-                const int64_t iw = j * sw + q - pw;
-                dst[j] = inside && iw >= 0 && iw < W ? static_cast<T>(plane[ih * W + iw]) : T(0);
-              }
+              // Positions j in [lo, hi) read iw = j * sw + q - pw inside [0, W).
+              const int64_t lo = std::min(b.pitch, std::max<int64_t>(0, (pw - q + sw - 1) / sw));
+              const int64_t hi = inside && W - 1 + pw - q >= 0 ? std::clamp((W - 1 + pw - q) / sw + 1, lo, b.pitch) : lo;
+              std::fill(dst, dst + lo, T(0));
+              const scalar_t* src = plane + ih * W + q - pw;
+              for (int64_t j = lo; j < hi; ++j) dst[j] = static_cast<T>(src[j * sw]);
+              std::fill(dst + hi, dst + b.pitch, T(0));
               continue;
             }
             const int64_t lo = std::clamp<int64_t>(pw, 0, b.pitch);
@@ -606,6 +622,67 @@ at::Tensor conv2d_weight_backward_cpu(
   });
 }
 
+// grad_input of a strided layer by the direct rows, phase by phase: the
+// inputs at (a + sh * m, b + sw * q) take only the taps with
+// (a + ph - kh * dh) % sh == 0 and (b + pw - kw * dw) % sw == 0, each reading
+// grad_output at (m + eh(kh), q + ew(kw)), e(k) = (a + p - k * dl) / s. Along
+// an axis these taps are k0, k0 + s / g, ... (g = gcd(s, dl)) and their
+// offsets fall by dl / g, so each phase is a stride-1 convolution of
+// grad_output, cropped or zero-padded, with the flipped sub-kernel at
+// dilation dl / g; its result fills every sh-th row and sw-th column of
+// grad_input from (a, b). The phases' taps are the kernel's, once each.
+struct AxisPhase {
+  std::vector<int64_t> taps;  // kernel positions, in the sub-kernel's (flipped) order
+  int64_t before, after;      // grad_output positions to pad (negative: crop) on each side
+  int64_t dilation, outputs;
+};
+
+AxisPhase axis_phase(int64_t a, int64_t in, int64_t out, int64_t K, int64_t s, int64_t p, int64_t dl) {
+  AxisPhase ph{{}, 0, 0, dl / std::gcd(s, dl), (in - a + s - 1) / s};
+  int64_t last_offset = 0;
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const int64_t u = a + p - k * dl;
+    if (((u % s) + s) % s != 0) continue;
+    if (ph.taps.empty()) last_offset = u / s;  // the largest k: the smallest offset
+    ph.taps.push_back(k);
+  }
+  // Sub-kernel tap j reads grad_output at m + last_offset + j * dilation.
+  ph.before = -last_offset;
+  const int64_t span = ph.taps.empty() ? 0 : ph.dilation * (int64_t(ph.taps.size()) - 1);
+  ph.after = ph.outputs + span - out - ph.before;
+  return ph;
+}
+
+at::Tensor conv2d_input_backward_phases(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        const Conv2dIntDims& d) {
+  const int64_t G = d.groups, cout_g = d.out_channels_per_group(), cin_g = d.in_channels_per_group();
+  // The transposed weights: (C_in, C_out / g, KH, KW).
+  const at::Tensor w_t = weight.reshape({G, cout_g, cin_g, d.kernel_size[0], d.kernel_size[1]})
+                             .transpose(1, 2)
+                             .reshape({d.in_channels, cout_g, d.kernel_size[0], d.kernel_size[1]});
+  const at::Tensor gy = d.batched ? grad_output : grad_output.unsqueeze(0);
+  at::Tensor gx = at::zeros({d.batch, d.in_channels, d.in_size[0], d.in_size[1]}, gy.options());
+  for (int64_t a = 0; a < std::min(d.stride[0], d.in_size[0]); ++a) {
+    const AxisPhase v = axis_phase(a, d.in_size[0], d.out_size[0], d.kernel_size[0], d.stride[0], d.padding[0],
+                                   d.dilation[0]);
+    for (int64_t b = 0; b < std::min(d.stride[1], d.in_size[1]) && !v.taps.empty(); ++b) {
+      const AxisPhase h = axis_phase(b, d.in_size[1], d.out_size[1], d.kernel_size[1], d.stride[1], d.padding[1],
+                                     d.dilation[1]);
+      if (h.taps.empty()) continue;
+      const auto index = [&](const std::vector<int64_t>& taps) {
+        return at::tensor(taps, at::TensorOptions().dtype(at::kLong));
+      };
+      const at::Tensor w_sub = w_t.index_select(2, index(v.taps)).index_select(3, index(h.taps));
+      const at::Tensor g = at::constant_pad_nd(gy, {h.before, h.after, v.before, v.after});
+      Conv2dIntDims p{d.batch, d.out_channels, d.in_channels, G, {g.size(2), g.size(3)}, {v.outputs, h.outputs},
+                      {int64_t(v.taps.size()), int64_t(h.taps.size())}, {1, 1}, {0, 0}, {v.dilation, h.dilation}, true};
+      gx.slice(2, a, c10::nullopt, d.stride[0]).slice(3, b, c10::nullopt, d.stride[1])
+          .copy_(conv2d_forward_own(g, w_sub, std::nullopt, p, Path::kDirect));
+    }
+  }
+  return d.batched ? gx : gx.squeeze(0);
+}
+
 // grad_input by `path` (not native): direct and shifted run the transposed
 // stride-1 convolution (path.h), as im2col does for a pointwise layer (no
 // col2im); otherwise im2col's GEMM and col2im.
@@ -621,6 +698,7 @@ at::Tensor conv2d_input_backward_own(const at::Tensor& grad_output, const at::Te
                                          d.kernel_size[1]});
     return conv2d_forward_own(grad_output, w_t, std::nullopt, conv2d_transposed(d, *padding_t), path);
   }
+  if (path == Path::kDirect) return conv2d_input_backward_phases(grad_output, weight, d);
   std::vector<int64_t> gx_shape{d.in_channels, d.in_size[0], d.in_size[1]};
   if (d.batched) gx_shape.insert(gx_shape.begin(), d.batch);
   const at::Tensor gy = grad_output.contiguous();
