@@ -203,7 +203,8 @@ void forward(const Conv2dIntDims& d, const E* x, const T* w, const T* bias, E* y
           }
         }
         run(DepthwisePixels<E, T>{in.data(), sw * src.pixel, taps.data(), int64_t(in.size()),
-                                  bias ? bias + c0 : nullptr, y + ((n * OH + oh) * OW + ow) * C + c0, C, count, cw});
+                                  bias ? bias + c0 : nullptr, y + ((n * OH + oh) * OW + ow) * C + c0, C, count, cw,
+                                  sw == 1 && dw == 1 ? kw_hi - kw_lo : 0});
       };
       if (staged) {
         emit(0, OW, 0, KW);
@@ -319,8 +320,9 @@ void input_backward(const Conv2dIntDims& d, const E* gy, const T* w, E* gx) {
         const auto emit = [&](int64_t j, int64_t n_pixels, bool single) {
           in.clear();
           taps.clear();
+          // Columns in decreasing kw: increasing grad_output pixels.
           for (size_t a = 0; a < khs.size(); ++a) {
-            for (size_t b = 0; b < kws.size(); ++b) {
+            for (size_t b = kws.size(); b-- > 0;) {
               const int64_t ow = j + shifts[b];
               if (single && (ow < 0 || ow >= OW)) continue;
               in.push_back(src.at(ohs[a], ow));
@@ -328,7 +330,8 @@ void input_backward(const Conv2dIntDims& d, const E* gy, const T* w, E* gx) {
             }
           }
           run(DepthwisePixels<E, T>{in.data(), src.pixel, taps.data(), int64_t(in.size()), nullptr,
-                                    gx + ((n * H + ih) * W + r + sw * j) * C + c0, sw * C, n_pixels, cw});
+                                    gx + ((n * H + ih) * W + r + sw * j) * C + c0, sw * C, n_pixels, cw,
+                                    sw == 1 && dw == 1 && !single ? int64_t(kws.size()) : 0});
         };
         if (staged) {
           emit(0, count, false);

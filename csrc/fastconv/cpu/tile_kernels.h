@@ -194,6 +194,10 @@ struct DepthwisePixels {
   E* out;
   int64_t out_step;
   int64_t n, channels;
+  // Taps in rows of row_taps whose inputs are consecutive pixels
+  // (in[t + k] == in[t] + k * in_step for k < row_taps), 0 if not: the kernel
+  // then loads each input pixel once for the whole row of taps.
+  int64_t row_taps = 0;
 };
 
 // Its weight gradient, accumulated into:
