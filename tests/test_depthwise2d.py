@@ -197,8 +197,8 @@ def test_non_contiguous_input():
 
 def test_default_choices():
     """Depthwise layers take fastconv's kernels where PyTorch is slow: every gradient, the NCHW
-    forward at stride 1 on rows of 14 outputs and more, the channels-last forward of large
-    kernels and strided layers; a dense layer stays native."""
+    forward at stride 1 on rows of 14 outputs and more, the channels-last forward of kernels of
+    10x10 to 19x19 and of strided layers; a dense layer stays native."""
     def paths(x, w, stride, padding):
         args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
         return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
@@ -213,6 +213,26 @@ def test_default_choices():
     small = torch.randn(2, 96, 7, 7)
     assert paths(small, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "depthwise"}
     assert paths(nchw, w31, 1, 15)["forward"] == "direct"
-    assert paths(cl, w31, 1, 15)["forward"] == "depthwise"
+    assert paths(cl, w31, 1, 15)["forward"] == "native"
+    assert paths(cl, torch.randn(96, 1, 13, 13), 1, 6)["forward"] == "depthwise"
     dense = torch.randn(96, 96, 3, 3)
     assert ops._conv_path(nchw, dense, [1, 1], [1, 1], [1, 1], 1, "auto", "weight") == "native"
+
+
+def test_bfloat16_channels_last_wide_kernels_never_reach_pytorch():
+    """PyTorch 2.13's bfloat16 channels-last depthwise forward of up to 16 channels with a kernel 15
+    or more wide never finishes compiling its oneDNN kernel on CPUs with AVX512-BF16 (images from
+    about 40 pixels wide): the default takes fastconv's depthwise kernels there, and the native path
+    is never a candidate (so autotuning cannot time it)."""
+    x = torch.randn(1, 8, 20, 21, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 3, 15, dtype=torch.bfloat16)
+    args = (x, w, [1, 1], [1, 7], [1, 1], 8, "auto")
+    assert ops._conv_path(*args, "forward") == "depthwise"
+    candidates = ops._conv_candidates(x, w, [1, 1], [1, 7], [1, 1], 8, "forward")
+    if "native" not in candidates:
+        with pytest.raises(RuntimeError, match=r"algorithm='native' cannot run these arguments: PyTorch's kernel for it "
+                                               r"\(oneDNN, bfloat16, channels-last, depthwise, at most 16 channels, kernel "
+                                               r"width >= 15\)"):
+            ops.conv2d(x, w, None, [1, 1], [1, 7], [1, 1], 8, "native")
+    ref = F.conv2d(x.double(), w.double(), padding=(1, 7), groups=8)
+    torch.testing.assert_close(fastconv_ext.conv2d(x, w, padding=(1, 7), groups=8).double(), ref, rtol=2e-2, atol=5e-2)

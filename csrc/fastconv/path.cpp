@@ -38,6 +38,19 @@ int layout_of(const at::Tensor& t) {
   return 2;
 }
 
+// PyTorch 2.13's forward of a bfloat16 channels-last depthwise conv2d of at
+// most 16 channels with a kernel width of 15 or more never returned on a CPU
+// with AVX512-BF16 for images from about 40 pixels wide (oneDNN kept
+// generating its brdgmm kernel for minutes, where width 14, 17 channels or
+// 30 pixels took 2 ms): fastconv never runs it, even to time it.
+constexpr int64_t kNativeHangWidth = 15, kNativeHangChannels = 16;
+
+bool native_does_not_finish(const ConvCall& c) {
+  return c.dims == 2 && c.op == ConvOp::kForward && c.device.is_cpu() && c.dtype == at::kBFloat16 && c.layout == 1 &&
+      c.d.in_channels_per_group() == 1 && c.d.out_channels_per_group() == 1 &&
+      c.d.in_channels <= kNativeHangChannels && c.d.kernel_size[1] >= kNativeHangWidth && cpu::has_bf16_dot_product();
+}
+
 int threads_on(const c10::Device& device) { return device.is_cpu() ? at::get_num_threads() : 1; }
 
 bool stride_one(const Conv2dIntDims& d) { return d.stride[0] == 1 && d.stride[1] == 1; }
@@ -123,16 +136,17 @@ Path conv1d_default(const ConvCall& c) {
 // Depthwise layers (C_in/g = C_out/g = 1): PyTorch's backward runs through
 // slow generic kernels (grad_weight up to 100x its forward, grad_input of a
 // strided NCHW 3x3 layer 10x), fastconv's take about a forward each. Its
-// forward is oneDNN's kernel, fast read channels-last but for large kernels
-// (13x13 and up) and strided layers, where fastconv's depthwise kernels beat
-// it; read NCHW it is fast at stride 2, erratic at stride 1 (a 3x3 layer on
+// forward is oneDNN's kernel, fast read channels-last (31x31: 0.8 of the
+// peak) but for kernels of 10x10 to 19x19 taps (13x13: a third of it) and
+// strided layers, where fastconv's depthwise kernels beat it; read NCHW it is
+// fast at stride 2, erratic at stride 1 (a 3x3 layer on
 // 114x114 images took 10x the direct rows, a 7x7 one 0.7-9x). NCHW layers
 // run the direct rows (vectors along image rows) where rows are at least
 // kRowsFrom outputs long, the depthwise kernels (vectors across channels, a
 // layout copy each way) elsewhere; channels-last layers the depthwise
 // kernels. Everything else is native by default; autotuning finds the rest
 // (im2col for many pointwise weight gradients).
-constexpr int64_t kLargeTaps = 100;  // channels-last forward from 10x10 taps
+constexpr int64_t kLargeTaps = 100, kLargeTapsEnd = 400;  // channels-last forward, 10x10 to 19x19 taps
 constexpr int64_t kRowsFrom = 14;
 
 Path depthwise_default(const ConvCall& c) {
@@ -141,8 +155,11 @@ Path depthwise_default(const ConvCall& c) {
   const bool rows = d.out_size[1] >= kRowsFrom && !why_not_direct_rows(d);
   switch (c.op) {
     case ConvOp::kForward:
-      if (channels_last) return strided || d.kernel_size[0] * d.kernel_size[1] >= kLargeTaps ? Path::kDepthwise
-                                                                                              : Path::kNative;
+      if (channels_last) {
+        const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
+        return strided || (taps >= kLargeTaps && taps < kLargeTapsEnd) || native_does_not_finish(c) ? Path::kDepthwise
+                                                                                                    : Path::kNative;
+      }
       return !strided && rows ? Path::kDirect : Path::kNative;
     case ConvOp::kInput:
       return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
@@ -219,6 +236,11 @@ void check_algorithm(const char* op, c10::string_view algorithm, int dims) {
 std::optional<std::string> why_not(Path path, const ConvCall& c) {
   if (path == Path::kNative) {
     if (c.d.in_size[0] == 0 || c.d.in_size[1] == 0) return std::string("PyTorch rejects an empty signal");
+    if (native_does_not_finish(c)) {
+      return std::string("PyTorch's kernel for it (oneDNN, bfloat16, channels-last, depthwise, at most ") +
+          std::to_string(kNativeHangChannels) + " channels, kernel width >= " + std::to_string(kNativeHangWidth) +
+          ") does not finish compiling on CPUs with AVX512-BF16 (torch 2.13)";
+    }
     return std::nullopt;
   }
   const bool cuda = c.device.is_cuda();

@@ -105,53 +105,72 @@ void depthwise_rest(const DepthwisePixels<E, T>& a, int64_t j, int64_t rest) {
   }
 }
 
-// Rows of K taps on consecutive pixels (row_taps == K): a block of P pixels
-// reads the P + K - 1 input pixels of a row once each, every one feeding the
-// (up to) K accumulators that use it, with the row's K weight vectors held
-// in registers: a load per K multiply-adds instead of one per multiply-add
-// (a 7x7 layer on 56x56 channels-last images ran load-bound at 0.55 of the
-// FMA rate with a load per multiply-add).
-template <int K>
-constexpr int slide_pixels() {
-  return kRegs - K - 2 < 16 ? kRegs - K - 2 : 16;
+// Rows of taps on consecutive pixels (row_taps): a block of P pixels takes a
+// row in chunks of up to kSlideChunk taps, whose weight vectors it holds in
+// registers, and reads the P + Q - 1 input pixels of a chunk of Q taps once
+// each, every one feeding the (up to) Q accumulators that use it: a load per
+// Q multiply-adds instead of one per multiply-add (a 7x7 layer on 56x56
+// channels-last images ran load-bound at 0.55 of the FMA rate with a load per
+// multiply-add).
+constexpr int kSlideChunk = 7;
+constexpr int kSlidePixels = kRegs - kSlideChunk - 2 < 16 ? kRegs - kSlideChunk - 2 : 16;
+
+template <typename E, typename T, int Q>
+__attribute__((always_inline)) inline void slide_chunk(typename Simd<T>::V (&acc)[kSlidePixels], const T* const* w,
+                                                       const E* x, int64_t step, int64_t c0) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int P = kSlidePixels;
+  Vec wv[Q];
+  for (int q = 0; q < Q; ++q) wv[q] = S::load(w[q] + c0);
+  // Input pixel i feeds output pixel i - q through tap q; unrolled, so
+  // every index is a constant and the accumulators stay in registers.
+#pragma GCC unroll 32
+  for (int i = 0; i < P + Q - 1; ++i) {
+    const Vec xv = DepthwiseIo<E, T>::load(x + i * step);
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; ++q) {
+      if (i - q >= 0 && i - q < P) acc[i - q] += wv[q] * xv;
+    }
+  }
 }
 
-template <typename E, typename T, int K>
+template <typename E, typename T>
 void depthwise_slide(const DepthwisePixels<E, T>& a, int64_t j0, int64_t c0) {
   using S = Simd<T>;
-  using X = DepthwiseIo<E, T>;
   using Vec = typename S::V;
-  constexpr int P = slide_pixels<K>();
-  Vec acc[P];
+  Vec acc[kSlidePixels];
   const Vec b = a.bias ? S::load(a.bias + c0) : Vec{};
-  for (int p = 0; p < P; ++p) acc[p] = b;
-  for (int64_t t = 0; t < a.taps; t += K) {
-    Vec wv[K];
-    for (int k = 0; k < K; ++k) wv[k] = S::load(a.w[t + k] + c0);
-    const E* x = a.in[t] + j0 * a.in_step + c0;
-    // Input pixel i feeds output pixel i - q through tap q; unrolled, so
-    // every index is a constant and the accumulators stay in registers.
-#pragma GCC unroll 32
-    for (int i = 0; i < P + K - 1; ++i) {
-      const Vec xv = X::load(x + i * a.in_step);
-#pragma GCC unroll 8
-      for (int q = 0; q < K; ++q) {
-        if (i - q >= 0 && i - q < P) acc[i - q] += wv[q] * xv;
+  for (int p = 0; p < kSlidePixels; ++p) acc[p] = b;
+  for (int64_t t = 0; t < a.taps; t += a.row_taps) {
+    for (int64_t k = 0; k < a.row_taps; k += kSlideChunk) {
+      const T* const* w = a.w + t + k;
+      const E* x = a.in[t + k] + j0 * a.in_step + c0;
+      switch (a.row_taps - k < kSlideChunk ? a.row_taps - k : kSlideChunk) {
+        case 7: slide_chunk<E, T, 7>(acc, w, x, a.in_step, c0); break;
+        case 6: slide_chunk<E, T, 6>(acc, w, x, a.in_step, c0); break;
+        case 5: slide_chunk<E, T, 5>(acc, w, x, a.in_step, c0); break;
+        case 4: slide_chunk<E, T, 4>(acc, w, x, a.in_step, c0); break;
+        case 3: slide_chunk<E, T, 3>(acc, w, x, a.in_step, c0); break;
+        case 2: slide_chunk<E, T, 2>(acc, w, x, a.in_step, c0); break;
+        default: slide_chunk<E, T, 1>(acc, w, x, a.in_step, c0); break;
       }
     }
   }
-  for (int p = 0; p < P; ++p) X::store(a.out + (j0 + p) * a.out_step + c0, acc[p], S::kLanes);
+  for (int p = 0; p < kSlidePixels; ++p) {
+    DepthwiseIo<E, T>::store(a.out + (j0 + p) * a.out_step + c0, acc[p], S::kLanes);
+  }
 }
 
-// The full vectors of channels of every whole block of P pixels; returns the
-// pixels covered (the rest, and the channels of a partial vector, take the
-// general blocks).
-template <typename E, typename T, int K>
+// The full vectors of channels of every whole block of kSlidePixels pixels;
+// returns the pixels covered (the rest, and the channels of a partial
+// vector, take the general blocks).
+template <typename E, typename T>
 int64_t depthwise_slide_run(const DepthwisePixels<E, T>& a) {
-  constexpr int P = slide_pixels<K>(), W = Simd<T>::kLanes;
+  constexpr int P = kSlidePixels, W = Simd<T>::kLanes;
   const int64_t full = a.channels / W * W, blocks = a.n / P;
   for (int64_t j = 0; j < blocks * P; j += P) {
-    for (int64_t c = 0; c < full; c += W) depthwise_slide<E, T, K>(a, j, c);
+    for (int64_t c = 0; c < full; c += W) depthwise_slide<E, T>(a, j, c);
     for (int64_t p = 0; p < P && full < a.channels; ++p) depthwise_pixel<E, T, 1, true>(a, j + p, full, a.channels - full);
   }
   return blocks * P;
@@ -160,13 +179,7 @@ int64_t depthwise_slide_run(const DepthwisePixels<E, T>& a) {
 template <typename E, typename T>
 void depthwise_pixels(const DepthwisePixels<E, T>& a) {
   constexpr int P = kDepthwiseBlock;
-  int64_t j = 0;
-  switch (a.row_taps) {
-    case 3: j = depthwise_slide_run<E, T, 3>(a); break;
-    case 5: j = depthwise_slide_run<E, T, 5>(a); break;
-    case 7: j = depthwise_slide_run<E, T, 7>(a); break;
-    default: break;
-  }
+  int64_t j = a.row_taps > 0 && a.taps % a.row_taps == 0 ? depthwise_slide_run<E, T>(a) : 0;
   for (; j + P <= a.n; j += P) depthwise_channels<E, T, P>(a, j);
   if (a.n - j >= 2) return depthwise_rest<E, T>(a, j, a.n - j);
   // One pixel (border pixels come one at a time): its taps spread over four
