@@ -220,17 +220,20 @@ def conv2d(
 ) -> Tensor:
     r"""2-D convolution (cross-correlation) with the semantics of :func:`torch.nn.functional.conv2d`.
 
-    Four paths compute it: ``'native'`` (PyTorch's own convolution), ``'direct'`` (rows of
-    1-D convolutions by fastconv's SIMD kernels, for few taps per group and horizontal stride
-    1), ``'im2col'`` (im2col + GEMM over tiles of output rows, a bounded per-thread
-    workspace) and ``'shifted'`` (a GEMM per tap on staged rows, stride 1). ``'auto'``
-    chooses per operator as for :func:`conv1d`: autotuned when autotuning is on, else the
-    default rules.
+    Six paths compute it: ``'native'`` (PyTorch's own convolution), ``'direct'`` (rows of
+    1-D convolutions by fastconv's SIMD kernels, for few taps or few input channels per group,
+    any stride), ``'im2col'`` (im2col + GEMM over tiles of output rows, a bounded per-thread
+    workspace), ``'shifted'`` (a GEMM per tap on staged rows, stride 1), ``'depthwise'``
+    (``groups == C_in == C_out``: vectors across channels, channels_last read in place, any
+    kernel size, stride and dilation) and ``'fft'`` (2-D transforms, kernels of 25 taps and
+    more). ``'auto'`` chooses per operator as for :func:`conv1d`: autotuned when autotuning
+    is on, else the default rules.
 
     Args:
-        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, any memory format
-            (fastconv's own paths read channels_last through a contiguous copy); float32,
-            float64, float16 or bfloat16 (16-bit types compute in float32).
+        input: ``(N, C_in, H, W)`` or unbatched ``(C_in, H, W)``, any memory format (the
+            depthwise path reads channels_last in place; the other paths of fastconv through
+            a contiguous copy); float32, float64, float16 or bfloat16 (16-bit types compute in
+            float32).
         weight: ``(C_out, C_in / groups, KH, KW)``, same dtype and device as ``input``.
         bias: optional ``(C_out,)``.
         stride: positive int or pair.
@@ -238,8 +241,9 @@ def conv2d(
             dimension, or ``'valid'`` or ``'same'`` (stride must be 1).
         dilation: positive int or pair.
         groups: positive int dividing both ``C_in`` and ``C_out``.
-        algorithm: ``'auto'`` (default), ``'native'``, ``'direct'``, ``'im2col'`` or
-            ``'shifted'``; a forced path that cannot run the arguments raises, saying why.
+        algorithm: ``'auto'`` (default), ``'native'``, ``'direct'``, ``'im2col'``,
+            ``'shifted'``, ``'depthwise'`` or ``'fft'``; a forced path that cannot run the
+            arguments raises, saying why.
 
     Returns:
         ``(N, C_out, H_out, W_out)`` (or unbatched), channels_last when ``input`` is,

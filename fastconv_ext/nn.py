@@ -92,8 +92,9 @@ class Conv2d(nn.Conv2d):
     :class:`torch.nn.Conv2d` (it is a subclass), with every ``padding_mode``
     and ``padding='same'``/``'valid'``. Works with ``torch.jit.script`` and ``torch.compile``.
 
-    ``algorithm`` (keyword only: ``'auto'``, ``'native'``, ``'direct'``, ``'im2col'`` or
-    ``'shifted'``) is passed to :func:`fastconv_ext.conv2d`, a plain attribute as for
+    ``algorithm`` (keyword only: ``'auto'``, ``'native'``, ``'direct'``, ``'im2col'``,
+    ``'shifted'``, ``'depthwise'`` or ``'fft'``) is passed to :func:`fastconv_ext.conv2d`, a
+    plain attribute as for
     :class:`Conv1d`.
     """
 

@@ -203,16 +203,26 @@ def test_default_choices():
         args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
         return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
 
-    w7, w3, w31 = torch.randn(96, 1, 7, 7), torch.randn(96, 1, 3, 3), torch.randn(96, 1, 31, 31)
+    w7, w5, w31 = torch.randn(96, 1, 7, 7), torch.randn(96, 1, 5, 5), torch.randn(96, 1, 31, 31)
     nchw = torch.randn(2, 96, 28, 28)
     cl = nchw.contiguous(memory_format=torch.channels_last)
     assert paths(nchw, w7, 1, 3) == {"forward": "direct", "input": "direct", "weight": "direct"}
     assert paths(cl, w7, 1, 3) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
-    assert paths(cl, w3, 2, 1) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
-    assert paths(nchw, w3, 2, 1) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
-    small = torch.randn(2, 96, 7, 7)
+    assert paths(cl, w5, 2, 2) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
+    assert paths(nchw, w5, 2, 2) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
+    # Strided 3x3 float: PyTorch's joint backward; bfloat16: fastconv's.
+    w3 = torch.randn(96, 1, 3, 3)
+    assert paths(nchw, w3, 2, 1) == {"forward": "native", "input": "native", "weight": "native"}
+    assert paths(cl, w3, 2, 1) == {"forward": "native", "input": "native", "weight": "native"}
+    assert paths(nchw.bfloat16(), w3.bfloat16(), 2, 1) == {"forward": "native", "input": "depthwise",
+                                                           "weight": "depthwise"}
+    small, mid = torch.randn(2, 96, 7, 7), torch.randn(1, 96, 14, 14)
     assert paths(small, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "depthwise"}
-    assert paths(nchw, w31, 1, 15)["forward"] == "direct"
+    assert paths(mid, w7, 1, 3)["forward"] == "native"  # 14 of 20 lanes
+    assert paths(mid, w3, 1, 1)["forward"] == "direct"  # 14 of 16
+    assert paths(mid.bfloat16(), w3.bfloat16(), 1, 1)["forward"] == "native"  # 16-bit: large kernels only
+    assert paths(nchw.bfloat16(), w31.bfloat16(), 1, 15)["forward"] == "direct"
+    assert paths(nchw, w31, 1, 15)["forward"] == "direct"  # a large kernel
     assert paths(cl, w31, 1, 15)["forward"] == "native"
     assert paths(cl, torch.randn(96, 1, 13, 13), 1, 6)["forward"] == "depthwise"
     dense = torch.randn(96, 96, 3, 3)

@@ -256,6 +256,31 @@ def test_autotune_cache_round_trip_and_edits(tmp_path):
     assert sum(1 for line in open(first["file"]) if line.startswith("conv1d")) == 2
 
 
+TUNE_CONV2D = textwrap.dedent("""
+    import json, torch, fastconv_ext
+    x = torch.randn(1, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, 5, 5)
+    fastconv_ext.conv2d(x, w, padding=2, groups=8)
+    info = fastconv_ext.autotune_cache_info()
+    info["path"] = torch.ops.fastconv._conv_path(x, w, [1, 1], [2, 2], [1, 1], 8)
+    print(json.dumps(info))
+""")
+
+
+@pytest.mark.parametrize("path", ["native", "direct", "im2col", "shifted", "depthwise", "fft"])
+def test_autotune_cache_reads_every_conv2d_path(tmp_path, path):
+    """A cache entry naming any conv2d path is read back (a name the parser did not know made the
+    whole file unreadable)."""
+    first = json.loads(run_python(TUNE_CONV2D, tmp_path).stdout)
+    text = open(first["file"]).read()
+    assert "conv2d forward Float cpu channels_last" in text
+    open(first["file"], "w").write(text.replace(f"| {first['path']} ", f"| {path} "))
+    run = run_python(TUNE_CONV2D, tmp_path)
+    assert "autotuning cache file" not in run.stderr
+    second = json.loads(run.stdout)
+    assert second["misses"] == 0 and second["path"] == path
+
+
 def test_corrupt_cache_file_warns_once_and_tunes_in_memory(tmp_path):
     first = json.loads(run_python(TUNE_AND_REPORT, tmp_path).stdout)
     open(first["file"], "a").write("conv1d forward Float cpu contiguous 2 | 1 2 3\n\x00garbage\n")

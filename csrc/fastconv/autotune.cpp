@@ -46,7 +46,6 @@ struct KeyHash {
 
 const char* kLayouts[] = {"contiguous", "channels_last", "strided"};
 const ConvOp kOps[] = {ConvOp::kForward, ConvOp::kInput, ConvOp::kWeight};
-const Path kPaths[] = {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted};
 
 std::string (*namers[int(c10::DeviceType::COMPILE_TIME_MAX_DEVICE_TYPES)])(c10::DeviceIndex) = {};
 
@@ -193,7 +192,7 @@ std::optional<std::pair<Key, Entry>> parse_line(State& s, const std::string& lin
     if (!(in >> k[i])) return std::nullopt;
   }
   if (!(in >> bar2 >> path) || bar2 != "|") return std::nullopt;
-  const auto p = index_of(kPaths, path, [](Path x) { return std::string(path_name(x)); });
+  const auto p = index_of(kAllPaths, path, [](Path x) { return std::string(path_name(x)); });
   if (!p) return std::nullopt;
   std::string rest;
   if (in >> rest) return std::nullopt;

@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
     c10::string_view algorithm = "auto");
 
 // Same semantics as torch::nn::functional::conv2d / at::conv2d. algorithm:
-// "auto", or a path: "native", "direct", "im2col" or "shifted".
+// "auto", or a path: "native", "direct", "im2col", "shifted", "depthwise" or "fft".
 at::Tensor conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,

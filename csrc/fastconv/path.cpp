@@ -15,8 +15,6 @@
 namespace fastconv {
 namespace {
 
-constexpr Path kAllPaths[] = {Path::kNative, Path::kDirect, Path::kFft, Path::kIm2col, Path::kShifted, Path::kDepthwise};
-
 // conv2d direct rows run layers of up to this many taps per group
 // (C_in/g * KH * KW), or of up to kDirectFewChannels input channels per group
 // with any kernel: beyond that im2col's GEMM has the K to run well.
@@ -133,38 +131,53 @@ Path conv1d_default(const ConvCall& c) {
 
 // ---- conv2d rules.
 //
-// Depthwise layers (C_in/g = C_out/g = 1): PyTorch's backward runs through
+// Depthwise layers (C_in/g = C_out/g = 1). PyTorch's backward runs through
 // slow generic kernels (grad_weight up to 100x its forward, grad_input of a
-// strided NCHW 3x3 layer 10x), fastconv's take about a forward each. Its
-// forward is oneDNN's kernel, fast read channels-last (31x31: 0.8 of the
-// peak) but for kernels of 10x10 to 19x19 taps (13x13: a third of it) and
-// strided layers, where fastconv's depthwise kernels beat it; read NCHW it is
-// fast at stride 2, erratic at stride 1 (a 3x3 layer on
-// 114x114 images took 10x the direct rows, a 7x7 one 0.7-9x). NCHW layers
-// run the direct rows (vectors along image rows) where rows are at least
-// kRowsFrom outputs long, the depthwise kernels (vectors across channels, a
-// layout copy each way) elsewhere; channels-last layers the depthwise
-// kernels. Everything else is native by default; autotuning finds the rest
-// (im2col for many pointwise weight gradients).
+// strided NCHW 3x3 layer 10x); fastconv's take about a forward each. Its
+// forward is oneDNN's kernel:
+// - read channels-last, fast (31x31: 0.8 of the peak) but for kernels of
+//   10x10 to 19x19 taps (13x13: a third of it) and strided layers, where the
+//   depthwise kernels (vectors across channels) beat it;
+// - read NCHW, fast at stride 2 and erratic at stride 1 (a 3x3 layer on
+//   114x114 images took 10x the direct rows, a 7x7 one 0.7-9x).
+// NCHW layers run the direct rows (vectors along image rows) where rows are
+// at least kRowsFrom outputs long and most lanes of a staged row are outputs,
+// OW / (OW + dw (KW - 1)) >= kRowLanes (a 7x7 layer on 14x14 images ran
+// 0.75-0.9x oneDNN's forward; 16-bit forwards, which the rows widen to
+// float, 0.9-1x), or where the kernel is large (oneDNN's NCHW 31x31 took
+// 14-25x the direct rows); the depthwise kernels (a layout copy each way)
+// elsewhere. Channels-last layers run the depthwise kernels. The exception:
+// float gradients of strided layers of up to 3x3 taps, which PyTorch
+// computes in one call (convolution_backward) in less time than the two
+// apart (MobileNet's 3x3 at stride 2: 0.32 against 0.4-0.5 ms), stay native,
+// and the forward with them. Every other layer is native by default;
+// autotuning finds the rest (im2col for many pointwise weight gradients).
 constexpr int64_t kLargeTaps = 100, kLargeTapsEnd = 400;  // channels-last forward, 10x10 to 19x19 taps
 constexpr int64_t kRowsFrom = 14;
+constexpr double kRowLanes = 0.75;
+constexpr int64_t kJointNativeTaps = 9;
 
 Path depthwise_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   const bool channels_last = c.layout == 1, strided = !stride_one(d);
-  const bool rows = d.out_size[1] >= kRowsFrom && !why_not_direct_rows(d);
+  const int64_t taps = d.kernel_size[0] * d.kernel_size[1], OW = d.out_size[1];
+  const bool rows = OW >= kRowsFrom && !why_not_direct_rows(d);
+  const bool wide = c.dtype == at::kFloat || c.dtype == at::kDouble;
+  const bool full_rows = rows && wide && double(OW) >= kRowLanes * double(OW + d.dilation[1] * (d.kernel_size[1] - 1));
+  const bool joint_native = strided && taps <= kJointNativeTaps && wide;
   switch (c.op) {
     case ConvOp::kForward:
       if (channels_last) {
-        const int64_t taps = d.kernel_size[0] * d.kernel_size[1];
-        return strided || (taps >= kLargeTaps && taps < kLargeTapsEnd) || native_does_not_finish(c) ? Path::kDepthwise
-                                                                                                    : Path::kNative;
+        const bool own = (strided && !joint_native) || (taps >= kLargeTaps && taps < kLargeTapsEnd);
+        return own || native_does_not_finish(c) ? Path::kDepthwise : Path::kNative;
       }
-      return !strided && rows ? Path::kDirect : Path::kNative;
+      return !strided && (full_rows || (rows && taps >= kLargeTaps)) ? Path::kDirect : Path::kNative;
     case ConvOp::kInput:
+      if (joint_native) return Path::kNative;
       return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
                                                                                       : Path::kDepthwise;
     case ConvOp::kWeight:
+      if (joint_native) return Path::kNative;
       return !channels_last && !strided && rows ? Path::kDirect : Path::kDepthwise;
   }
   return Path::kNative;

@@ -38,6 +38,9 @@ enum class ConvOp : uint8_t { kForward, kInput, kWeight };
 // on staged rows), depthwise (vectors across channels, channels-last) and
 // fft (2-D transforms).
 enum class Path : uint8_t { kNative, kDirect, kFft, kIm2col, kShifted, kDepthwise };
+// Every path, native first (the order of candidates()).
+inline constexpr Path kAllPaths[] = {Path::kNative, Path::kDirect,  Path::kFft,
+                                     Path::kIm2col, Path::kShifted, Path::kDepthwise};
 
 const char* path_name(Path path);
 const char* op_name(ConvOp op);

@@ -37,7 +37,7 @@
 
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/convert_row.h"
-#include "fastconv/cpu/depthwise2d.h"
+#include "fastconv/depthwise2d.h"
 #include "fastconv/cpu/im2col.h"
 #include "fastconv/cpu/streaming_store.h"
 #include "fastconv/cpu/tile_kernels.h"

@@ -15,7 +15,7 @@
 // Work items are rows; weights are transposed to (KH * KW, C) in the
 // accumulation type. bfloat16 is read and written as its bits and computed in
 // float; float16 goes through float copies.
-#include "fastconv/cpu/depthwise2d.h"
+#include "fastconv/depthwise2d.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

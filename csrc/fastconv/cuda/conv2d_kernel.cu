@@ -18,7 +18,7 @@
 
 #include <algorithm>
 
-#include "fastconv/cuda/depthwise2d.h"
+#include "fastconv/depthwise2d.h"
 #include "fastconv/fft/fft_conv2d.h"
 #include "fastconv/native.h"
 #include "fastconv/path.h"

@@ -7,7 +7,7 @@
 // weight gradient is a block reduction per (channel, tap) in a fixed order.
 // A thread reads its channel's KH * KW weights through the read-only cache.
 // Accumulates in at::opmath_type; current stream; 64-bit indexing.
-#include "fastconv/cuda/depthwise2d.h"
+#include "fastconv/depthwise2d.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
