@@ -147,11 +147,13 @@ def run_shape(shape, device, backward, repeats, peak, bandwidth, dtype=torch.flo
     assert got.is_contiguous(memory_format=layout), f"{shape.name}: fastconv's output is not in the input's layout"
 
     def timed(fn):
-        # The last few results stay alive, as activations do in a network: each call writes fresh
-        # memory rather than the buffer the previous call just freed (still in cache), which
-        # flattered kernels that reorder their operands (oneDNN's NCHW depthwise: 0.5 ms in a
-        # loop that frees its output, 1.5-3.5 ms in one that keeps it).
-        alive = collections.deque(maxlen=4)
+        # Depthwise suite: the last few results stay alive, as activations do in a network, so
+        # each call writes fresh memory rather than the buffer the previous call just freed
+        # (still in cache), which flattered kernels that reorder their operands (oneDNN's NCHW
+        # depthwise: 0.5 ms in a loop that frees its output, 1.5-3.5 ms in one that keeps it).
+        # The dense suite frees each result at once: its results of 25 MB and more, kept, made
+        # whichever side ran after unfold+einsum's huge temporaries pay for them.
+        alive = collections.deque(maxlen=4 if shape.suite == "depthwise" else 0)
 
         def call():
             y = fn()
