@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -33,71 +33,10 @@ from common import (  # noqa: E402
 )
 
 import fastconv_ext  # noqa: E402
+from fastconv_ext.testing import CONV1D_SHAPES as SHAPES, Conv1dShape  # noqa: E402
 
 
-@dataclass
-class Shape:
-    name: str
-    batch: int
-    in_channels: int
-    out_channels: int
-    length: int
-    kernel_size: int
-    stride: int = 1
-    padding: int = 0
-    dilation: int = 1
-    groups: int = 1
-    quick: bool = False
-
-    @property
-    def category(self) -> str:
-        if self.groups == self.in_channels == self.out_channels and self.groups > 1:
-            return "depthwise"
-        if self.in_channels <= 4 and self.out_channels <= 4:
-            return "few-channel"
-        return "dense" if self.groups == 1 else "grouped"
-
-    @property
-    def out_length(self) -> int:
-        span = self.dilation * (self.kernel_size - 1) + 1
-        return (self.length + 2 * self.padding - span) // self.stride + 1
-
-    def flops(self) -> float:
-        return 2.0 * self.batch * self.out_channels * self.out_length * (
-            self.in_channels // self.groups) * self.kernel_size
-
-    def tensor_elems(self):
-        x = self.batch * self.in_channels * self.length
-        w = self.out_channels * (self.in_channels // self.groups) * self.kernel_size
-        y = self.batch * self.out_channels * self.out_length
-        return x, w, y
-
-    def args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
-
-
-SHAPES = [
-    Shape("1ch-k16-short", 1000, 1, 1, 64, 16, padding=8, quick=True),
-    Shape("1ch-k5", 4096, 1, 1, 256, 5, quick=True),
-    Shape("depthwise-k4", 8, 1024, 1024, 2048, 4, padding=3, groups=1024, quick=True),
-    Shape("1ch-long-k1024", 4, 1, 1, 65536, 1024),
-    Shape("dense-64-k3", 32, 64, 64, 1024, 3, padding=1, quick=True),
-    Shape("depthwise-k3", 16, 256, 256, 4096, 3, padding=1, groups=256),
-    Shape("depthwise-k4-causal", 4, 2048, 2048, 1024, 4, padding=3, groups=2048),
-    Shape("depthwise-dilated", 8, 512, 512, 2048, 3, padding=4, dilation=4, groups=512),
-    Shape("depthwise-k31", 8, 256, 256, 2048, 31, padding=15, groups=256),
-    Shape("1ch-k3-stride2", 2048, 1, 1, 1024, 3, stride=2, quick=True),
-    Shape("1ch-k64-1M", 1, 1, 1, 1 << 20, 64),
-    Shape("4ch-k7", 256, 4, 4, 1024, 7, padding=3, quick=True),
-    Shape("2to4-k9", 128, 2, 4, 2048, 9),
-    Shape("8ch-dilated", 64, 8, 8, 4096, 3, padding=8, dilation=8),
-    Shape("grouped-8x8", 16, 64, 64, 2048, 5, padding=2, groups=8),
-    Shape("strided-16to32", 32, 16, 32, 4096, 4, stride=2, padding=1),
-    Shape("dense-128-k5", 8, 128, 128, 512, 5, padding=2),
-]
-
-
-def run_shape(shape: Shape, dtype: torch.dtype, backward: bool, repeats: int, limits):
+def run_shape(shape: Conv1dShape, dtype: torch.dtype, backward: bool, repeats: int, limits):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape.batch, shape.in_channels, shape.length, generator=g).to(dtype)
     w = torch.randn(shape.out_channels, shape.in_channels // shape.groups, shape.kernel_size,

@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -43,69 +42,7 @@ from common import (  # noqa: E402
 )
 
 import fastconv_ext  # noqa: E402
-
-
-@dataclass
-class Shape:
-    name: str
-    input: tuple  # (N, C, H, W)
-    weight: tuple  # (C_out, C_in, KH, KW)
-    stride: int = 1
-    padding: int = 0
-    groups: int = 1
-    quick: bool = False
-    channels_last: bool = False
-    suite: str = "dense"
-
-    def flops(self) -> float:
-        n, _, h, w = self.input
-        co, ci, kh, kw = self.weight
-        oh = (h + 2 * self.padding - kh) // self.stride + 1
-        ow = (w + 2 * self.padding - kw) // self.stride + 1
-        return 2.0 * n * co * ci * kh * kw * oh * ow
-
-    def bytes(self, elem_size: int) -> float:
-        """Activations in and out and the weights, once each (the forward's least traffic)."""
-        n, c, h, w = self.input
-        co, ci, kh, kw = self.weight
-        oh = (h + 2 * self.padding - kh) // self.stride + 1
-        ow = (w + 2 * self.padding - kw) // self.stride + 1
-        return float(elem_size) * (n * c * h * w + n * co * oh * ow + co * ci * kh * kw)
-
-
-SHAPES = [
-    Shape("seed 3->16 3x3 1024^2", (1, 3, 1024, 1024), (16, 3, 3, 3), padding=1, quick=True),
-    Shape("resnet 64->64 3x3 56^2", (32, 64, 56, 56), (64, 64, 3, 3), padding=1, quick=True),
-    Shape("resnet 128->128 3x3 28^2", (32, 128, 28, 28), (128, 128, 3, 3), padding=1),
-    Shape("resnet 256->256 3x3 14^2", (8, 256, 14, 14), (256, 256, 3, 3), padding=1),
-    Shape("resnet 64->256 1x1 56^2", (32, 64, 56, 56), (256, 64, 1, 1)),
-    Shape("resnet 64->128 3x3 s2", (32, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1),
-    Shape("depthwise 32 3x3 112^2", (8, 32, 112, 112), (32, 1, 3, 3), padding=1, groups=32),
-    Shape("depthwise 128 3x3 28^2", (32, 128, 28, 28), (128, 1, 3, 3), padding=1, groups=128),
-    Shape("depthwise 64 5x5 56^2", (8, 64, 56, 56), (64, 1, 5, 5), padding=2, groups=64),
-]
-
-
-def depthwise_suite():
-    layers = [  # name, input, kernel, stride, quick
-        ("convnext dw7 96 56^2 b4", (4, 96, 56, 56), 7, 1, True),
-        ("convnext dw7 384 14^2", (1, 384, 14, 14), 7, 1, False),
-        ("convnext dw7 768 7^2 b8", (8, 768, 7, 7), 7, 1, False),
-        ("mobilenet dw3 s2 144 56^2", (1, 144, 56, 56), 3, 2, True),
-        ("efficientnet dw5 s2 240 28^2", (1, 240, 28, 28), 5, 2, False),
-        ("replknet dw13 128 56^2", (1, 128, 56, 56), 13, 1, False),
-        ("replknet dw31 128 56^2", (1, 128, 56, 56), 31, 1, False),
-    ]
-    out = []
-    for name, shape, k, stride, quick in layers:
-        for cl in (False, True):
-            c = shape[1]
-            out.append(Shape(f"{name} {'cl' if cl else 'nchw'}", shape, (c, 1, k, k), stride=stride, padding=k // 2,
-                             groups=c, quick=quick, channels_last=cl, suite="depthwise"))
-    return out
-
-
-SHAPES += depthwise_suite()
+from fastconv_ext.testing import CONV2D_SHAPES as SHAPES  # noqa: E402
 
 
 def unfold_einsum(x, w, b, stride, padding, groups):

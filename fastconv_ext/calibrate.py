@@ -149,6 +149,9 @@ def calibrate(repeats: int, log=print) -> List[float]:
 
 
 def main(argv=None) -> int:
+    """Calibrate and write the profile: ``python -m fastconv_ext.calibrate [--out PATH] [--repeats N]
+    [--passes N]``. Each pass fits every constant; the profile keeps each constant's median over
+    the passes. Returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"profile file (default {default_path()})")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")

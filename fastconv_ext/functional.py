@@ -280,6 +280,12 @@ def convolve(a: Tensor, v: Tensor, mode: str = "full") -> Tensor:
     Returns:
         ``(*broadcast(a.shape[:-1], v.shape[:-1]), L)``.
 
+    The shorter row acts as the kernel and meets every output position, zeros outside the
+    longer row included -- the zero-padded convolution that
+    :func:`torchaudio.functional.convolve` and the grouped-``conv1d`` formulation compute -- so a
+    NaN or Inf in the shorter row spreads to its whole output row, exactly as there (scipy's
+    direct method spreads it only to the positions the product touches).
+
     Raises:
         RuntimeError naming the rule for an unknown mode, empty rows, leading dimensions
         that do not broadcast, or non-floating / mismatched dtypes.

@@ -16,11 +16,9 @@
 namespace fastconv {
 namespace {
 
-// Measured on the development machine (2 vCPUs of an AMD EPYC with AVX-512
-// and AVX512-BF16, fp32, default glibc allocator) with
-// python -m fastconv_ext.calibrate --repeats 9 --passes 3, all constants from
-// one run so that their ratios, which decide, are consistent. Elsewhere a
-// calibrated profile file replaces them.
+// Defaults from one run of python -m fastconv_ext.calibrate (fp32, 2 threads,
+// an AVX-512 x86 CPU), all constants from the same run so that their ratios,
+// which decide, are consistent. A calibrated profile file replaces them.
 constexpr CostProfile kDefaultCpuProfile{
     /*direct_small=*/7.90e-12, /*direct_dense=*/3.97e-12, /*direct_call=*/4.03e-6,
     /*fft_nlogn=*/5.90e-11,    /*fft_cmac=*/4.06e-12,   /*fft_byte=*/1e-15, /*fft_call=*/3.01e-5,
@@ -112,15 +110,15 @@ void set_cpu_cost_profile(const CostProfile& profile) {
 }
 
 double direct_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
-  const double macs = double(d.batch) * d.out_channels * d.out_length * d.in_channels_per_group() *
-      d.kernel_size;
+  const double macs = double(d.batch) * d.out_channels * d.out_size[0] * d.in_channels_per_group() *
+      d.kernel_size[0];
   const double rate = interpolate_direct_rate(p, d.in_channels_per_group() * d.out_channels_per_group());
   return p.direct_call + macs * rate * p.threads / threads;
 }
 
 double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
-  const int64_t kernel = d.dilation * (d.kernel_size - 1) + 1;
-  const int64_t outputs = (d.out_length - 1) * d.stride + 1;
+  const int64_t kernel = d.dilation[0] * (d.kernel_size[0] - 1) + 1;
+  const int64_t outputs = (d.out_size[0] - 1) * d.stride[0] + 1;
   const fft::FftPlan plan = fft::plan_correlation(
       kernel, outputs, fft::correlation_work(d.batch, d.in_channels, d.out_channels, d.groups));
   const double n = double(plan.size), spectrum = n / 2 + 1;
@@ -137,8 +135,8 @@ double fft_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
 }
 
 double native_seconds(const Conv1dIntDims& d, const CostProfile& p, int threads) {
-  const double macs = double(d.batch) * d.out_channels * d.out_length * d.in_channels_per_group() *
-      d.kernel_size;
+  const double macs = double(d.batch) * d.out_channels * d.out_size[0] * d.in_channels_per_group() *
+      d.kernel_size[0];
   // Geometric from one channel pair per group to 256 (a GEMM wide enough to
   // run at its peak).
   const double pairs = double(std::max<int64_t>(d.in_channels_per_group() * d.out_channels_per_group(), 1));

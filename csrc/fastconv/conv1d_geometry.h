@@ -28,8 +28,8 @@ struct Conv1dGeometry {
 
 // The convolution itself.
 inline Conv1dGeometry forward_geometry(const Conv1dIntDims& d) {
-  return Conv1dGeometry{d.batch, d.groups, d.in_channels, d.in_length, d.out_channels,
-                        d.out_length, d.kernel_size, d.stride, d.dilation, d.padding};
+  return Conv1dGeometry{d.batch, d.groups, d.in_channels, d.in_size[0], d.out_channels,
+                        d.out_size[0], d.kernel_size[0], d.stride[0], d.dilation[0], d.padding[0]};
 }
 
 // grad_input: a stride-1 convolution of grad_output, upsampled by the stride,
@@ -37,9 +37,9 @@ inline Conv1dGeometry forward_geometry(const Conv1dIntDims& d) {
 //   w'[g*cin_g + icg][ocg][K-1-k] = w[g*cout_g + ocg][icg][k],
 // and padding dilation * (K - 1) - padding.
 inline Conv1dGeometry input_backward_geometry(const Conv1dIntDims& d) {
-  return Conv1dGeometry{d.batch, d.groups, d.out_channels, d.out_length, d.in_channels, d.in_length,
-                        d.kernel_size, 1, d.dilation, d.dilation * (d.kernel_size - 1) - d.padding,
-                        d.stride};
+  return Conv1dGeometry{d.batch, d.groups, d.out_channels, d.out_size[0], d.in_channels, d.in_size[0],
+                        d.kernel_size[0], 1, d.dilation[0], d.dilation[0] * (d.kernel_size[0] - 1) - d.padding[0],
+                        d.stride[0]};
 }
 
 // The weights grad_input convolves with: w (C_out, C_in/g, K) transposed

@@ -33,8 +33,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, const std:
 at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weight, const Conv2dIntDims& d,
                           int dims) {
   // convolution_backward reads only the input's shape: an uninitialized tensor stands in for it.
-  // (A transposed at::convolution of grad_output runs other, slower oneDNN paths: 4x on a
-  // 1 -> 512 channel, K = 10, stride 5 layer.)
+  // (A transposed at::convolution of grad_output runs other, slower oneDNN paths.)
   std::vector<int64_t> input_shape{d.batch, d.in_channels};
   for (int i = 2 - dims; i < 2; ++i) input_shape.push_back(d.in_size[i]);
   const at::Tensor shape_only = at::empty(input_shape, grad_output.options());
@@ -48,7 +47,7 @@ at::Tensor input_backward(const at::Tensor& grad_output, const at::Tensor& weigh
 std::tuple<at::Tensor, at::Tensor> weight_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                    const Conv2dIntDims& d, int dims, bool with_bias) {
   // Only the weight's shape is read: an uninitialized tensor stands in for it (a broadcast
-  // zero made oneDNN take 1.4x as long on a 960 -> 320 pointwise layer).
+  // zero sends oneDNN down a slower path).
   std::vector<int64_t> weight_shape{d.out_channels, d.in_channels_per_group()};
   for (int i = 2 - dims; i < 2; ++i) weight_shape.push_back(d.kernel_size[i]);
   const at::Tensor shape_only = at::empty(weight_shape, input.options());

@@ -192,6 +192,18 @@ TORCH_LIBRARY(fastconv, m) {
 
 int64_t link_anchor() { return 0; }
 
+namespace {
+
+// The typed handle of a fastconv operator, for the C++ API below: each
+// function looks its operator up once and calls it through the dispatcher
+// (autograd, autocast and every backend apply as from Python).
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+}  // namespace
+
 at::Tensor conv1d(
     const at::Tensor& input,
     const at::Tensor& weight,
@@ -201,9 +213,7 @@ at::Tensor conv1d(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv1d", "")
-                       .typed<decltype(conv1d)>();
+  static const auto op = find_op<decltype(conv1d)>("fastconv::conv1d");
   return op.call(input, weight, bias, stride, padding, dilation, groups, algorithm);
 }
 
@@ -216,11 +226,8 @@ at::Tensor conv1d_input_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv1d_input_backward", "")
-                       .typed<decltype(conv1d_input_backward)>();
-  return op.call(
-      grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
+  static const auto op = find_op<decltype(conv1d_input_backward)>("fastconv::conv1d_input_backward");
+  return op.call(grad_output, weight, input_length, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv1d_weight_backward(
@@ -232,11 +239,8 @@ at::Tensor conv1d_weight_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv1d_weight_backward", "")
-                       .typed<decltype(conv1d_weight_backward)>();
-  return op.call(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
+  static const auto op = find_op<decltype(conv1d_weight_backward)>("fastconv::conv1d_weight_backward");
+  return op.call(grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
@@ -248,11 +252,8 @@ std::tuple<at::Tensor, at::Tensor> conv1d_weight_bias_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv1d_weight_bias_backward", "")
-                       .typed<decltype(conv1d_weight_bias_backward)>();
-  return op.call(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
+  static const auto op = find_op<decltype(conv1d_weight_bias_backward)>("fastconv::conv1d_weight_bias_backward");
+  return op.call(grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv2d(
@@ -264,9 +265,7 @@ at::Tensor conv2d(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv2d", "")
-                       .typed<decltype(conv2d)>();
+  static const auto op = find_op<decltype(conv2d)>("fastconv::conv2d");
   return op.call(input, weight, bias, stride, padding, dilation, groups, algorithm);
 }
 
@@ -279,11 +278,8 @@ at::Tensor conv2d_input_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv2d_input_backward", "")
-                       .typed<decltype(conv2d_input_backward)>();
-  return op.call(
-      grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
+  static const auto op = find_op<decltype(conv2d_input_backward)>("fastconv::conv2d_input_backward");
+  return op.call(grad_output, weight, input_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor conv2d_weight_backward(
@@ -295,25 +291,18 @@ at::Tensor conv2d_weight_backward(
     c10::SymIntArrayRef dilation,
     c10::SymInt groups,
     c10::string_view algorithm) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv2d_weight_backward", "")
-                       .typed<decltype(conv2d_weight_backward)>();
-  return op.call(
-      grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
+  static const auto op = find_op<decltype(conv2d_weight_backward)>("fastconv::conv2d_weight_backward");
+  return op.call(grad_output, input, kernel_size, stride, padding, dilation, groups, algorithm);
 }
 
 at::Tensor convolve(const at::Tensor& a, const at::Tensor& v, c10::string_view mode) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::convolve", "")
-                       .typed<decltype(convolve)>();
+  static const auto op = find_op<decltype(convolve)>("fastconv::convolve");
   return op.call(a, v, mode);
 }
 
 at::Tensor convolve_window(
     const at::Tensor& a, const at::Tensor& v, c10::SymInt offset, c10::SymInt length) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::_convolve_window", "")
-                       .typed<decltype(convolve_window)>();
+  static const auto op = find_op<decltype(convolve_window)>("fastconv::_convolve_window");
   return op.call(a, v, offset, length);
 }
 
@@ -321,9 +310,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
     std::optional<c10::string_view> activation, c10::SymInt dilation) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::causal_conv1d", "")
-                       .typed<decltype(causal_conv1d)>();
+  static const auto op = find_op<decltype(causal_conv1d)>("fastconv::causal_conv1d");
   return op.call(x, weight, bias, initial_state, seq_idx, activation, dilation);
 }
 
@@ -332,9 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backwar
     const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& initial_state, const std::optional<at::Tensor>& seq_idx,
     std::optional<c10::string_view> activation, c10::SymInt dilation) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::causal_conv1d_backward", "")
-                       .typed<decltype(causal_conv1d_backward)>();
+  static const auto op = find_op<decltype(causal_conv1d_backward)>("fastconv::causal_conv1d_backward");
   return op.call(grad_output, grad_final_state, x, weight, bias, initial_state, seq_idx, activation, dilation);
 }
 
@@ -342,18 +327,14 @@ at::Tensor causal_conv1d_update(
     const at::Tensor& x, const at::Tensor& conv_state, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, std::optional<c10::string_view> activation,
     const std::optional<at::Tensor>& cache_seqlens, const std::optional<at::Tensor>& conv_state_indices) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::causal_conv1d_update", "")
-                       .typed<decltype(causal_conv1d_update)>();
+  static const auto op = find_op<decltype(causal_conv1d_update)>("fastconv::causal_conv1d_update");
   return op.call(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv1d_stream(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& state, c10::SymInt dilation, c10::SymInt groups) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("fastconv::conv1d_stream", "")
-                       .typed<decltype(conv1d_stream)>();
+  static const auto op = find_op<decltype(conv1d_stream)>("fastconv::conv1d_stream");
   return op.call(x, weight, bias, state, dilation, groups);
 }
 

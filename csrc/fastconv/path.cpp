@@ -37,10 +37,9 @@ int layout_of(const at::Tensor& t) {
 }
 
 // PyTorch 2.13's forward of a bfloat16 channels-last depthwise conv2d of at
-// most 16 channels with a kernel width of 15 or more never returned on a CPU
-// with AVX512-BF16 for images from about 40 pixels wide (oneDNN kept
-// generating its brdgmm kernel for minutes, where width 14, 17 channels or
-// 30 pixels took 2 ms): fastconv never runs it, even to time it.
+// most 16 channels with a kernel width of 15 or more does not return (for
+// minutes) on a CPU with AVX512-BF16 for images from about 40 pixels wide:
+// fastconv never runs it, even to time it (docs/depthwise2d.md).
 constexpr int64_t kNativeHangWidth = 15, kNativeHangChannels = 16;
 
 bool native_does_not_finish(const ConvCall& c) {
@@ -116,7 +115,7 @@ Path conv1d_default(const ConvCall& c) {
   const auto [profile, threads] = cost_profile_for(c.device.type());
   // The FFT of the weight gradient correlates other sizes (fft_conv1d.h).
   const Conv1dIntDims fft_dims =
-      c.op == ConvOp::kWeight && d.out_length > 0 && d.batch > 0 && fft::weight_gradient_by_whole_correlation(d)
+      c.op == ConvOp::kWeight && d.out_size[0] > 0 && d.batch > 0 && fft::weight_gradient_by_whole_correlation(d)
       ? fft::weight_gradient_correlation(d)
       : d;
   const double direct = direct_seconds(d, profile, threads);
@@ -132,26 +131,22 @@ Path conv1d_default(const ConvCall& c) {
 // ---- conv2d rules.
 //
 // Depthwise layers (C_in/g = C_out/g = 1). PyTorch's backward runs through
-// slow generic kernels (grad_weight up to 100x its forward, grad_input of a
-// strided NCHW 3x3 layer 10x); fastconv's take about a forward each. Its
-// forward is oneDNN's kernel:
-// - read channels-last, fast (31x31: 0.8 of the peak) but for kernels of
-//   10x10 to 19x19 taps (13x13: a third of it) and strided layers, where the
-//   depthwise kernels (vectors across channels) beat it;
-// - read NCHW, fast at stride 2 and erratic at stride 1 (a 3x3 layer on
-//   114x114 images took 10x the direct rows, a 7x7 one 0.7-9x).
+// slow generic kernels (grad_weight many times its forward); fastconv's take
+// about a forward each. Its forward is oneDNN's kernel:
+// - read channels-last, fast but for kernels of 10x10 to 19x19 taps and
+//   strided layers, where the depthwise kernels (vectors across channels)
+//   beat it;
+// - read NCHW, fast at stride 2 and erratic at stride 1.
 // NCHW layers run the direct rows (vectors along image rows) where rows are
 // at least kRowsFrom outputs long and most lanes of a staged row are outputs,
-// OW / (OW + dw (KW - 1)) >= kRowLanes (a 7x7 layer on 14x14 images ran
-// 0.75-0.9x oneDNN's forward; 16-bit forwards, which the rows widen to
-// float, 0.9-1x), or where the kernel is large (oneDNN's NCHW 31x31 took
-// 14-25x the direct rows); the depthwise kernels (a layout copy each way)
+// OW / (OW + dw (KW - 1)) >= kRowLanes (below that oneDNN's forward wins), or
+// where the kernel is large; the depthwise kernels (a layout copy each way)
 // elsewhere. Channels-last layers run the depthwise kernels. The exception:
 // float gradients of strided layers of up to 3x3 taps, which PyTorch
 // computes in one call (convolution_backward) in less time than the two
-// apart (MobileNet's 3x3 at stride 2: 0.32 against 0.4-0.5 ms), stay native,
-// and the forward with them. Every other layer is native by default;
-// autotuning finds the rest (im2col for many pointwise weight gradients).
+// apart, stay native, and the forward with them. Every other layer is native
+// by default; autotuning finds the rest (im2col for many pointwise weight
+// gradients). The measurements behind each rule: docs/depthwise2d.md.
 constexpr int64_t kLargeTaps = 100, kLargeTapsEnd = 400;  // channels-last forward, 10x10 to 19x19 taps
 constexpr int64_t kRowsFrom = 14;
 constexpr double kRowLanes = 0.75;
@@ -214,15 +209,12 @@ const char* op_name(ConvOp op) {
 }
 
 Conv1dIntDims ConvCall::conv1d() const {
-  return Conv1dIntDims{d.batch,        d.in_channels, d.out_channels,     d.groups,       d.in_size[1], d.out_size[1],
-                       d.kernel_size[1], d.stride[1], d.padding[1], d.dilation[1], d.batched};
+  return as_conv1d(d);
 }
 
 ConvCall make_call(ConvOp op, const Conv1dIntDims& d, const at::Tensor& activation) {
-  const Conv2dIntDims d2{d.batch, d.in_channels, d.out_channels, d.groups, {1, d.in_length}, {1, d.out_length},
-                         {1, d.kernel_size}, {1, d.stride}, {0, d.padding}, {1, d.dilation}, d.batched};
   return ConvCall{1, op, activation.scalar_type(), activation.device(), layout_of(activation),
-                  threads_on(activation.device()), d2};
+                  threads_on(activation.device()), as_conv2d(d)};
 }
 
 ConvCall make_call(ConvOp op, const Conv2dIntDims& d, const at::Tensor& activation) {
@@ -354,10 +346,7 @@ std::optional<std::tuple<at::Tensor, at::Tensor, at::Tensor>> native_backward_if
   const int dims = int(weight.dim()) - 2;
   std::optional<Conv2dIntDims> d;
   if (dims == 1) {
-    const auto s = check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm);
-    const Conv2dSymDims s2{s.batch, s.in_channels, s.out_channels, s.groups, {1, s.in_length}, {1, s.out_length},
-                           {1, s.kernel_size}, {1, s.stride}, {0, s.padding}, {1, s.dilation}, s.batched};
-    d = maybe_concrete(s2);
+    d = maybe_concrete(as_conv2d(check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm)));
   } else {
     d = maybe_concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm));
   }

@@ -260,13 +260,6 @@ ConvDims<c10::SymInt, N> check_conv_weight_backward(
   return d;
 }
 
-Conv1dSymDims as_conv1d(const ConvDims<c10::SymInt, 1>& d) {
-  return Conv1dSymDims{
-      d.batch,       d.in_channels, d.out_channels,  d.groups,
-      d.in_size[0],  d.out_size[0], d.kernel_size[0], d.stride[0],
-      d.padding[0],  d.dilation[0], d.batched};
-}
-
 template <int N>
 std::vector<c10::SymInt> signal_shape(
     bool batched, const c10::SymInt& batch, const c10::SymInt& channels,
@@ -287,26 +280,16 @@ std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape) {
   return out;
 }
 
-Conv1dIntDims concrete(const Conv1dSymDims& d) {
-  return Conv1dIntDims{
-      d.batch.expect_int(),       d.in_channels.expect_int(),
-      d.out_channels.expect_int(), d.groups.expect_int(),
-      d.in_length.expect_int(),   d.out_length.expect_int(),
-      d.kernel_size.expect_int(), d.stride.expect_int(),
-      d.padding.expect_int(),     d.dilation.expect_int(),
-      d.batched};
-}
-
 std::vector<c10::SymInt> conv1d_output_shape(const Conv1dSymDims& d) {
-  return signal_shape<1>(d.batched, d.batch, d.out_channels, {d.out_length});
+  return signal_shape<1>(d.batched, d.batch, d.out_channels, {d.out_size[0]});
 }
 
 std::vector<c10::SymInt> conv1d_input_shape(const Conv1dSymDims& d) {
-  return signal_shape<1>(d.batched, d.batch, d.in_channels, {d.in_length});
+  return signal_shape<1>(d.batched, d.batch, d.in_channels, {d.in_size[0]});
 }
 
 std::vector<c10::SymInt> conv1d_weight_shape(const Conv1dSymDims& d) {
-  return {d.out_channels, d.in_channels_per_group(), d.kernel_size};
+  return {d.out_channels, d.in_channels_per_group(), d.kernel_size[0]};
 }
 
 Conv1dSymDims check_conv1d(
@@ -319,8 +302,8 @@ Conv1dSymDims check_conv1d(
     const c10::SymInt& groups,
     c10::string_view algorithm) {
   check_algorithm("fastconv.conv1d", algorithm, 1);
-  return as_conv1d(check_conv<1>(
-      "fastconv.conv1d", input, weight, bias, stride, padding, dilation, groups));
+  return check_conv<1>(
+      "fastconv.conv1d", input, weight, bias, stride, padding, dilation, groups);
 }
 
 Conv1dSymDims check_conv1d_input_backward(
@@ -333,9 +316,9 @@ Conv1dSymDims check_conv1d_input_backward(
     const c10::SymInt& groups,
     c10::string_view algorithm) {
   check_algorithm("fastconv.conv1d_input_backward", algorithm, 1);
-  return as_conv1d(check_conv_input_backward<1>(
+  return check_conv_input_backward<1>(
       "fastconv.conv1d_input_backward", grad_output, weight, {input_length},
-      stride, padding, dilation, groups));
+      stride, padding, dilation, groups);
 }
 
 Conv1dSymDims check_conv1d_weight_backward(
@@ -349,8 +332,8 @@ Conv1dSymDims check_conv1d_weight_backward(
     c10::string_view algorithm,
     const char* op) {
   check_algorithm(op, algorithm, 1);
-  return as_conv1d(check_conv_weight_backward<1>(
-      op, grad_output, input, {kernel_size}, stride, padding, dilation, groups));
+  return check_conv_weight_backward<1>(
+      op, grad_output, input, {kernel_size}, stride, padding, dilation, groups);
 }
 
 at::MemoryFormat conv2d_memory_format(const at::Tensor& activation) {
@@ -372,14 +355,15 @@ std::optional<Conv2dIntDims> maybe_concrete(const Conv2dSymDims& d) {
   return concrete(d);
 }
 
-Conv2dIntDims concrete(const Conv2dSymDims& d) {
-  Conv2dIntDims out;
+template <int N>
+ConvDims<int64_t, N> concrete(const ConvDims<c10::SymInt, N>& d) {
+  ConvDims<int64_t, N> out;
   out.batch = d.batch.expect_int();
   out.in_channels = d.in_channels.expect_int();
   out.out_channels = d.out_channels.expect_int();
   out.groups = d.groups.expect_int();
   out.batched = d.batched;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < N; ++i) {
     out.in_size[i] = d.in_size[i].expect_int();
     out.out_size[i] = d.out_size[i].expect_int();
     out.kernel_size[i] = d.kernel_size[i].expect_int();
@@ -389,6 +373,9 @@ Conv2dIntDims concrete(const Conv2dSymDims& d) {
   }
   return out;
 }
+
+template Conv1dIntDims concrete<1>(const Conv1dSymDims& d);
+template Conv2dIntDims concrete<2>(const Conv2dSymDims& d);
 
 std::vector<c10::SymInt> conv2d_output_shape(const Conv2dSymDims& d) {
   return signal_shape<2>(d.batched, d.batch, d.out_channels, d.out_size);

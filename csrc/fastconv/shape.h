@@ -42,29 +42,29 @@ struct ConvDims {
 using Conv2dSymDims = ConvDims<c10::SymInt, 2>;
 using Conv2dIntDims = ConvDims<int64_t, 2>;
 
+// conv1d: the 1-D case (in_size[0] is the input length, and so on).
 template <typename Int>
-struct Conv1dDims {
-  Int batch;         // 1 for unbatched input
-  Int in_channels;   // C_in (all groups)
-  Int out_channels;  // C_out (all groups)
-  Int groups;
-  Int in_length;
-  Int out_length;
-  Int kernel_size;
-  Int stride;
-  Int padding;
-  Int dilation;
-  bool batched;  // (N, C, L) rather than (C, L)
-
-  Int in_channels_per_group() const { return in_channels / groups; }
-  Int out_channels_per_group() const { return out_channels / groups; }
-};
+using Conv1dDims = ConvDims<Int, 1>;
 
 using Conv1dSymDims = Conv1dDims<c10::SymInt>;
 using Conv1dIntDims = Conv1dDims<int64_t>;
 
+// A conv1d as the conv2d of height 1 (what path selection and PyTorch's
+// native path see), and back.
+template <typename Int>
+ConvDims<Int, 2> as_conv2d(const ConvDims<Int, 1>& d) {
+  return {d.batch, d.in_channels, d.out_channels, d.groups, {1, d.in_size[0]}, {1, d.out_size[0]},
+          {1, d.kernel_size[0]}, {1, d.stride[0]}, {0, d.padding[0]}, {1, d.dilation[0]}, d.batched};
+}
+template <typename Int>
+ConvDims<Int, 1> as_conv1d(const ConvDims<Int, 2>& d) {
+  return {d.batch, d.in_channels, d.out_channels, d.groups, {d.in_size[1]}, {d.out_size[1]},
+          {d.kernel_size[1]}, {d.stride[1]}, {d.padding[1]}, {d.dilation[1]}, d.batched};
+}
+
 // Sizes as plain integers, for kernels running on real tensors.
-Conv1dIntDims concrete(const Conv1dSymDims& d);
+template <int N>
+ConvDims<int64_t, N> concrete(const ConvDims<c10::SymInt, N>& d);
 // The same where every size is known (not symbolic), else nullopt.
 std::optional<Conv2dIntDims> maybe_concrete(const Conv2dSymDims& d);
 std::vector<int64_t> concrete_shape(const std::vector<c10::SymInt>& shape);
@@ -118,7 +118,6 @@ Conv1dSymDims check_conv1d_weight_backward(
 
 // ---- conv2d: the same three operators in two spatial dimensions.
 
-Conv2dIntDims concrete(const Conv2dSymDims& d);
 // (N, C_out, H_out, W_out) or (C_out, H_out, W_out).
 std::vector<c10::SymInt> conv2d_output_shape(const Conv2dSymDims& d);
 // The memory format of conv2d's output (from its input) and of grad_input

@@ -72,10 +72,8 @@ void destroy(Buffer* buffer) {
 // mmap fails. Not posix_memalign: glibc serves large requests from free heap
 // memory when it has some (always, with MALLOC_MMAP_THRESHOLD_ raised), whose
 // pages earlier allocations faulted in at 4 KiB, and advice does not change
-// pages already there. On this VM a TLB miss walks nested page tables: a
-// 64 MiB memcpy took 8.7-9.9 ms on 4 KiB pages, 6.0-6.5 ms on huge ones, and
-// 10^6 rows of 6x6 in bench_convolve's tuned allocator mode went from 2.38
-// to 1.73 ms once their outputs came from here.
+// pages already there. Under virtualization a TLB miss walks nested page
+// tables, and large outputs written through huge pages are markedly faster.
 void* map_huge(size_t bytes) {
   const size_t span = bytes + kHugePage;
   void* base = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -13,9 +13,8 @@ namespace fastconv::cpu {
 // at::empty for an operator's result. CPU buffers of 128 KiB or more come
 // from a bounded cache of buffers that earlier results freed: glibc returns
 // buffers that large to the kernel (mmap, or a trimmed heap top), and the
-// next one page-faults on first touch at ~0.27 ms per MiB here -- several
-// times the convolution itself, and every call of a training step pays it
-// again. A reused buffer pays nothing. Buffers of 32 MiB or more are mapped
+// next one page-faults on first touch -- often several times the cost of the
+// convolution itself, and every call of a training step pays it again. A reused buffer pays nothing. Buffers of 32 MiB or more are mapped
 // fresh, 2 MiB-aligned and advised onto transparent huge pages before their
 // first touch, so that they fault 512 times less and miss the TLB less on
 // every use. Freed buffers stay cached up to a limit (512 MiB by

@@ -54,16 +54,13 @@ struct Tiling {
 
 // The scratch rows of a tile, and the staged output rows of 16-bit types or
 // of packed rows, fit kScratchBytes; where few rows (batch x groups) are
-// long, tiles are short enough that every thread gets some (one sample of 4
-// channels at L = 4096 was a single tile: one thread, 1.5x the time); and
-// all of about the same length. Only rows shorter than kPackedBelow are
-// packed: longer ones (252 and 511 outputs, K = 3-5) ran up to 1.3x slower
-// packed, forward and grad_weight. The forward kernel also computes the
-// outputs between packed rows, so it packs only rows with at most as many
-// outputs between them as in them (rows of one output, K = 64, took twice as
-// long packed), and only rows that lie one after another in memory (one
-// group): depthwise rows of 96, gathered from samples C * L apart, ran 1.1-1.3x
-// slower packed, though their grad_weight ran 1.35x faster.
+// long, tiles are short enough that every thread gets some; and all of about
+// the same length. Only rows shorter than kPackedBelow are packed (longer
+// ones run slower packed, forward and grad_weight). The forward kernel also
+// computes the outputs between packed rows, so it packs only rows with at
+// most as many outputs between them as in them, and only rows that lie one
+// after another in memory (one group): rows gathered from samples C * L
+// apart run slower packed in the forward.
 inline Tiling make_tiling(const Geometry& g, int64_t elem_size, bool forward) {
   Tiling t;
   if (g.out_length <= 0 || g.batch == 0) {

@@ -41,12 +41,12 @@ const at::opmath_type<scalar_t>* as_opmath(const scalar_t* p, int64_t n,
 }
 
 // input_backward_weight (conv1d_geometry.h) in the accumulation type, as one
-// loop: the ATen ops there (reshape, transpose, flip, copy) took about 4 us of
-// a small grad_input.
+// loop: the ATen ops there (reshape, transpose, flip, copy) cost a small
+// grad_input a large share of its time.
 template <typename scalar_t>
 std::vector<at::opmath_type<scalar_t>> transposed_flipped_weight(const scalar_t* w, const Conv1dIntDims& d) {
   const int64_t groups = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
-  const int64_t K = d.kernel_size;
+  const int64_t K = d.kernel_size[0];
   std::vector<at::opmath_type<scalar_t>> out(static_cast<size_t>(groups * Og * Cg * K));
   for (int64_t g = 0; g < groups; ++g) {
     for (int64_t o = 0; o < Og; ++o) {

@@ -25,9 +25,9 @@ namespace fastconv {
 namespace {
 
 // Work per parallel chunk: small problems stay on the calling thread. A
-// row's work counts its multiply-adds and the elements it moves: 10^4 rows of
-// 2 x 2, counted by multiply-adds alone, stayed on one thread at 1.2 ns a row,
-// where two threads took 0.84.
+// row's work counts its multiply-adds and the elements it moves (counted by
+// multiply-adds alone, many tiny rows stayed on one thread where two were
+// faster).
 constexpr int64_t kMinRowWorkPerThread = 1 << 16;
 
 // Leading dimensions of the broadcast, with the element strides of a and v

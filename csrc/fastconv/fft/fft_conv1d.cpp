@@ -30,16 +30,14 @@ namespace {
 constexpr int64_t kChunkBytes = int64_t(16) << 20;
 
 // A complex multiply-add of channel mixing against one unit of
-// transform_cost: the default CPU profile's rates (algorithm.cpp), 4.9e-11 s
-// against 1.3e-10 s.
+// transform_cost: the ratio of the default CPU profile's rates (algorithm.cpp).
 constexpr double kMixPerTransformUnit = 0.4;
 
 // The weight gradient by segments moves more data than its plan counts: it
 // reverses grad_output's segments, zero-pads the input per segment and lays
-// the spectra out again for the mixing. Measured against the whole
-// correlation, at plan costs 1.08-1.25x the segments' (depthwise, K of
-// 1024-4096) the whole correlation ran 1.04-1.7x faster; from 1.39x (depthwise,
-// K = 129; one channel, K = 1024) the segments ran 1.3-1.8x faster.
+// the spectra out again for the mixing: its plan cost is scaled by this
+// factor before it is compared with the whole correlation's (the crossover
+// measured against the whole correlation lies between 1.25x and 1.39x).
 constexpr double kSegmentsOverhead = 1.3;
 
 at::ScalarType compute_type(at::ScalarType t) {
@@ -156,7 +154,7 @@ at::Tensor mix_channels(const at::Tensor& X, const at::Tensor& W, int64_t groups
   const int64_t O = W.size(0), Cg = W.size(1), Og = O / groups;
   if (X.is_cpu()) {
     // ATen's complex bmm falls back to a per-matrix loop for these many tiny
-    // products (measured 5 ms where this takes 0.3).
+    // products, an order of magnitude slower than this.
     at::Tensor Y = at::empty({N, O, S, F}, X.options());
     const at::Tensor Xc = X.contiguous(), Wc = W.contiguous();
     AT_DISPATCH_FLOATING_TYPES(at::toRealValueType(X.scalar_type()), "fastconv_fft_mix", [&] {
@@ -200,8 +198,7 @@ FftPlan plan_correlation(int64_t kernel, int64_t outputs, const FftWork& work) {
   // One transform of the whole signal, or segments of a few kernel lengths:
   // the cheaper in transforms and multiply-adds. Shorter segments repeat more
   // of each signal but make every kernel's transform cheaper: with many
-  // channel pairs those dominate (64 x 64 channels, K = 129, L = 4096: 4096
-  // kernels of 4320 points took 60 ms of a 90 ms call).
+  // channel pairs those dominate.
   const auto cost = [&](int64_t n, int64_t segments) {
     return (double(segments) * work.signals + work.kernels) * transform_cost(n) +
         double(segments) * work.mixes * double(n / 2 + 1) * kMixPerTransformUnit;
@@ -222,19 +219,19 @@ Conv1dIntDims weight_gradient_correlation(const Conv1dIntDims& d) {
   Conv1dIntDims c = d;
   c.batch = d.in_channels_per_group();
   c.in_channels = d.groups * d.batch;
-  c.kernel_size = std::max<int64_t>(0, (d.out_length - 1) * d.stride + 1);
-  c.out_length = d.dilation * (d.kernel_size - 1) + 1;
-  c.stride = 1;
-  c.dilation = 1;
+  c.kernel_size[0] = std::max<int64_t>(0, (d.out_size[0] - 1) * d.stride[0] + 1);
+  c.out_size[0] = d.dilation[0] * (d.kernel_size[0] - 1) + 1;
+  c.stride[0] = 1;
+  c.dilation[0] = 1;
   return c;
 }
 
 bool weight_gradient_by_whole_correlation(const Conv1dIntDims& d) {
   const Conv1dIntDims c = weight_gradient_correlation(d);
-  if (d.batch == 0 || c.kernel_size == 0) return true;
-  const double whole = plan_correlation(c.kernel_size, c.out_length,
+  if (d.batch == 0 || c.kernel_size[0] == 0) return true;
+  const double whole = plan_correlation(c.kernel_size[0], c.out_size[0],
                                         correlation_work(c.batch, c.in_channels, c.out_channels, c.groups)).cost;
-  const double segments = plan_correlation(c.out_length, c.kernel_size,
+  const double segments = plan_correlation(c.out_size[0], c.kernel_size[0],
                                            correlation_work(d.batch, d.in_channels, d.out_channels, d.groups)).cost;
   return whole <= kSegmentsOverhead * segments;
 }
@@ -246,7 +243,7 @@ at::Tensor conv1d_forward(
   at::Tensor x = input.to(ct);
   if (!d.batched) x = x.unsqueeze(0);
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(ct) : at::Tensor();
-  at::Tensor y = correlate(x, d.padding, dilate(weight.to(ct), d.dilation), d.groups, d.stride, 0, d.out_length, b);
+  at::Tensor y = correlate(x, d.padding[0], dilate(weight.to(ct), d.dilation[0]), d.groups, d.stride[0], 0, d.out_size[0], b);
   if (!d.batched) y = y.squeeze(0);
   return y.to(input.scalar_type());
 }
@@ -258,12 +255,12 @@ at::Tensor conv1d_input_backward(
   if (!d.batched) gy = gy.unsqueeze(0);
   const int64_t G = d.groups;
   // The flipped kernel with in and out channels swapped per group: (C_in, Og, Kd).
-  const at::Tensor wt = dilate(input_backward_weight(weight.to(ct), G), d.dilation);
+  const at::Tensor wt = dilate(input_backward_weight(weight.to(ct), G), d.dilation[0]);
   const int64_t Kd = wt.size(-1);
   // The full convolution of the upsampled grad_output (a correlation of it,
   // zero-extended by Kd - 1 in front, with wt) at the padded input's
   // positions [padding, padding + L).
-  at::Tensor gx = correlate(upsample(gy, d.stride), Kd - 1, wt, G, 1, d.padding, d.in_length, at::Tensor());
+  at::Tensor gx = correlate(upsample(gy, d.stride[0]), Kd - 1, wt, G, 1, d.padding[0], d.in_size[0], at::Tensor());
   if (!d.batched) gx = gx.squeeze(0);
   return gx.to(grad_output.scalar_type());
 }
@@ -274,13 +271,13 @@ namespace {
 // stride) as its kernel: signals (Cg, G * B, L), kernels (G * Og, B, Lu).
 at::Tensor weight_grad_by_whole_correlation(const at::Tensor& x, const at::Tensor& up, const Conv1dIntDims& d) {
   const int64_t B = d.batch, G = d.groups, Og = d.out_channels_per_group(), Cg = d.in_channels_per_group();
-  const int64_t Kd = d.dilation * (d.kernel_size - 1) + 1;
+  const int64_t Kd = d.dilation[0] * (d.kernel_size[0] - 1) + 1;
   // Lengths spelled out: -1 is ambiguous in a view of an empty batch.
   const int64_t L = x.size(-1), Lu = up.size(-1);
   if (B == 0 || Lu == 0) return at::zeros({G * Og, Cg, Kd}, x.options());
   const at::Tensor signals = x.view({B, G, Cg, L}).permute({2, 1, 0, 3}).reshape({Cg, G * B, L});
   const at::Tensor kernels = up.view({B, G, Og, Lu}).permute({1, 2, 0, 3}).reshape({G * Og, B, Lu});
-  return correlate(signals, d.padding, kernels, G, 1, 0, Kd, at::Tensor()).permute({1, 0, 2});  // (O, Cg, Kd)
+  return correlate(signals, d.padding[0], kernels, G, 1, 0, Kd, at::Tensor()).permute({1, 0, 2});  // (O, Cg, Kd)
 }
 
 // By segments of grad_output's positions, the forward's overlap-save windows:
@@ -290,21 +287,21 @@ at::Tensor weight_grad_by_whole_correlation(const at::Tensor& x, const at::Tenso
 // kernel remains:
 //   P[o, c, f] = sum_{b, s} R[b, o, s, f] * X[b, c, s, f],
 // with R the spectra of the segments reversed (so that, as in correlate, no
-// conjugate is needed; the lags land at [hop - 1, hop - 1 + Kd)). At 64 x 64
-// channels, K = 129, L = 16384 this took 40 ms where the whole correlation
-// took 290 (the forward: 35).
+// conjugate is needed; the lags land at [hop - 1, hop - 1 + Kd)). With many
+// channel pairs and short kernels this is several times cheaper than the
+// whole correlation.
 at::Tensor weight_grad_by_segments(const at::Tensor& x, const at::Tensor& up, const Conv1dIntDims& d) {
   const int64_t B = d.batch, C = d.in_channels, O = d.out_channels, G = d.groups;
   const int64_t Cg = d.in_channels_per_group();
-  const int64_t Kd = d.dilation * (d.kernel_size - 1) + 1, Lu = up.size(-1);
+  const int64_t Kd = d.dilation[0] * (d.kernel_size[0] - 1) + 1, Lu = up.size(-1);
   const FftPlan plan = plan_correlation(Kd, Lu, correlation_work(B, C, O, G));
   const int64_t n = plan.size, hop = n - Kd + 1, S = plan.segments, F = n / 2 + 1;
   const at::Tensor reversed = at::constant_pad_nd(up, {0, S * hop - Lu}).view({B, O, S, hop}).flip(-1);
   at::Tensor P = at::zeros({O, Cg, F}, x.options().dtype(c10::toComplexType(x.scalar_type())));
   // Spectra and their rearranged copies for the mixing.
   const int64_t per_segment = B * (C + O) * F * 2 * 8 * 2;
-  for_each_chunk(x.size(-1), d.padding, n, hop, S, per_segment, [&](int64_t s0, int64_t count) {
-    const at::Tensor X = at::fft_rfft(segment_range(x, d.padding, n, hop, s0, s0 + count), n);  // (B, C, count, F)
+  for_each_chunk(x.size(-1), d.padding[0], n, hop, S, per_segment, [&](int64_t s0, int64_t count) {
+    const at::Tensor X = at::fft_rfft(segment_range(x, d.padding[0], n, hop, s0, s0 + count), n);  // (B, C, count, F)
     const at::Tensor R = at::fft_rfft(reversed.narrow(2, s0, count), n);                        // (B, O, count, F)
     // The mixing sums over the rows q = (sample, segment) of each group, its
     // input channels in place of segments: X as (1, G * q, Cg, F), R as (O, q, F).
@@ -323,10 +320,10 @@ at::Tensor conv1d_weight_backward(
   const auto ct = compute_type(input.scalar_type());
   at::Tensor x = input.to(ct), gy = grad_output.to(ct);
   if (!d.batched) x = x.unsqueeze(0), gy = gy.unsqueeze(0);
-  const at::Tensor up = upsample(gy, d.stride);
+  const at::Tensor up = upsample(gy, d.stride[0]);
   const at::Tensor gw = weight_gradient_by_whole_correlation(d) ? weight_grad_by_whole_correlation(x, up, d)
                                                                 : weight_grad_by_segments(x, up, d);
-  return gw.slice(-1, 0, c10::nullopt, d.dilation).to(input.scalar_type()).contiguous();
+  return gw.slice(-1, 0, c10::nullopt, d.dilation[0]).to(input.scalar_type()).contiguous();
 }
 
 }  // namespace fastconv::fft

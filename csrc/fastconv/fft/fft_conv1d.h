@@ -47,15 +47,14 @@ FftPlan plan_correlation(int64_t kernel, int64_t outputs, const FftWork& work);
 //   inverse transform per kernel of a few kernel lengths;
 // - the input correlated with the whole of grad_output as its kernel, input
 //   channels as the batch and the batch as channels: one transform of the
-//   whole sequence per channel pair, but no segments (a depthwise K = 2048,
-//   L = 2048: 153 ms against 276 by segments). These are its sizes:
+//   whole sequence per channel pair, but no segments (cheaper for kernels as
+//   long as the signal). These are its sizes:
 Conv1dIntDims weight_gradient_correlation(const Conv1dIntDims& d);
 bool weight_gradient_by_whole_correlation(const Conv1dIntDims& d);
 
 // The relative time of one length-n transform: n log2 n, and 1.3x that for
-// lengths with factors 3 or 5 (MKL here: powers of two take 33-37 ns per
-// n log2 n, mixed lengths with a factor 2^3 or more 41-50, with fewer
-// factors of 2 up to 160).
+// lengths with factors 3 or 5 (mixed lengths with few factors of 2 run far
+// slower per n log2 n, so fast_length keeps at least 2^3).
 double transform_cost(int64_t n);
 
 // The cheapest length n >= target by transform_cost of the form 2^a 3^b 5^c

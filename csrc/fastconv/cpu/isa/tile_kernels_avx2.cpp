@@ -6,5 +6,5 @@
 #define FASTCONV_VEC_BYTES 32
 #define FASTCONV_HAS_F16C 1
 #define FASTCONV_VEC_REGS 16
-#include "fastconv/cpu/tile_kernels_impl.h"
+#include "fastconv/cpu/kernels/table_impl.h"
 #endif

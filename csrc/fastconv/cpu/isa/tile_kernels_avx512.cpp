@@ -12,5 +12,5 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#include "fastconv/cpu/tile_kernels_impl.h"
+#include "fastconv/cpu/kernels/table_impl.h"
 #endif

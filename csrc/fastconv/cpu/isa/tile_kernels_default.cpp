@@ -5,4 +5,4 @@
 #define FASTCONV_VEC_BYTES 16
 #define FASTCONV_VEC_REGS 16
 #define FASTCONV_HAS_F16C 0
-#include "fastconv/cpu/tile_kernels_impl.h"
+#include "fastconv/cpu/kernels/table_impl.h"

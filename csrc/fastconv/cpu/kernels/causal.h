@@ -1,6 +1,7 @@
-// The causal depthwise micro-kernels of tile_kernels.h, per instruction set:
-// included by tile_kernels_impl.h (after its Simd prelude) under the same
-// internal-linkage rule.
+// The causal depthwise micro-kernels of tile_kernels.h, per instruction set,
+// under simd.h's internal-linkage rule.
+#pragma once
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -8,7 +9,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/cpu/kernels/simd.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {

@@ -1,11 +1,13 @@
 // The depthwise conv2d micro-kernels of tile_kernels.h (vectors across
-// channels), per instruction set: included by tile_kernels_impl.h after the
-// causal kernels, whose Io (bfloat16 bits widened in registers) they share,
-// under the same internal-linkage rule.
+// channels), per instruction set, under simd.h's internal-linkage rule. They
+// share the causal kernels' Io (bfloat16 bits widened in registers).
+#pragma once
+
 #include <cstdint>
 #include <type_traits>
 
-#include "fastconv/cpu/tile_kernels.h"
+#include "fastconv/cpu/kernels/causal.h"
+#include "fastconv/cpu/kernels/simd.h"
 
 namespace fastconv::cpu::FASTCONV_ISA {
 namespace {
