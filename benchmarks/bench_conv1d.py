@@ -4,7 +4,7 @@ For every shape: median time of both (interleaved, same process, after warm-up),
 speedup, achieved GFLOP/s and GB/s, and the ratio to the roofline floor
 max(FLOPs / peak, bytes / bandwidth), with peak and bandwidth measured at start.
 
-    python benchmarks/bench_conv1d.py --quick            # short table (README)
+    python benchmarks/bench_conv1d.py --quick            # short table
     python benchmarks/bench_conv1d.py --both-allocators --out-dir benchmarks/results
 
 --both-allocators runs the suite with the default glibc allocator and again, in a

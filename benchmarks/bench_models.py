@@ -312,8 +312,9 @@ def main(argv=None) -> int:
             layer_rows.append([r["model"], name[-32:], "", "", "given back to PyTorch", "", "", "1.00x"])
     layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x"],
                           layer_rows)
-    print(text)
-    print("\nper layer, autotuned, forward+backward:\n" + layers)
+    # The per-layer detail first, the speedup per model last (what a first run wants to see).
+    print("per layer, autotuned, forward+backward:\n" + layers)
+    print("\nspeedup per model (PyTorch's time / fastconv's):\n" + text)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The cache of CPU result buffers (see the README, "Result buffers").
+"""The cache of CPU result buffers (docs/cpu-kernels.md, "Result buffers").
 
 fastconv's CPU operators put results of 128 KiB or more in buffers that earlier
 results freed, so they skip the page faults of fresh memory. Freed buffers stay

@@ -92,7 +92,7 @@ void transpose(const S* src, int64_t ld_src, D* dst, int64_t ld_dst, int64_t m, 
 // before each row and after the last (rows outside the image are zeros). The
 // zeros before row r + 1 are also row r's right padding:
 //   stage[(r * S + pw + iw) * C_in/g + c] = x[n, g * C_in/groups + c, ih0 + r, iw]
-// This is the layout of the stride-1 "shifted GEMM" in conv2d_kernel.cpp.
+// This is the layout of the stride-1 "shifted GEMM" in conv2d_shifted.cpp.
 template <typename X, typename T>
 void stage_padded_rows(
     const Conv2dIntDims& d, int64_t n, int64_t group, int64_t ih0, int64_t rows, const X* x, T* stage) {
