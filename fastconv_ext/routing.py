@@ -7,9 +7,10 @@ computation without fastconv's costs:
 
 - eagerly, the few microseconds of a custom operator's call and autograd node, which decide
   layers as small as a squeeze-and-excitation 1x1 convolution;
-- under ``torch.compile``, opacity: Inductor gives convolution-heavy CPU graphs a channels-last
-  layout and fuses around ``aten.convolution``, and does neither for a graph whose convolutions
-  are all custom operators (benchmarks/RESULTS.md, "Under torch.compile").
+- under ``torch.compile``, opacity: Inductor gives the convolutions of a CPU graph a
+  channels-last layout and fuses around ``aten.convolution``, and does neither for a custom
+  operator. While dynamo traces, a 4-D CPU call is therefore judged as the channels-last call
+  Inductor will make of it (where fastconv's default paths differ most from the NCHW ones).
 
 Every other call runs the fastconv operator, which chooses its path in its kernel.
 
@@ -86,6 +87,14 @@ def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: S
     return native
 
 
+def _inductor_channels_last() -> bool:
+    """Whether Inductor gives the convolutions of a CPU graph a channels-last layout."""
+    import torch._inductor.config as inductor_config
+
+    return bool(inductor_config.layout_optimization and torch.backends.mkldnn.enabled
+                and torch.backends.mkldnn.is_available())
+
+
 @torch._dynamo.assume_constant_result
 def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_shape: Tuple[int, ...],
                    dtype: torch.dtype, device: torch.device, stride: Tuple[int, ...], padding: Tuple[int, ...],
@@ -93,12 +102,22 @@ def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_sha
     # Dynamo runs this eagerly on the constants above and keeps the answer as a constant.
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    # Inductor lays out every convolution of a CPU graph channels-last where oneDNN is there
+    # (torch/_inductor/graph.py, decide_layout_opt): what fastconv's paths are up against is
+    # PyTorch's channels-last kernel, fused with its neighbours, so they are judged on that
+    # layout where its choice is settled (a signature autotuned eagerly in the traced layout
+    # only is judged as traced).
+    inductor_layout = not channels_last and len(input_shape) == 4 and device.type == "cpu" and _inductor_channels_last()
     with FakeTensorMode():
         input = torch.empty(input_shape, dtype=dtype, device=device)
-        if channels_last:
-            input = input.contiguous(memory_format=torch.channels_last)
         weight = torch.empty(weight_shape, dtype=dtype, device=device)
-        return all(p == "native" for p in _settled_paths(input, weight, stride, padding, dilation, groups, ops))
+        layouts = [input.contiguous(memory_format=torch.channels_last)] if channels_last or inductor_layout else []
+        layouts += [input] if not channels_last else []
+        for x in layouts:
+            paths = _settled_paths(x, weight, stride, padding, dilation, groups, ops)
+            if None not in paths:
+                return all(p == "native" for p in paths)
+        return False
 
 
 def _static(values: Sequence) -> bool:

@@ -36,6 +36,13 @@ def all_native(x, w, stride, padding, dilation, groups, op_names):
                for op in op_names)
 
 
+def inductor_layout(x):
+    """x as Inductor will lay it out: channels-last for a 4-D CPU convolution where oneDNN is there."""
+    if x.dim() == 4 and x.device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("case", [
     ((2, 16, 12, 12), (32, 16, 3, 3), 1),   # dense: PyTorch's kernel by default
@@ -52,7 +59,7 @@ def test_traced_as_pytorch_exactly_where_every_operator_is_native(case, grad):
     with torch.set_grad_enabled(grad):
         out, names = traced_targets(module, x)
     hp = ([1] * dims, [1] * dims, [1] * dims, groups)
-    native = all_native(x, module.weight, *hp, ["forward", "input", "weight"] if grad else ["forward"])
+    native = all_native(inductor_layout(x), module.weight, *hp, ["forward", "input", "weight"] if grad else ["forward"])
     assert uses(names, "fastconv") != native, names
     assert uses(names, "conv") and (native == uses(names, f"torch.conv{dims}d")), names
     ref = (F.conv1d if dims == 1 else F.conv2d)(x, module.weight, module.bias, padding=1, groups=groups)
@@ -72,6 +79,29 @@ def test_the_cases_above_cover_both_outcomes():
     assert not all_native(*depthwise, *hp, 16, ["forward", "input", "weight"])
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="Inductor keeps NCHW without oneDNN")
+def test_traced_nchw_conv2d_is_judged_in_the_channels_last_layout_inductor_gives_it():
+    # An NCHW depthwise 3x3 forward on long rows runs fastconv's direct rows eagerly; Inductor
+    # runs it channels-last, where PyTorch's forward is the default: traced as PyTorch's.
+    x, w = torch.randn(2, 16, 32, 32), torch.randn(16, 1, 3, 3)
+    hp = ([1, 1], [1, 1], [1, 1], 16)
+    assert not all_native(x, w, *hp, ["forward"]) and all_native(inductor_layout(x), w, *hp, ["forward"])
+    with torch.no_grad():
+        out, names = traced_targets(lambda x: fastconv_ext.conv2d(x, w, padding=1, groups=16), x)
+    assert uses(names, "torch.conv2d") and not uses(names, "fastconv"), names
+    torch.testing.assert_close(out, F.conv2d(x, w, padding=1, groups=16))
+    # Its gradients are fastconv's in either layout: a training graph keeps the operator.
+    assert not all_native(inductor_layout(x), w, *hp, ["input", "weight"])
+    xg = x.clone().requires_grad_()
+    assert uses(traced_targets(lambda x: fastconv_ext.conv2d(x, w, padding=1, groups=16), xg)[1], "fastconv.conv2d")
+
+
+def close_to_reference(out, x, w):
+    # Whichever path autotuning picks sums the 144 float32 products in its own order: against
+    # the float64 reference, at float32's accuracy for sums of that length.
+    torch.testing.assert_close(out.double(), F.conv2d(x.double(), w.double(), padding=1), rtol=1e-5, atol=1e-4)
+
+
 def test_forced_paths_autotuning_and_symbolic_sizes_stay_fastconv_operators():
     x, w = torch.randn(2, 16, 12, 12), torch.randn(32, 16, 3, 3)
 
@@ -84,7 +114,7 @@ def test_forced_paths_autotuning_and_symbolic_sizes_stay_fastconv_operators():
     # Symbolic sizes: the kernel decides at run time.
     out, names = traced_targets(f("auto"), x, dynamic=True)
     assert uses(names, "fastconv.conv2d")
-    torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+    close_to_reference(out, x, w)
     # Autotuning on: a signature still to be tuned is tuned in the kernel, on real tensors; once
     # tuned, its path is settled and traced as such.
     fastconv_ext.clear_autotune_cache()
@@ -93,12 +123,12 @@ def test_forced_paths_autotuning_and_symbolic_sizes_stay_fastconv_operators():
         assert ops._conv_settled_path(x, w, [1, 1], [1, 1], [1, 1], 1) is None
         out, names = traced_targets(f("auto"), x)
         assert uses(names, "fastconv.conv2d")
-        torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+        close_to_reference(out, x, w)
         tuned = ops._conv_settled_path(x, w, [1, 1], [1, 1], [1, 1], 1)
         assert tuned in ops._conv_candidates(x, w, [1, 1], [1, 1], [1, 1], 1)
         out, names = traced_targets(f("auto"), x)
         assert uses(names, "torch.conv2d") == (tuned == "native")
-        torch.testing.assert_close(out, F.conv2d(x, w, padding=1))
+        close_to_reference(out, x, w)
     finally:
         fastconv_ext.set_autotune(False)
         fastconv_ext.clear_autotune_cache()
