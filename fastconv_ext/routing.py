@@ -9,8 +9,8 @@ computation without fastconv's costs:
   layers as small as a squeeze-and-excitation 1x1 convolution;
 - under ``torch.compile``, opacity: Inductor gives the convolutions of a CPU graph a
   channels-last layout and fuses around ``aten.convolution``, and does neither for a custom
-  operator. While dynamo traces, a 4-D CPU call is therefore judged as the channels-last call
-  Inductor will make of it (where fastconv's default paths differ most from the NCHW ones).
+  operator. While dynamo traces a 4-D CPU call, fastconv's operator is therefore traced only
+  where it is the choice both in the traced layout and in the channels-last one Inductor runs.
 
 Every other call runs the fastconv operator, which chooses its path in its kernel.
 
@@ -103,21 +103,18 @@ def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_sha
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     # Inductor lays out every convolution of a CPU graph channels-last where oneDNN is there
-    # (torch/_inductor/graph.py, decide_layout_opt): what fastconv's paths are up against is
-    # PyTorch's channels-last kernel, fused with its neighbours, so they are judged on that
-    # layout where its choice is settled (a signature autotuned eagerly in the traced layout
-    # only is judged as traced).
+    # (torch/_inductor/graph.py, decide_layout_opt) and fuses around aten.convolution, never
+    # around a custom operator: a fastconv path is traced only where it is the settled choice
+    # both in the traced layout and in the channels-last one Inductor will run.
     inductor_layout = not channels_last and len(input_shape) == 4 and device.type == "cpu" and _inductor_channels_last()
     with FakeTensorMode():
         input = torch.empty(input_shape, dtype=dtype, device=device)
         weight = torch.empty(weight_shape, dtype=dtype, device=device)
         layouts = [input.contiguous(memory_format=torch.channels_last)] if channels_last or inductor_layout else []
         layouts += [input] if not channels_last else []
-        for x in layouts:
-            paths = _settled_paths(x, weight, stride, padding, dilation, groups, ops)
-            if None not in paths:
-                return all(p == "native" for p in paths)
-        return False
+        settled = [paths for paths in (_settled_paths(x, weight, stride, padding, dilation, groups, ops) for x in layouts)
+                   if None not in paths]
+        return any(all(p == "native" for p in paths) for paths in settled)
 
 
 def _static(values: Sequence) -> bool:

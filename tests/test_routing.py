@@ -59,7 +59,8 @@ def test_traced_as_pytorch_exactly_where_every_operator_is_native(case, grad):
     with torch.set_grad_enabled(grad):
         out, names = traced_targets(module, x)
     hp = ([1] * dims, [1] * dims, [1] * dims, groups)
-    native = all_native(inductor_layout(x), module.weight, *hp, ["forward", "input", "weight"] if grad else ["forward"])
+    op_names = ["forward", "input", "weight"] if grad else ["forward"]
+    native = any(all_native(layout, module.weight, *hp, op_names) for layout in (x, inductor_layout(x)))
     assert uses(names, "fastconv") != native, names
     assert uses(names, "conv") and (native == uses(names, f"torch.conv{dims}d")), names
     ref = (F.conv1d if dims == 1 else F.conv2d)(x, module.weight, module.bias, padding=1, groups=groups)
@@ -80,9 +81,10 @@ def test_the_cases_above_cover_both_outcomes():
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="Inductor keeps NCHW without oneDNN")
-def test_traced_nchw_conv2d_is_judged_in_the_channels_last_layout_inductor_gives_it():
-    # An NCHW depthwise 3x3 forward on long rows runs fastconv's direct rows eagerly; Inductor
-    # runs it channels-last, where PyTorch's forward is the default: traced as PyTorch's.
+def test_traced_cpu_conv2d_is_fastconv_only_where_both_layouts_choose_it():
+    # Inductor runs every CPU convolution channels-last. An NCHW depthwise 3x3 forward on long
+    # rows runs fastconv's direct rows eagerly; channels-last, PyTorch's forward is the default:
+    # traced as PyTorch's.
     x, w = torch.randn(2, 16, 32, 32), torch.randn(16, 1, 3, 3)
     hp = ([1, 1], [1, 1], [1, 1], 16)
     assert not all_native(x, w, *hp, ["forward"]) and all_native(inductor_layout(x), w, *hp, ["forward"])
@@ -90,6 +92,13 @@ def test_traced_nchw_conv2d_is_judged_in_the_channels_last_layout_inductor_gives
         out, names = traced_targets(lambda x: fastconv_ext.conv2d(x, w, padding=1, groups=16), x)
     assert uses(names, "torch.conv2d") and not uses(names, "fastconv"), names
     torch.testing.assert_close(out, F.conv2d(x, w, padding=1, groups=16))
+    # A strided depthwise forward is PyTorch's in NCHW and fastconv's channels-last: PyTorch's
+    # too, since fastconv's operator is traced only where both layouts choose it.
+    xs, w5, hs = torch.randn(1, 16, 30, 30), torch.randn(16, 1, 5, 5), ([2, 2], [2, 2], [1, 1], 16)
+    assert all_native(xs, w5, *hs, ["forward"]) and not all_native(inductor_layout(xs), w5, *hs, ["forward"])
+    with torch.no_grad():
+        names = traced_targets(lambda x: fastconv_ext.conv2d(x, w5, stride=2, padding=2, groups=16), xs)[1]
+    assert uses(names, "torch.conv2d") and not uses(names, "fastconv"), names
     # Its gradients are fastconv's in either layout: a training graph keeps the operator.
     assert not all_native(inductor_layout(x), w, *hp, ["input", "weight"])
     xg = x.clone().requires_grad_()
