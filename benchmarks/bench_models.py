@@ -211,6 +211,8 @@ def bench_model(name, args) -> Dict:
     fastconv_ext.set_autotune(True)
     row["layers"] = fastconv_ext.profile_layers(tuned["train"], inputs, train=True, repeats=args.layer_repeats)
     fastconv_ext.set_autotune(False)
+    # And every layer of the model with the default rules (converted, nothing given back).
+    row["layers_default"] = fastconv_ext.profile_layers(fast, inputs, train=True, repeats=args.layer_repeats)
     fastconv_layers = (fastconv_ext.Conv1d, fastconv_ext.Conv2d)
     kept = {n for n, m in tuned["train"].named_modules() if isinstance(m, fastconv_layers)}
     row["reverted"] = [n for n, m in fast.named_modules() if isinstance(m, fastconv_layers) and n not in kept]
@@ -220,6 +222,10 @@ def bench_model(name, args) -> Dict:
 def slowest_layer(row) -> float:
     """The slowest layer of the tuned model; one convert gave back to PyTorch runs at 1.00x."""
     return min([x["speedup"] for x in row["layers"]] + [1.0] * len(row["reverted"]), default=float("nan"))
+
+
+def slowest_default_layer(row) -> float:
+    return min([x["speedup"] for x in row["layers_default"]], default=float("nan"))
 
 
 def layer_class(r) -> str:
@@ -286,41 +292,44 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         row = bench_model(name, args)
         rows.append(row)
-        worst = slowest_layer(row)
         progress(f"[{i + 1}/{len(names)}] {name}: inference {row['infer_default']:.2f}x default, "
                  f"{row['infer_autotuned']:.2f}x autotuned; training {row['train_default']:.2f}x / "
-                 f"{row['train_autotuned']:.2f}x; slowest layer {worst:.2f}x ({time.perf_counter() - t0:.0f} s)")
+                 f"{row['train_autotuned']:.2f}x; slowest layer {slowest_default_layer(row):.2f}x default, "
+                 f"{slowest_layer(row):.2f}x tuned ({time.perf_counter() - t0:.0f} s)")
     headers = ["model", "convs", "infer default", "infer tuned", "train default", "train tuned",
-               "torch infer ms", "torch train ms", "tuned signatures", "tuning s", "s / signature", "slowest layer"]
+               "torch infer ms", "torch train ms", "tuned signatures", "tuning s", "s / signature", "slowest layer default",
+               "slowest layer tuned"]
     table = [[r["model"], str(r["convs"]), f"{r['infer_default']:.2f}x", f"{r['infer_autotuned']:.2f}x",
               f"{r['train_default']:.2f}x", f"{r['train_autotuned']:.2f}x", f"{r['infer_default_ms'][0]:.1f}",
               f"{r['train_default_ms'][0]:.1f}", str(r["infer_tuned_signatures"] + r["train_tuned_signatures"]),
               f"{r['infer_tuning_s'] + r['train_tuning_s']:.2f}",
               f"{(r['infer_tuning_s'] + r['train_tuning_s']) / max(1, r['infer_tuned_signatures'] + r['train_tuned_signatures']):.3f}",
-              f"{slowest_layer(r):.2f}x"] for r in rows]
+              f"{slowest_default_layer(r):.2f}x", f"{slowest_layer(r):.2f}x"] for r in rows]
     text = format_table(headers, table)
     geo = {k: geomean([r[k] for r in rows]) for k in ("infer_default", "infer_autotuned", "train_default",
                                                       "train_autotuned")}
     text += "\n\ngeomean: " + ", ".join(f"{k} {v:.2f}x" for k, v in geo.items())
     layer_rows = []
     for r in rows:
-        for layer in r["layers"]:
+        tuned = {layer["name"]: layer for layer in r["layers"]}
+        for layer in r["layers_default"]:
+            t = tuned.get(layer["name"])
             layer_rows.append([r["model"], layer["name"][-32:], str(list(layer["input"])), str(list(layer["weight"])),
-                               "/".join(layer["paths"].values()), f"{layer['torch_ms']:.3f}",
-                               f"{layer['fastconv_ms']:.3f}", f"{layer['speedup']:.2f}x"])
-        for name in r["reverted"]:
-            layer_rows.append([r["model"], name[-32:], "", "", "given back to PyTorch", "", "", "1.00x"])
-    layers = format_table(["model", "layer", "input", "weight", "paths (fwd/in/wt)", "torch ms", "fastconv ms", "x"],
-                          layer_rows)
+                               f"{layer['torch_ms']:.3f}", "/".join(layer["paths"].values()),
+                               f"{layer['speedup']:.2f}x",
+                               "/".join(t["paths"].values()) if t else "given back to PyTorch",
+                               f"{t['speedup']:.2f}x" if t else "1.00x"])
+    layers = format_table(["model", "layer", "input", "weight", "torch ms", "default paths (fwd/in/wt)", "default x",
+                           "tuned paths", "tuned x"], layer_rows)
     # The per-layer detail first, the speedup per model last (what a first run wants to see).
-    print("per layer, autotuned, forward+backward:\n" + layers)
+    print("per layer, forward+backward:\n" + layers)
     print("\nspeedup per model (PyTorch's time / fastconv's):\n" + text)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = f"models_{str(args.dtype).split('.')[-1]}{'_compile' if args.compile else ''}"
         (out / f"{stem}.json").write_text(json.dumps(rows, indent=1, default=str))
-        (out / f"{stem}.md").write_text(text + "\n\nPer layer, autotuned, forward+backward:\n\n" + layers + "\n")
+        (out / f"{stem}.md").write_text(text + "\n\nPer layer, forward+backward:\n\n" + layers + "\n")
         plot(rows, out / f"{stem}.png")
         progress(f"written to {out}/{stem}.*")
     return 0

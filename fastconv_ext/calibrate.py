@@ -1,10 +1,10 @@
-"""Measures this machine's constants for conv1d's automatic choice among its paths -- fastconv's
-direct kernels, its FFT, and PyTorch's own convolution ("native") -- and writes them to the
-profile file the operator library reads.
+"""Measures this machine's constants for the automatic choice among convolution paths --
+fastconv's own and PyTorch's ("native") -- and writes them to the profile file the operator
+library reads.
 
     python -m fastconv_ext.calibrate [--out PATH] [--repeats N] [--passes N]
 
-The cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
+conv1d: the cost model (csrc/fastconv/algorithm.h) predicts seconds as a fixed cost per call plus
 work over a rate: multiply-adds for the direct kernels (one rate with one channel pair per
 group, one with 16 and more, geometric in between); n log2 n per real transform (1.3x for
 lengths with factors 3 or 5), complex
@@ -12,29 +12,45 @@ multiply-adds and bytes of spectra (fresh memory is faulted in) for the FFT path
 kernel a fixed cost and multiply-adds at a rate from one channel pair per group to 256 and more
 (a full GEMM). Each constant is fitted here from timings of the
 operator itself with the algorithm forced, using the current thread count, by least
-squares on relative error over shapes from a few microseconds to tens of milliseconds. The profile
-goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once per
-process (at the first conv1d with algorithm='auto'); without one, built-in defaults
-measured on the development machine apply.
+squares on relative error over shapes from a few microseconds to tens of milliseconds.
+
+conv2d: each default rule (csrc/fastconv/path.cpp) covers a class of layers -- pointwise NCHW
+layers, depthwise layers by layout, stride and kernel size -- with one fastconv path for an
+operator (forward, grad_input, grad_weight). Layers of each class from real models (MobileNetV2,
+EfficientNet, ConvNeXt, RepLKNet, ResNet sizes) are timed as a model runs them, through
+fastconv_ext.conv2d against torch.nn.functional.conv2d: the forward alone for a forward rule,
+forward and backward over each combination of the gradient rules (a gradient of fastconv's
+beside one of PyTorch's loses PyTorch's joint backward). The profile keeps, per rule, each
+layer's sizes and speedup; a layer of the class takes the rule's path where the measured layer
+nearest to it was at least 1.1x faster with it (csrc/fastconv/conv2d_rules.h).
+
+The profile goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once
+per process (at the first call that consults it); without one, built-in defaults measured on the
+development machine apply.
 """
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
+import torch.nn.functional as F
 
-import fastconv_ext  # noqa: F401  (registers torch.ops.fastconv)
+import fastconv_ext
 
 ops = torch.ops.fastconv
 KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads",
         "native_small", "native_dense", "native_call"]
+RULES = ["pointwise_forward", "pointwise_input", "pointwise_weight", "depthwise_rows", "depthwise_strided",
+         "depthwise_large", "depthwise_input", "depthwise_weight", "depthwise_small_strided_grads"]
 TINY = 1e-30
+RULE_SPEEDUP = 1.1  # csrc/fastconv/conv2d_rules.h: kRuleSpeedup
 
 
 def default_path() -> Path:
@@ -70,6 +86,128 @@ class Case:
         """[direct, fft, native] seconds predicted with `profile` (the model is linear in it)."""
         ops._cost_profile(list(profile))
         return ops._conv1d_cost(self.x, self.w, [1], [0], [1], self.groups)
+
+
+class Layer2d:
+    """A float32 conv2d layer with a bias, of a class some default rules cover: depthwise when
+    ``out`` is None, else a dense one of ``out`` channels; 'same' padding."""
+
+    def __init__(self, batch, channels, size, kernel, stride=1, out=None, channels_last=False):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(batch, channels, size, size, generator=g)
+        self.groups = channels if out is None else 1
+        self.w = torch.randn(out or channels, channels // self.groups, kernel, kernel, generator=g)
+        self.b = torch.randn(out or channels, generator=g)
+        if channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.args = dict(stride=stride, padding=kernel // 2, groups=self.groups)
+        self.pixels = ((size + 2 * (kernel // 2) - kernel) // stride + 1) ** 2
+        self.channels_last, self.stride, self.taps = channels_last, stride, kernel * kernel
+        self.forward_rule, self.gradient_rules = self._rules()
+
+    def _rules(self):
+        """The rule for this layer's forward (or None) and the rules for its gradients
+        (csrc/fastconv/path.cpp)."""
+        if self.groups == 1:
+            return "pointwise_forward", ["pointwise_input", "pointwise_weight"]
+        forward = None
+        if self.channels_last and self.stride > 1:
+            forward = "depthwise_strided"
+        elif self.channels_last and 100 <= self.taps < 400:
+            forward = "depthwise_large"
+        elif not self.channels_last and self.stride == 1:
+            forward = "depthwise_rows"
+        gradients = ["depthwise_input", "depthwise_weight"]
+        if self.stride > 1 and self.taps <= 9:
+            gradients = ["depthwise_small_strided_grads"] + gradients
+        return forward, gradients
+
+    def speedup(self, holding: Sequence[str], train: bool, repeats: int) -> float:
+        """PyTorch's time over fastconv's for this layer's forward (with ``train``, forward and
+        backward) through ``fastconv_ext.conv2d``, with exactly the rules ``holding`` holding:
+        the layer as a model runs it, with the call's costs and PyTorch's joint backward where
+        both gradients are PyTorch's. Interleaved, medians."""
+        saved = ops._conv2d_rules()
+        ops._conv2d_rules([f"{rule} 1 1 1 1 1 1 0 {1000 if rule in holding else 0.5}" for rule in RULES])
+        try:
+            x, w, b = (t.detach().requires_grad_(train) for t in (self.x, self.w, self.b))
+
+            def run(conv):
+                with torch.set_grad_enabled(train):
+                    y = conv(x, w, b, **self.args)
+                    if train:
+                        y.backward(torch.ones_like(y))
+
+            return _interleaved(lambda: run(F.conv2d), lambda: run(fastconv_ext.conv2d), repeats)
+        finally:
+            ops._conv2d_rules(saved)
+
+    def __str__(self):
+        n, c, h, w = self.x.shape
+        kind = "depthwise" if self.groups > 1 else f"-> {self.w.shape[0]}"
+        k = self.w.shape[-1]
+        return f"{n}x{c}x{h}x{w} {kind} {k}x{k} stride {self.stride}{' channels-last' if self.channels_last else ''}"
+
+    def rule_line(self, rule: str, speedup: float) -> str:
+        """The line of `rule`'s table (csrc/fastconv/conv2d_rules.h) for this layer."""
+        n, c, _, _ = self.x.shape
+        return f"{rule} {n} {c} {self.w.shape[0]} {self.pixels} {self.taps} {self.stride} " \
+               f"{int(self.channels_last)} {speedup:.4g}"
+
+
+def _interleaved(reference, candidate, repeats: int) -> float:
+    """reference's median time over candidate's, timed in turn after a warm-up."""
+    times: Dict[str, List[float]] = {"reference": [], "candidate": []}
+    for fn in (reference, candidate, reference, candidate):
+        fn()
+    for _ in range(repeats):
+        for key, fn in (("reference", reference), ("candidate", candidate)):
+            t0 = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t0)
+    return statistics.median(times["reference"]) / statistics.median(times["candidate"])
+
+
+def rule_layers() -> List[Layer2d]:
+    """The layers calibration measures the conv2d rules on: MobileNetV2 / EfficientNet / ResNet
+    pointwise layers (squeeze-and-excitation ones on one pixel to 112x112 maps) and depthwise
+    layers of ConvNeXt, MobileNet, EfficientNet and RepLKNet, in both layouts."""
+    pointwise = [(1, 32, 1, 8), (1, 480, 1, 20), (1, 672, 1, 28), (1, 576, 7, 160), (1, 160, 7, 960),
+                 (1, 960, 7, 320), (1, 64, 14, 384), (1, 672, 14, 112), (1, 112, 14, 672), (1, 32, 28, 16),
+                 (1, 96, 28, 24), (1, 144, 28, 32), (1, 16, 56, 96), (1, 24, 56, 144), (1, 32, 112, 16),
+                 (1, 16, 112, 96), (2, 256, 14, 256), (2, 256, 28, 256)]
+    depthwise = [(1, 96, 56, 7, 1), (1, 192, 28, 7, 1), (1, 384, 14, 7, 1), (1, 768, 7, 7, 1),
+                 (1, 32, 112, 3, 1), (1, 144, 56, 3, 1), (1, 192, 28, 3, 1), (1, 384, 16, 3, 1),
+                 (1, 960, 9, 3, 1), (1, 480, 14, 5, 1), (1, 96, 112, 3, 2), (1, 144, 56, 3, 2),
+                 (1, 240, 28, 3, 2), (1, 144, 56, 5, 2), (1, 240, 28, 5, 2), (1, 672, 14, 5, 2),
+                 (1, 128, 28, 13, 1), (1, 64, 56, 11, 1), (1, 256, 14, 17, 1)]
+    return [Layer2d(n, c, size, 1, out=out) for n, c, size, out in pointwise] + [
+        Layer2d(n, c, size, k, stride=s, channels_last=cl) for n, c, size, k, s in depthwise for cl in (False, True)]
+
+
+def layer_verdicts(layer: Layer2d, repeats: int) -> Dict[str, float]:
+    """Each rule covering `layer`, and the speedup its table records for the layer: the layer's
+    speedup where the rule is part of the fastest choice (among the rules that cover it, at least
+    1.1x faster than PyTorch), at most 1 where it is not.
+
+    The forward rule is judged on the forward alone (inference); the gradient rules on forward and
+    backward together, with the forward as judged, over every combination of them (a gradient of
+    fastconv's beside one of PyTorch's loses PyTorch's joint backward)."""
+    out: Dict[str, float] = {}
+    forward = []
+    if layer.forward_rule:
+        x = layer.speedup([layer.forward_rule], False, repeats)
+        out[layer.forward_rule] = x if x >= RULE_SPEEDUP else min(x, 1.0)
+        forward = [layer.forward_rule] if x >= RULE_SPEEDUP else []
+    rules = layer.gradient_rules
+    combos = [[r for r, on in zip(rules, bits) if on] for bits in itertools.product((False, True), repeat=len(rules))]
+    timed = {tuple(c): layer.speedup(forward + c, True, repeats) for c in combos if c}
+    best = max(timed, key=timed.get)
+    best = best if timed[best] >= RULE_SPEEDUP else ()
+    for rule in rules:
+        with_rule = max(x for c, x in timed.items() if rule in c)
+        out[rule] = timed[best] if rule in best else min(with_rule, 1.0)
+    return out
 
 
 def unit(key: str, threads: float) -> List[float]:
@@ -148,6 +286,25 @@ def calibrate(repeats: int, log=print) -> List[float]:
     return values
 
 
+def calibrate_rules(repeats: int, log=print) -> List[Dict[str, float]]:
+    """rule_layers()' verdicts, in order."""
+    tuning = ops._autotune(None)
+    ops._autotune(False)
+    try:
+        verdicts = []
+        for layer in rule_layers():
+            verdicts.append(layer_verdicts(layer, repeats))
+            log(f"  conv2d {layer}: " + ", ".join(f"{rule} {x:.2f}x" for rule, x in verdicts[-1].items()))
+        return verdicts
+    finally:
+        ops._autotune(tuning)
+
+
+def rule_lines(verdicts: List[Dict[str, float]]) -> List[str]:
+    """The rules' tables as lines (csrc/fastconv/conv2d_rules.h) for rule_layers()' verdicts."""
+    return [layer.rule_line(rule, x) for layer, v in zip(rule_layers(), verdicts) for rule, x in v.items()]
+
+
 def main(argv=None) -> int:
     """Calibrate and write the profile: ``python -m fastconv_ext.calibrate [--out PATH] [--repeats N]
     [--passes N]``. Each pass fits every constant; the profile keeps each constant's median over
@@ -159,15 +316,23 @@ def main(argv=None) -> int:
                         help="independent fits; each constant is their median (this machine is noisy)")
     args = parser.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    fits = [calibrate(args.repeats, log=log) for _ in range(max(1, args.passes))]
+    fits, rule_fits = [], []
+    for _ in range(max(1, args.passes)):
+        fits.append(calibrate(args.repeats, log=log))
+        rule_fits.append(calibrate_rules(args.repeats, log=log))
     values = [statistics.median(column) for column in zip(*fits)]
+    rules = rule_lines([{rule: statistics.median(f[i][rule] for f in rule_fits) for rule in rule_fits[0][i]}
+                        for i in range(len(rule_fits[0]))])
     out = Path(args.out) if args.out else default_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# fastconv cost profile: {platform.node()}, {platform.processor() or platform.machine()}, "
              f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M')}"]
     lines += [f"{k} {v:.6g}" for k, v in zip(KEYS, values)]
+    lines += ["# conv2d rules: <rule> <batch> <C_in> <C_out> <output pixels> <taps> <stride> <layout> <speedup>"]
+    lines += [f"rule {line}" for line in rules]
     out.write_text("\n".join(lines) + "\n")
     ops._cost_profile(values)
+    ops._conv2d_rules(rules)
     print("\n".join(lines))
     print(f"written to {out}")
     return 0

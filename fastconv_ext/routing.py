@@ -16,8 +16,10 @@ Every other call runs the fastconv operator, which chooses its path in its kerne
 
 The decision asks the path-selection code itself (``torch.ops.fastconv._conv_settled_path``)
 and takes PyTorch's convolution only where the answer is settled: the default rules with
-autotuning off, or a signature autotuning has already timed. A signature still to be tuned
-runs the operator, which tunes it on real tensors (never while tracing). Eagerly the answer is
+autotuning off, or a signature autotuning has already timed. Eagerly, a signature still to be
+tuned runs the operator, which tunes it on the call's tensors. While dynamo traces, the choice
+is made for the graph, so a signature still to be tuned is tuned then, on random tensors of its
+sizes, in both layouts that count. Eagerly the answer is
 remembered per signature until autotuning, its cache, the cost profile or the CPU kernels
 change. While dynamo traces, sizes must be known (not symbolic); the choice is part of the
 traced graph, so compiler caches key on it, and a graph keeps it when the settings change
@@ -95,6 +97,30 @@ def _inductor_channels_last() -> bool:
                 and torch.backends.mkldnn.is_available())
 
 
+def _tune(input_shape: Tuple[int, ...], channels_last: bool, weight_shape: Tuple[int, ...], dtype: torch.dtype,
+          device: torch.device, stride: Tuple[int, ...], padding: Tuple[int, ...], dilation: Tuple[int, ...],
+          groups: int, ops: Tuple[str, ...]) -> None:
+    """Run each operator of ``ops`` once with ``algorithm='auto'`` on random tensors of this
+    signature: with autotuning on, each one still to be tuned is tuned."""
+    dims = len(weight_shape) - 2
+    input = torch.randn(input_shape, dtype=dtype, device=device)
+    if channels_last:
+        input = input.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(weight_shape, dtype=dtype, device=device)
+    hp = (list(stride), list(padding), list(dilation), groups, "auto")
+    family = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
+    with torch.no_grad():
+        grad_output = torch.randn_like(family(input, weight, None, *hp))
+        if "input" in ops:
+            size = input_shape[-1] if dims == 1 else list(input_shape[2:])
+            (torch.ops.fastconv.conv1d_input_backward if dims == 1
+             else torch.ops.fastconv.conv2d_input_backward)(grad_output, weight, size, *hp)
+        if "weight" in ops:
+            size = weight_shape[-1] if dims == 1 else list(weight_shape[2:])
+            (torch.ops.fastconv.conv1d_weight_backward if dims == 1
+             else torch.ops.fastconv.conv2d_weight_backward)(grad_output, input, size, *hp)
+
+
 @torch._dynamo.assume_constant_result
 def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_shape: Tuple[int, ...],
                    dtype: torch.dtype, device: torch.device, stride: Tuple[int, ...], padding: Tuple[int, ...],
@@ -107,14 +133,26 @@ def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_sha
     # around a custom operator: a fastconv path is traced only where it is the settled choice
     # both in the traced layout and in the channels-last one Inductor will run.
     inductor_layout = not channels_last and len(input_shape) == 4 and device.type == "cpu" and _inductor_channels_last()
-    with FakeTensorMode():
-        input = torch.empty(input_shape, dtype=dtype, device=device)
-        weight = torch.empty(weight_shape, dtype=dtype, device=device)
-        layouts = [input.contiguous(memory_format=torch.channels_last)] if channels_last or inductor_layout else []
-        layouts += [input] if not channels_last else []
-        settled = [paths for paths in (_settled_paths(x, weight, stride, padding, dilation, groups, ops) for x in layouts)
-                   if None not in paths]
-        return any(all(p == "native" for p in paths) for paths in settled)
+    layouts = ([True] if channels_last or inductor_layout else []) + ([False] if not channels_last else [])
+
+    def settled(cl: bool) -> List:
+        with FakeTensorMode():
+            input = torch.empty(input_shape, dtype=dtype, device=device)
+            weight = torch.empty(weight_shape, dtype=dtype, device=device)
+            if cl:
+                input = input.contiguous(memory_format=torch.channels_last)
+            return _settled_paths(input, weight, stride, padding, dilation, groups, ops)
+
+    answers = []
+    for cl in layouts:
+        paths = settled(cl)
+        if None in paths:
+            # Still to be tuned: the graph's choice is made here, so it is tuned here, on random
+            # tensors of its signature.
+            _tune(input_shape, cl, weight_shape, dtype, device, stride, padding, dilation, groups, ops)
+            paths = settled(cl)
+        answers.append(None not in paths and all(p == "native" for p in paths))
+    return any(answers)
 
 
 def _static(values: Sequence) -> bool:

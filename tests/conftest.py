@@ -1,3 +1,4 @@
+import contextlib
 import io
 import os
 import random
@@ -11,6 +12,8 @@ import torch
 
 # The autotuning cache of this test run, never the user's (read at the first tuned call).
 os.environ["FASTCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-test-cache-")
+# The built-in cost profile and conv2d rule tables, never a profile the user calibrated.
+os.environ["FASTCONV_PROFILE"] = os.path.join(os.environ["FASTCONV_CACHE_DIR"], "no-profile.txt")
 os.environ.pop("FASTCONV_AUTOTUNE", None)
 
 import fastconv_ext  # noqa: E402,F401  (registers torch.ops.fastconv)
@@ -126,3 +129,26 @@ def roundtrip(scripted):
     torch.jit.save(scripted, buf)
     buf.seek(0)
     return torch.jit.load(buf)
+
+
+@contextlib.contextmanager
+def conv2d_rules(**tables):
+    """The conv2d rules' tables (csrc/fastconv/conv2d_rules.h) with these in place of the named
+    rules': a speedup, measured on one layer that then speaks for every layer, or a list of
+    (batch, C_in, C_out, output pixels, taps, stride, layout, speedup)."""
+    saved = torch.ops.fastconv._conv2d_rules()
+    lines = []
+    for rule, table in tables.items():
+        rows = [(1, 1, 1, 1, 1, 1, 0, table)] if isinstance(table, (int, float)) else table
+        lines += [" ".join(str(v) for v in (rule, *row)) for row in rows]
+    torch.ops.fastconv._conv2d_rules(lines)
+    try:
+        yield
+    finally:
+        torch.ops.fastconv._conv2d_rules(saved)
+
+
+# Every depthwise rule holding but the one that gives strided <= 3x3 float gradients to
+# fastconv's kernels: tests of each rule's class of layers, whatever this machine's profile says.
+DEPTHWISE_RULES_HOLD = dict(depthwise_rows=2.0, depthwise_strided=2.0, depthwise_large=2.0, depthwise_input=2.0,
+                            depthwise_weight=2.0, depthwise_small_strided_grads=0.5)

@@ -199,11 +199,26 @@ def test_calibrate_writes_a_profile(tmp_path, restore_profile):
     run = subprocess.run([sys.executable, "-m", "fastconv_ext.calibrate", "--out", str(out), "--repeats", "1",
                           "--passes", "2"], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert run.stderr.count("calibrating with") == 2  # two fits, their median written
-    lines = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
+    text = out.read_text().splitlines()
+    lines = [line.split() for line in text if not line.startswith(("#", "rule "))]
     keys = [k for k, _ in lines]
     assert keys == ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call",
                     "threads", "native_small", "native_dense", "native_call"]
     assert all(float(v) > 0 for _, v in lines)
+    # Every conv2d rule measured on layers of its class, and the file read back as the tables.
+    rules = [line[len("rule "):] for line in text if line.startswith("rule ")]
+    from fastconv_ext.calibrate import RULES
+
+    assert {r.split()[0] for r in rules} == set(RULES)
+    assert all(len(r.split()) == 9 and float(r.split()[-1]) > 0 for r in rules)
+    code = "import torch, fastconv_ext; print(torch.ops.fastconv._conv2d_rules())"
+    read = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTCONV_PROFILE=str(out)),
+                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    saved = ops._conv2d_rules()
+    try:
+        assert sorted(eval(read)) == sorted(ops._conv2d_rules(rules))
+    finally:
+        ops._conv2d_rules(saved)
 
 
 def test_bad_algorithm_raises():

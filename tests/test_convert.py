@@ -124,12 +124,12 @@ def test_report_with_example_inputs(capsys):
 
 class DepthwiseAndSqueeze(nn.Module):
     """A layer fastconv's own path runs (depthwise, K = 31) and one only PyTorch's kernel does
-    (a squeeze-and-excitation 1x1 convolution on a 1x1 map)."""
+    (a dense 3x3 convolution on a small map)."""
 
     def __init__(self):
         super().__init__()
         self.dw = nn.Conv1d(64, 64, 31, padding=15, groups=64)
-        self.se = nn.Conv2d(960, 40, 1)
+        self.se = nn.Conv2d(96, 40, 3, padding=1)
 
     def forward(self, x, image):
         return self.dw(x), self.se(image)
@@ -139,7 +139,7 @@ class DepthwiseAndSqueeze(nn.Module):
 def test_prune_gives_layers_that_ran_pytorch_kernels_their_class_back(capsys, train):
     torch.manual_seed(0)
     model = DepthwiseAndSqueeze()
-    inputs = (torch.randn(2, 64, 500), torch.randn(1, 960, 1, 1))
+    inputs = (torch.randn(2, 64, 500), torch.randn(1, 96, 4, 4))
     expected = [y.detach() for y in model(*inputs)]
     ops = ("forward", "input", "weight") if train else ("forward",)
     paths = []
@@ -166,7 +166,9 @@ def test_prune_rule():
     assert _prunable(report(["native", "native", "native"], 1.0, 0.9))  # nothing of fastconv's ran
     assert _prunable(report(["im2col", "native", "native"], 0.034, 0.047))  # measured slower as a layer
     assert not _prunable(report(["direct", "native", "native"], 1.0, 0.5))
-    assert not _prunable(report(["direct"], 1.0, 1.0))
+    assert _prunable(report(["direct"], 1.0, 1.0))  # a tie: not worth the risk that noise hid a loss
+    assert _prunable(report(["direct"], 1.01, 1.0))
+    assert not _prunable(report(["direct"], 1.03, 1.0))
 
 
 def test_converted_model_scripts_and_compiles():

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv_ext
+from conftest import DEPTHWISE_RULES_HOLD, conv2d_rules
 
 ops = torch.ops.fastconv
 
@@ -195,14 +196,16 @@ def test_non_contiguous_input():
                                    F.conv2d(x, w, padding=1, groups=5, stride=(1, 2)), rtol=1e-5, atol=1e-5)
 
 
-def test_default_choices():
-    """Depthwise layers take fastconv's kernels where PyTorch is slow: every gradient, the NCHW
-    forward at stride 1 on rows of 14 outputs and more, the channels-last forward of kernels of
-    10x10 to 19x19 and of strided layers; a dense layer stays native."""
-    def paths(x, w, stride, padding):
-        args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
-        return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
+def paths(x, w, stride, padding):
+    args = (x, w, [stride] * 2, [padding] * 2, [1, 1], w.shape[0], "auto")
+    return {op: ops._conv_path(*args, op) for op in ("forward", "input", "weight")}
 
+
+@conv2d_rules(**DEPTHWISE_RULES_HOLD)
+def test_default_choices():
+    """Where the rules hold, depthwise layers take fastconv's kernels where PyTorch is slow: every
+    gradient, the NCHW forward at stride 1 on rows of 14 outputs and more, the channels-last
+    forward of kernels of 10x10 to 19x19 and of strided layers; a dense layer stays native."""
     w7, w5, w31 = torch.randn(96, 1, 7, 7), torch.randn(96, 1, 5, 5), torch.randn(96, 1, 31, 31)
     nchw = torch.randn(2, 96, 28, 28)
     cl = nchw.contiguous(memory_format=torch.channels_last)
@@ -227,6 +230,41 @@ def test_default_choices():
     assert paths(cl, torch.randn(96, 1, 13, 13), 1, 6)["forward"] == "depthwise"
     dense = torch.randn(96, 96, 3, 3)
     assert ops._conv_path(nchw, dense, [1, 1], [1, 1], [1, 1], 1, "auto", "weight") == "native"
+
+
+@pytest.mark.parametrize("rule, layer, ops_native", [
+    ("depthwise_rows", "nchw7", ["forward"]),
+    ("depthwise_strided", "cl5s2", ["forward"]),
+    ("depthwise_large", "cl13", ["forward"]),
+    ("depthwise_input", "nchw7", ["input"]),
+    ("depthwise_input", "cl5s2", ["input"]),
+    ("depthwise_weight", "nchw7", ["weight"]),
+    ("depthwise_weight", "cl5s2", ["weight"]),
+])
+def test_a_rule_that_does_not_hold_gives_its_class_to_pytorch(rule, layer, ops_native):
+    """The calibrated speedup of a rule's class (python -m fastconv_ext.calibrate) decides: below
+    1.1x, the class runs PyTorch's kernel; the other operators keep their paths."""
+    x = torch.randn(2, 96, 28, 28)
+    x, w, stride, padding = {"nchw7": (x, torch.randn(96, 1, 7, 7), 1, 3),
+                             "cl5s2": (x.contiguous(memory_format=torch.channels_last), torch.randn(96, 1, 5, 5), 2, 2),
+                             "cl13": (x.contiguous(memory_format=torch.channels_last), torch.randn(96, 1, 13, 13), 1, 6),
+                             }[layer]
+    with conv2d_rules(**DEPTHWISE_RULES_HOLD):
+        holding = paths(x, w, stride, padding)
+    assert all(holding[op] != "native" for op in ops_native)
+    with conv2d_rules(**dict(DEPTHWISE_RULES_HOLD, **{rule: 1.09})):
+        failing = paths(x, w, stride, padding)
+    assert failing == dict(holding, **{op: "native" for op in ops_native})
+
+
+def test_strided_small_kernel_gradients_follow_their_rule():
+    """Strided <= 3x3 float layers: PyTorch's one convolution_backward unless calibration measured
+    fastconv's two gradients at least 1.1x faster (here 1.2x); then the channels-last forward is fastconv's too."""
+    x, w3 = torch.randn(2, 96, 28, 28), torch.randn(96, 1, 3, 3)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with conv2d_rules(**dict(DEPTHWISE_RULES_HOLD, depthwise_small_strided_grads=1.2)):
+        assert paths(x, w3, 2, 1) == {"forward": "native", "input": "depthwise", "weight": "depthwise"}
+        assert paths(cl, w3, 2, 1) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
 
 
 def test_bfloat16_channels_last_wide_kernels_never_reach_pytorch():

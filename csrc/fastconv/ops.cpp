@@ -10,6 +10,7 @@
 
 #include "fastconv/algorithm.h"
 #include "fastconv/autotune.h"
+#include "fastconv/conv2d_rules.h"
 #include "fastconv/path.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/tile_kernels.h"
@@ -181,6 +182,14 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {
     if (values) set_cpu_cost_profile(CostProfile::from_vector(*values)), settings_changed();
     return cpu_cost_profile().to_vector();
+  });
+  // The conv2d rules' measured tables (conv2d_rules.h) as lines, after
+  // replacing the rules that `lines` names when given ([] restores the
+  // built-in tables). For calibration and tests.
+  m.def("_conv2d_rules(str[]? lines=None) -> str[]", [](std::optional<std::vector<std::string>> lines) {
+    auto out = rule_tables(lines);
+    if (lines) settings_changed();
+    return out;
   });
   // The CPU output cache (cpu/allocation.h): [limit, cached bytes, cached
   // buffers, hits, misses], after setting the limit when given.

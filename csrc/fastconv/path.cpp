@@ -7,6 +7,7 @@
 
 #include "fastconv/algorithm.h"
 #include "fastconv/autotune.h"
+#include "fastconv/conv2d_rules.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/fft/fft_conv1d.h"
 #include "fastconv/fft/fft_conv2d.h"
@@ -130,49 +131,73 @@ Path conv1d_default(const ConvCall& c) {
 
 // ---- conv2d rules.
 //
+// Each rule names a class of layers and the fastconv path it runs for one
+// operator; conv2d_rules.h decides from this machine's measurements of layers
+// of the class whether it holds for a layer.
+//
+// Pointwise (1x1, stride 1, unpadded, one group) float layers in NCHW: oneDNN
+// reorders NCHW to its blocked layout on each call, where im2col is one GEMM
+// per image; that cost decides mid-sized layers, the GEMMs are even on large
+// ones, and on maps of a few pixels (squeeze-and-excitation) fastconv's fixed
+// costs lose. Channels-last layers, and 16-bit ones (oneDNN's bfloat16 dot
+// products), stay native.
+//
 // Depthwise layers (C_in/g = C_out/g = 1). PyTorch's backward runs through
 // slow generic kernels (grad_weight many times its forward); fastconv's take
-// about a forward each. Its forward is oneDNN's kernel:
-// - read channels-last, fast but for kernels of 10x10 to 19x19 taps and
-//   strided layers, where the depthwise kernels (vectors across channels)
-//   beat it;
+// about a forward each (kDepthwiseInput, kDepthwiseWeight). Its forward is
+// oneDNN's kernel:
+// - read channels-last, fast but for kernels of 10x10 to 19x19 taps
+//   (kDepthwiseLarge) and strided layers (kDepthwiseStrided), where the
+//   depthwise kernels (vectors across channels) may beat it;
 // - read NCHW, fast at stride 2 and erratic at stride 1.
-// NCHW layers run the direct rows (vectors along image rows) where rows are
-// at least kRowsFrom outputs long and most lanes of a staged row are outputs,
-// OW / (OW + dw (KW - 1)) >= kRowLanes (below that oneDNN's forward wins), or
-// where the kernel is large; the depthwise kernels (a layout copy each way)
-// elsewhere. Channels-last layers run the depthwise kernels. The exception:
-// float gradients of strided layers of up to 3x3 taps, which PyTorch
-// computes in one call (convolution_backward) in less time than the two
-// apart, stay native, and the forward with them. Every other layer is native
-// by default; autotuning finds the rest (im2col for many pointwise weight
-// gradients). The measurements behind each rule: docs/depthwise2d.md.
+// NCHW stride-1 layers run the direct rows (vectors along image rows) where
+// rows are at least kRowsFrom outputs long and most lanes of a staged row are
+// outputs, OW / (OW + dw (KW - 1)) >= kRowLanes (below that oneDNN's forward
+// wins), or where the kernel is large (kDepthwiseRows); the depthwise kernels
+// (a layout copy each way) run the gradients elsewhere. Float gradients of
+// strided layers of up to 3x3 taps, which PyTorch computes in one call
+// (convolution_backward), stay native unless kDepthwiseSmallStridedGrads
+// holds, and the forward with them. The measurements behind each rule:
+// docs/depthwise2d.md.
 constexpr int64_t kLargeTaps = 100, kLargeTapsEnd = 400;  // channels-last forward, 10x10 to 19x19 taps
 constexpr int64_t kRowsFrom = 14;
 constexpr double kRowLanes = 0.75;
 constexpr int64_t kJointNativeTaps = 9;
+
+bool is_float(const ConvCall& c) { return c.dtype == at::kFloat || c.dtype == at::kDouble; }
+
+Path pointwise_default(const ConvCall& c) {
+  if (c.layout != 0 || !is_float(c) || c.d.groups != 1) return Path::kNative;
+  const Rule rule = c.op == ConvOp::kForward ? Rule::kPointwiseForward
+      : c.op == ConvOp::kInput               ? Rule::kPointwiseInput
+                                             : Rule::kPointwiseWeight;
+  return rule_holds(rule, c.d, c.layout) ? Path::kIm2col : Path::kNative;
+}
 
 Path depthwise_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   const bool channels_last = c.layout == 1, strided = !stride_one(d);
   const int64_t taps = d.kernel_size[0] * d.kernel_size[1], OW = d.out_size[1];
   const bool rows = OW >= kRowsFrom && !why_not_direct_rows(d);
-  const bool wide = c.dtype == at::kFloat || c.dtype == at::kDouble;
-  const bool full_rows = rows && wide && double(OW) >= kRowLanes * double(OW + d.dilation[1] * (d.kernel_size[1] - 1));
-  const bool joint_native = strided && taps <= kJointNativeTaps && wide;
+  const bool full_rows = rows && is_float(c) && double(OW) >= kRowLanes * double(OW + d.dilation[1] * (d.kernel_size[1] - 1));
+  const bool joint_native =
+      strided && taps <= kJointNativeTaps && is_float(c) && !rule_holds(Rule::kDepthwiseSmallStridedGrads, d, c.layout);
   switch (c.op) {
     case ConvOp::kForward:
       if (channels_last) {
-        const bool own = (strided && !joint_native) || (taps >= kLargeTaps && taps < kLargeTapsEnd);
+        const bool own = (strided && !joint_native && rule_holds(Rule::kDepthwiseStrided, d, c.layout)) ||
+            (taps >= kLargeTaps && taps < kLargeTapsEnd && rule_holds(Rule::kDepthwiseLarge, d, c.layout));
         return own || native_does_not_finish(c) ? Path::kDepthwise : Path::kNative;
       }
-      return !strided && (full_rows || (rows && taps >= kLargeTaps)) ? Path::kDirect : Path::kNative;
+      return !strided && (full_rows || (rows && taps >= kLargeTaps)) && rule_holds(Rule::kDepthwiseRows, d, c.layout)
+          ? Path::kDirect
+          : Path::kNative;
     case ConvOp::kInput:
-      if (joint_native) return Path::kNative;
+      if (joint_native || !rule_holds(Rule::kDepthwiseInput, d, c.layout)) return Path::kNative;
       return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
                                                                                       : Path::kDepthwise;
     case ConvOp::kWeight:
-      if (joint_native) return Path::kNative;
+      if (joint_native || !rule_holds(Rule::kDepthwiseWeight, d, c.layout)) return Path::kNative;
       return !channels_last && !strided && rows ? Path::kDirect : Path::kDepthwise;
   }
   return Path::kNative;
@@ -182,6 +207,7 @@ Path conv2d_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   if (!c.device.is_cpu()) return Path::kNative;
   if (d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1) return depthwise_default(c);
+  if (conv2d_is_pointwise(d)) return pointwise_default(c);
   return Path::kNative;
 }
 
