@@ -10,7 +10,8 @@ computation without fastconv's costs:
 - under ``torch.compile``, opacity: Inductor gives the convolutions of a CPU graph a
   channels-last layout and fuses around ``aten.convolution``, and does neither for a custom
   operator. While dynamo traces a 4-D CPU call, fastconv's operator is therefore traced only
-  where it is the choice both in the traced layout and in the channels-last one Inductor runs.
+  where it is the choice both in the traced layout and in the channels-last one Inductor runs,
+  and a tuned choice only where it beat PyTorch's kernel by the default rules' margin (1.1x).
 
 Every other call runs the fastconv operator, which chooses its path in its kernel.
 
@@ -141,7 +142,11 @@ def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_sha
             weight = torch.empty(weight_shape, dtype=dtype, device=device)
             if cl:
                 input = input.contiguous(memory_format=torch.channels_last)
-            return _settled_paths(input, weight, stride, padding, dilation, groups, ops)
+            paths = _settled_paths(input, weight, stride, padding, dilation, groups, ops)
+            # A tuned path that beat PyTorch's kernel by less than the default rules' margin does
+            # not outweigh the fusion Inductor does around PyTorch's convolution.
+            return [p if p in (None, "native") or _clear_win(input, weight, stride, padding, dilation, groups, op)
+                    else "native" for p, op in zip(paths, ops)]
 
     answers = []
     for cl in layouts:
@@ -153,6 +158,22 @@ def _traced_native(input_shape: Tuple[int, ...], channels_last: bool, weight_sha
             paths = settled(cl)
         answers.append(None not in paths and all(p == "native" for p in paths))
     return any(answers)
+
+
+# The least speedup over PyTorch's kernel a tuned path needs to be traced into a graph
+# (csrc/fastconv/conv2d_rules.h: kRuleSpeedup, the default rules' margin).
+_TRACED_SPEEDUP = 1.1
+
+
+def _clear_win(input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+               dilation: Sequence[int], groups: int, op: str) -> bool:
+    """Whether the settled path of `op` is a default rule's, or a tuned one at least
+    _TRACED_SPEEDUP faster than PyTorch's kernel."""
+    if not torch.ops.fastconv._autotune(None):
+        return True
+    speedup = torch.ops.fastconv._conv_tuned_speedup(input, weight, list(stride), list(padding), list(dilation),
+                                                     groups, op)
+    return speedup is None or speedup >= _TRACED_SPEEDUP
 
 
 def _static(values: Sequence) -> bool:

@@ -392,3 +392,16 @@ def test_rule_tables_round_trip_and_bad_lines_raise():
         assert sorted(ops._conv2d_rules()) == sorted(saved)  # a bad line changes nothing
     finally:
         ops._conv2d_rules(saved)
+
+
+def test_tuned_speedup_over_pytorch_is_reported(autotune):
+    """For a tuned signature: PyTorch's kernel's time over the winner's, from the timings the
+    cache records (1 where PyTorch's kernel won); None where nothing was tuned."""
+    x, w = torch.randn(2, 8, 300), torch.randn(8, 1, 9)
+    args = (x, w, [1], [4], [1], 8)
+    assert ops._conv_tuned_speedup(*args) is None
+    fastconv_ext.conv1d(x, w, padding=4, groups=8)
+    speedup = ops._conv_tuned_speedup(*args)
+    winner = ops._conv_settled_path(*args)
+    assert speedup is not None and (speedup == 1.0 if winner == "native" else speedup > 0)
+    assert ops._conv_tuned_speedup(*args, "input") is None  # no gradient ran

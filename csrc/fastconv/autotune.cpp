@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <mutex>
 #include <shared_mutex>
 #include <sstream>
@@ -339,6 +340,39 @@ std::optional<Path> lookup(const ConvCall& call) {
   if (it == s.entries.end()) return std::nullopt;
   s.hits.fetch_add(1, std::memory_order_relaxed);
   return it->second.path;
+}
+
+std::optional<double> native_speedup(const ConvCall& call) {
+  State& s = state();
+  load(s);
+  Entry entry;
+  {
+    std::shared_lock lock(s.mutex);
+    const auto it = s.entries.find(make_key(s, call));
+    if (it == s.entries.end()) return std::nullopt;
+    entry = it->second;
+  }
+  if (entry.path == Path::kNative) return 1.0;
+  // The seconds `timings` records for `path`, if it has them.
+  const auto time_of = [&](Path path) -> std::optional<double> {
+    std::istringstream fields(entry.timings);
+    std::string field;
+    const std::string prefix = std::string(path_name(path)) + "=";
+    while (fields >> field) {
+      if (field.compare(0, prefix.size(), prefix) != 0) continue;
+      try {
+        return std::stod(field.substr(prefix.size()));
+      } catch (const std::exception&) {
+        return std::nullopt;
+      }
+    }
+    return std::nullopt;
+  };
+  const auto winner = time_of(entry.path);
+  if (!winner || *winner <= 0) return std::nullopt;
+  if (const auto native = time_of(Path::kNative)) return *native / *winner;
+  if (why_not(Path::kNative, call)) return std::nullopt;
+  return std::numeric_limits<double>::infinity();
 }
 
 Path tune(const ConvCall& call, const std::vector<Path>& paths, const std::function<void(Path)>& run) {

@@ -34,6 +34,11 @@ void set_enabled(bool on);
 // The tuned path for `call`, if the cache has one.
 std::optional<Path> lookup(const ConvCall& call);
 
+// For a tuned `call`: PyTorch's kernel's time over the winner's (1 where
+// native won; infinity where native was dropped as hopeless before it was
+// timed), nullopt where `call` is not tuned or native was not a candidate.
+std::optional<double> native_speedup(const ConvCall& call);
+
 // Times `run(path)` for every path in `paths` (at least one) on `call`'s
 // device: one warm-up, then repeats until the budget is spent; a path
 // clearly slower than the best so far is dropped early. Records and persists

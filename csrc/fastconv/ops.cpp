@@ -131,6 +131,17 @@ TORCH_LIBRARY(fastconv, m) {
             settled_path(introspected_call(input, weight, stride, padding, dilation, groups, algorithm, op), algorithm);
         return p ? std::optional<std::string>(path_name(*p)) : std::nullopt;
       });
+  // For a signature autotuning has timed: PyTorch's kernel's time over the
+  // winner's (autotune.h), else None.
+  m.def(
+      "_conv_tuned_speedup(Tensor input, Tensor weight, SymInt[] stride, SymInt[] padding, "
+      "SymInt[] dilation, SymInt groups=1, str op=\"forward\") -> float?",
+      [](const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+         c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, c10::SymInt groups,
+         c10::string_view op) -> std::optional<double> {
+        return autotune::native_speedup(
+            introspected_call(input, weight, stride, padding, dilation, groups, "auto", op));
+      });
   // The values `algorithm` takes for an operator of `dims` spatial dimensions.
   m.def("_algorithms(int dims) -> str[]", [](int64_t dims) {
     TORCH_CHECK(dims == 1 || dims == 2, "fastconv._algorithms: dims must be 1 or 2, but got ", dims);
