@@ -18,7 +18,26 @@ namespace {
 struct Probe {
   double batch, in_channels, out_channels, pixels, taps, stride, layout, speedup;
 };
-using Tables = std::array<std::vector<Probe>, kNumRules>;
+
+// A layer's sizes (batch, C_in, C_out, output pixels, taps, stride) in
+// doublings: distances are taken between these.
+using Sizes = std::array<double, 6>;
+Sizes log_sizes(double batch, double in_channels, double out_channels, double pixels, double taps, double stride) {
+  Sizes out{batch, in_channels, out_channels, pixels, taps, stride};
+  for (double& v : out) v = std::log2(std::max(v, 1.0));
+  return out;
+}
+
+// A probe with its logarithms, computed once.
+struct Measured {
+  Probe probe;
+  Sizes sizes;
+  double log_speedup;
+};
+Measured measured(const Probe& p) {
+  return {p, log_sizes(p.batch, p.in_channels, p.out_channels, p.pixels, p.taps, p.stride), std::log(p.speedup)};
+}
+using Tables = std::array<std::vector<Measured>, kNumRules>;
 
 const char* kRuleNames[kNumRules] = {"pointwise_forward", "pointwise_input",   "pointwise_weight",
                                      "depthwise_rows",    "depthwise_strided", "depthwise_large",
@@ -53,7 +72,7 @@ std::optional<std::pair<size_t, Probe>> parse_line(const std::string& line) {
 
 Tables built_in() {
   Tables t;
-  for (const DefaultProbe& d : kDefaultProbes) t[size_t(d.rule)].push_back(d.probe);
+  for (const DefaultProbe& d : kDefaultProbes) t[size_t(d.rule)].push_back(measured(d.probe));
   return t;
 }
 
@@ -65,7 +84,7 @@ Tables from_profile_file() {
   const std::string prefix = "rule ";
   while (std::getline(in, line)) {
     if (line.compare(0, prefix.size(), prefix) != 0) continue;
-    if (const auto p = parse_line(line.substr(prefix.size()))) read[p->first].push_back(p->second);
+    if (const auto p = parse_line(line.substr(prefix.size()))) read[p->first].push_back(measured(p->second));
   }
   for (size_t r = 0; r < kNumRules; ++r) {
     if (!read[r].empty()) t[r] = std::move(read[r]);
@@ -82,20 +101,11 @@ std::shared_ptr<const Tables> tables() {
   return active;
 }
 
-// Sizes are compared in doublings; the batch counts half (the kernels'
-// speed per image changes little with it), another stride or layout as two.
-double distance(const Probe& p, const Conv2dIntDims& d, int layout) {
-  const double pixels = double(d.out_size[0]) * d.out_size[1];
-  const double taps = double(d.kernel_size[0]) * d.kernel_size[1];
-  const double stride = double(std::max(d.stride[0], d.stride[1]));
-  const auto sq = [](double a, double b) {
-    const double x = std::log2(std::max(a, 1.0)) - std::log2(std::max(b, 1.0));
-    return x * x;
-  };
-  return 0.25 * sq(p.batch, double(d.batch)) + sq(p.in_channels, double(d.in_channels)) +
-      sq(p.out_channels, double(d.out_channels)) + sq(p.pixels, pixels) + sq(p.taps, taps) +
-      4 * sq(p.stride, stride) + (p.layout == layout ? 0.0 : 4.0);
-}
+// Sizes are compared in doublings; the batch counts a quarter (the kernels'
+// speed per image changes little with it), a doubling of the stride four
+// times, another layout as two doublings.
+constexpr Sizes kWeights{0.25, 1, 1, 1, 1, 4};
+constexpr double kOtherLayout = 4;
 
 }  // namespace
 
@@ -106,8 +116,16 @@ bool rule_holds(Rule rule, const Conv2dIntDims& d, int layout) {
   constexpr size_t kNearest = 3;
   constexpr double kNear = 0.5;
   const auto t = tables();
+  const Sizes at = log_sizes(double(d.batch), double(d.in_channels), double(d.out_channels),
+                             double(d.out_size[0]) * d.out_size[1], double(d.kernel_size[0]) * d.kernel_size[1],
+                             double(std::max(d.stride[0], d.stride[1])));
   std::vector<std::pair<double, double>> near;  // (distance, log speedup)
-  for (const Probe& p : (*t)[size_t(rule)]) near.emplace_back(distance(p, d, layout), std::log(p.speedup));
+  near.reserve((*t)[size_t(rule)].size());
+  for (const Measured& m : (*t)[size_t(rule)]) {
+    double dist = m.probe.layout == layout ? 0.0 : kOtherLayout;
+    for (size_t i = 0; i < at.size(); ++i) dist += kWeights[i] * (m.sizes[i] - at[i]) * (m.sizes[i] - at[i]);
+    near.emplace_back(dist, m.log_speedup);
+  }
   const size_t k = std::min(kNearest, near.size());
   if (k == 0) return false;
   std::partial_sort(near.begin(), near.begin() + k, near.end());
@@ -127,7 +145,7 @@ std::vector<std::string> rule_tables(const std::optional<std::vector<std::string
       TORCH_CHECK(p, "fastconv: a conv2d rule line is '<rule> <batch> <C_in> <C_out> <output pixels> <taps> ",
                   "<stride> <layout> <speedup>' with a known rule, a layout of 0 or 1 and positive numbers, but ",
                   "got '", line, "'");
-      given[p->first].push_back(p->second);
+      given[p->first].push_back(measured(p->second));
     }
     for (size_t r = 0; r < kNumRules; ++r) {
       if (!given[r].empty()) t[r] = std::move(given[r]);
@@ -138,7 +156,8 @@ std::vector<std::string> rule_tables(const std::optional<std::vector<std::string
   std::vector<std::string> out;
   const auto t = tables();
   for (size_t r = 0; r < kNumRules; ++r) {
-    for (const Probe& p : (*t)[r]) {
+    for (const Measured& m : (*t)[r]) {
+      const Probe& p = m.probe;
       std::ostringstream line;
       line << kRuleNames[r] << ' ' << p.batch << ' ' << p.in_channels << ' ' << p.out_channels << ' ' << p.pixels
            << ' ' << p.taps << ' ' << p.stride << ' ' << p.layout << ' ' << p.speedup;
