@@ -21,8 +21,9 @@ EfficientNet, ConvNeXt, RepLKNet, ResNet sizes) are timed as a model runs them, 
 fastconv_ext.conv2d against torch.nn.functional.conv2d: the forward alone for a forward rule,
 forward and backward over each combination of the gradient rules (a gradient of fastconv's
 beside one of PyTorch's loses PyTorch's joint backward). The profile keeps, per rule, each
-layer's sizes and speedup; a layer of the class takes the rule's path where the measured layer
-nearest to it was at least 1.1x faster with it (csrc/fastconv/conv2d_rules.h).
+layer's sizes and speedup; a layer of the class takes the rule's path where the measured layers
+nearest to it (the three nearest, weighted by nearness) were at least 1.1x faster with it
+(csrc/fastconv/conv2d_rules.h).
 
 The profile goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once
 per process (at the first call that consults it); without one, built-in defaults measured on the
