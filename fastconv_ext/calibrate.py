@@ -14,8 +14,8 @@ kernel a fixed cost and multiply-adds at a rate from one channel pair per group 
 operator itself with the algorithm forced, using the current thread count, by least
 squares on relative error over shapes from a few microseconds to tens of milliseconds.
 
-conv2d: each default rule (csrc/fastconv/path.cpp) covers a class of layers -- pointwise NCHW
-layers, depthwise layers by layout, stride and kernel size -- with one fastconv path for an
+conv2d: each default rule (csrc/fastconv/path.cpp) covers a class of layers -- pointwise
+layers by layout, depthwise layers by layout, stride and kernel size -- with one fastconv path for an
 operator (forward, grad_input, grad_weight). Layers of each class from real models (MobileNetV2,
 EfficientNet, ConvNeXt, RepLKNet, ResNet sizes) are timed as a model runs them, through
 fastconv_ext.conv2d against torch.nn.functional.conv2d: the forward alone for a forward rule,
@@ -171,9 +171,12 @@ def _interleaved(reference, candidate, repeats: int) -> float:
 
 def rule_layers() -> List[Layer2d]:
     """The layers calibration measures the conv2d rules on: MobileNetV2 / EfficientNet / ResNet
-    pointwise layers (squeeze-and-excitation ones on one pixel to 112x112 maps) and depthwise
-    layers of ConvNeXt, MobileNet, EfficientNet and RepLKNet, in both layouts."""
-    pointwise = [(1, 32, 1, 8), (1, 480, 1, 20), (1, 672, 1, 28), (1, 576, 7, 160), (1, 160, 7, 960),
+    pointwise layers (squeeze-and-excitation ones on one pixel, of one image and of a batch, to
+    112x112 maps) and depthwise layers of ConvNeXt, MobileNet, EfficientNet and RepLKNet, in
+    both layouts."""
+    squeeze = [(1, 32, 1, 8), (1, 480, 1, 20), (1, 672, 1, 28), (1, 10, 1, 240), (1, 48, 1, 1152), (8, 32, 1, 8),
+               (8, 672, 1, 28), (8, 28, 1, 672), (32, 1152, 1, 48), (32, 48, 1, 1152)]
+    pointwise = [(1, 576, 7, 160), (1, 160, 7, 960),
                  (1, 960, 7, 320), (1, 64, 14, 384), (1, 672, 14, 112), (1, 112, 14, 672), (1, 32, 28, 16),
                  (1, 96, 28, 24), (1, 144, 28, 32), (1, 16, 56, 96), (1, 24, 56, 144), (1, 32, 112, 16),
                  (1, 16, 112, 96), (2, 256, 14, 256), (2, 256, 28, 256)]
@@ -182,7 +185,8 @@ def rule_layers() -> List[Layer2d]:
                  (1, 960, 9, 3, 1), (1, 480, 14, 5, 1), (1, 96, 112, 3, 2), (1, 144, 56, 3, 2),
                  (1, 240, 28, 3, 2), (1, 144, 56, 5, 2), (1, 240, 28, 5, 2), (1, 672, 14, 5, 2),
                  (1, 128, 28, 13, 1), (1, 64, 56, 11, 1), (1, 256, 14, 17, 1)]
-    return [Layer2d(n, c, size, 1, out=out) for n, c, size, out in pointwise] + [
+    return [Layer2d(n, c, size, 1, out=out) for n, c, size, out in squeeze] + [
+        Layer2d(n, c, size, 1, out=out, channels_last=cl) for n, c, size, out in pointwise for cl in (False, True)] + [
         Layer2d(n, c, size, k, stride=s, channels_last=cl) for n, c, size, k, s in depthwise for cl in (False, True)]
 
 

@@ -72,16 +72,20 @@ def _plain(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
 def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str) -> bool:
     """Whether this eager call runs PyTorch's convolution in place of the fastconv operator."""
-    if algorithm not in ("auto", "native") or not _plain(input, weight, bias):
-        return False
-    if algorithm == "native":
-        return True
-    ops = _ops(input, weight)
-    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.dtype, tuple(stride),
-           tuple(padding), tuple(dilation), groups, ops, torch.get_num_threads(), _generation.value)
+    if algorithm != "auto":
+        return algorithm == "native" and _plain(input, weight, bias)
+    # The key holds everything the answer depends on, so that a repeated call -- every call of
+    # a model after its first -- costs one lookup (it decides layers of a few microseconds).
+    grad = torch.is_grad_enabled()
+    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+           None if bias is None else (bias.shape, bias.dtype, bias.device), grad and input.requires_grad,
+           grad and weight.requires_grad, tuple(stride), tuple(padding), tuple(dilation), groups,
+           torch.get_num_threads(), _generation.value)
     native = _memo.get(key)
     if native is None:
-        paths = _settled_paths(input, weight, stride, padding, dilation, groups, ops)
+        if not _plain(input, weight, bias):
+            return False
+        paths = _settled_paths(input, weight, stride, padding, dilation, groups, _ops(input, weight))
         native = all(p == "native" for p in paths)
         if None not in paths:  # a signature still to be tuned is asked again
             if len(_memo) >= _MEMO_LIMIT:

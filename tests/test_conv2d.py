@@ -314,6 +314,35 @@ def test_pointwise_float32_large(groups, device):
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 24, 7, 5), (9, 40, 1, 1)], ids=["channels_last", "one_pixel"])
+def test_pointwise_as_one_matrix(shape, dtype):
+    """im2col of a 1x1 layer whose activation is a matrix of pixels by channels (channels-last,
+    or one pixel per image) is one GEMM: forward and every gradient against float64, the output
+    and grad_input channels-last like F.conv2d's, no copy of the input."""
+    x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(16, shape[1], 1, 1).to(dtype).requires_grad_()
+    b = torch.randn(16).to(dtype).requires_grad_()
+    y = fastconv_ext.conv2d(x, w, b, algorithm="im2col")
+    gy = torch.randn(y.shape, dtype=torch.float64).to(dtype).contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(y, (x, w, b), gy)
+    ref = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    y_ref = F.conv2d(*ref)
+    grads_ref = torch.autograd.grad(y_ref, ref, gy.double())
+    assert y.is_contiguous(memory_format=torch.channels_last) and grads[0].is_contiguous(
+        memory_format=torch.channels_last)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype in (torch.float32, torch.float64) else dict(rtol=1.6e-2, atol=5e-2)
+    for got, want in zip((y, *grads), (y_ref, *grads_ref)):
+        assert got.dtype == dtype and got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, **{k: v * (want.abs().max().item() + 1) if k == "atol" else v
+                                                         for k, v in tol.items()})
+    if dtype == torch.float64:
+        f = lambda x, w, b: fastconv_ext.conv2d(x, w, b, algorithm="im2col")  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, w, b)) and torch.autograd.gradgradcheck(f, (x, w, b))
+        torch.library.opcheck(ops.conv2d.default, (x, w, b, [1, 1], [0, 0], [1, 1], 1, "im2col"))
+        torch.library.opcheck(ops.conv2d_weight_backward.default, (gy, x, [1, 1], [1, 1], [0, 0], [1, 1], 1, "im2col"))
+
+
 @pytest.mark.parametrize("size", [(520, 1024), (517, 1021)], ids=["aligned", "ragged"])
 def test_large_output_streamed_is_correct(size):
     """Forward outputs of 16 MiB and more are written with non-temporal stores where rows are aligned."""

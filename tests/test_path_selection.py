@@ -354,13 +354,14 @@ def test_conv2d_channels_last_in_channels_last_out(algorithm):
     assert fastconv_ext.conv2d(x.detach()[0], w.detach(), padding=1, groups=6, algorithm=algorithm).is_contiguous()
 
 
-def test_pointwise_nchw_float_layers_follow_the_nearest_measured_layer():
-    """A 1x1 NCHW float layer runs im2col's GEMM for an operator where the layer calibration
-    measured nearest to it was at least 1.1x faster so; channels-last, 16-bit, grouped and padded
-    ones stay native."""
+def test_pointwise_float_layers_follow_the_nearest_measured_layers():
+    """A 1x1 float layer runs im2col's GEMM for an operator where the layers calibration
+    measured nearest to it (in its layout) were at least 1.1x faster so; 16-bit, grouped and
+    padded ones stay native."""
     x, w = torch.randn(1, 32, 28, 28), torch.randn(16, 32, 1, 1)
     se, w_se = torch.randn(1, 32, 1, 1), torch.randn(8, 32, 1, 1)
-    measured = [(1, 32, 16, 784, 1, 1, 0, 2.0), (1, 32, 8, 1, 1, 1, 0, 0.9)]  # wins on a map, loses on a pixel
+    # Wins on a map in NCHW, loses on it channels-last and on a pixel.
+    measured = [(1, 32, 16, 784, 1, 1, 0, 2.0), (1, 32, 16, 784, 1, 1, 1, 0.7), (1, 32, 8, 1, 1, 1, 0, 0.9)]
 
     def path(x, w, op="forward", groups=1, padding=0):
         return ops._conv_path(x, w, [1, 1], [padding] * 2, [1, 1], groups, "auto", op)
@@ -376,6 +377,8 @@ def test_pointwise_nchw_float_layers_follow_the_nearest_measured_layer():
         assert path(x, w, padding=1) == "native"
         # Whichever runs, the result is the same.
         torch.testing.assert_close(fastconv_ext.conv2d(x, w), F.conv2d(x, w))
+    with conv2d_rules(pointwise_forward=[(1, 32, 16, 784, 1, 1, 1, 1.5)]):
+        assert path(x.contiguous(memory_format=torch.channels_last), w) == "im2col"
 
 
 def test_rule_tables_round_trip_and_bad_lines_raise():

@@ -135,12 +135,13 @@ Path conv1d_default(const ConvCall& c) {
 // operator; conv2d_rules.h decides from this machine's measurements of layers
 // of the class whether it holds for a layer.
 //
-// Pointwise (1x1, stride 1, unpadded, one group) float layers in NCHW: oneDNN
-// reorders NCHW to its blocked layout on each call, where im2col is one GEMM
-// per image; that cost decides mid-sized layers, the GEMMs are even on large
-// ones, and on maps of a few pixels (squeeze-and-excitation) fastconv's fixed
-// costs lose. Channels-last layers, and 16-bit ones (oneDNN's bfloat16 dot
-// products), stay native.
+// Pointwise (1x1, stride 1, unpadded, one group) float layers: im2col is one
+// GEMM per image in NCHW, where oneDNN reorders to its blocked layout on each
+// call (that cost decides mid-sized layers; the GEMMs are even on large ones),
+// and one GEMM of the whole batch where the activation is a matrix of pixels
+// by channels -- channels-last, or the single pixel of a squeeze-and-
+// excitation layer, where oneDNN's fixed costs are most of its time. 16-bit
+// layers (oneDNN's bfloat16 dot products) stay native.
 //
 // Depthwise layers (C_in/g = C_out/g = 1). PyTorch's backward runs through
 // slow generic kernels (grad_weight many times its forward); fastconv's take
@@ -167,7 +168,7 @@ constexpr int64_t kJointNativeTaps = 9;
 bool is_float(const ConvCall& c) { return c.dtype == at::kFloat || c.dtype == at::kDouble; }
 
 Path pointwise_default(const ConvCall& c) {
-  if (c.layout != 0 || !is_float(c) || c.d.groups != 1) return Path::kNative;
+  if (!is_float(c) || c.d.groups != 1) return Path::kNative;
   const Rule rule = c.op == ConvOp::kForward ? Rule::kPointwiseForward
       : c.op == ConvOp::kInput               ? Rule::kPointwiseInput
                                              : Rule::kPointwiseWeight;

@@ -23,6 +23,7 @@ namespace fastconv {
 
 at::Tensor cpu::conv2d_forward_path(const at::Tensor& input, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, const Conv2dIntDims& d, Path path) {
+  if (path == Path::kIm2col && cpu::pointwise_rows(input, d)) return cpu::pointwise_forward_rows(input, weight, bias, d);
   const at::Tensor x = input.contiguous();
   const auto opmath = at::toOpMathType(weight.scalar_type());
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->to(opmath).contiguous() : at::Tensor();
@@ -64,6 +65,9 @@ at::Tensor conv2d_cpu(
 // input is not finite: Inf * 0 is NaN) or im2col.
 at::Tensor conv2d_weight_backward_own(const at::Tensor& grad_output, const at::Tensor& input, const Conv2dIntDims& d,
                                       Path path) {
+  if (path == Path::kIm2col && cpu::pointwise_rows(input, d) && cpu::pointwise_rows(grad_output, d)) {
+    return cpu::pointwise_weight_backward_rows(grad_output, input, d);
+  }
   const at::Tensor gy = grad_output.contiguous();
   const at::Tensor x = input.contiguous();
   if (path == Path::kDirect) return cpu::conv2d_weight_backward_direct(gy, x, d);

@@ -1,5 +1,6 @@
 // The CPU conv2d paths other than native, depthwise and fft, one file each:
-// im2col (+ GEMM, conv2d_im2col.cpp), shifted GEMM (conv2d_shifted.cpp) and
+// im2col (+ GEMM, conv2d_im2col.cpp; a pointwise layer laid out as a matrix,
+// conv2d_pointwise.cpp), shifted GEMM (conv2d_shifted.cpp) and
 // direct rows of 1-D convolutions (conv2d_direct.cpp). conv2d_kernel.cpp
 // registers the operators and hands each call to the path path.h chooses.
 // Every function takes contiguous tensors and the checked sizes; 16-bit
@@ -57,6 +58,15 @@ void conv2d_shifted(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 at::Tensor conv2d_weight_backward_im2col(const at::Tensor& gy, const at::Tensor& x, const Conv2dIntDims& d);
 at::Tensor conv2d_weight_backward_shifted(const at::Tensor& gy, const at::Tensor& x, const Conv2dIntDims& d);
 at::Tensor conv2d_weight_backward_direct(const at::Tensor& gy, const at::Tensor& x, const Conv2dIntDims& d);
+
+// im2col of a pointwise layer with one group whose activation is a matrix of
+// pixels by channels (channels-last-contiguous: channels-last, or one pixel
+// per image): one GEMM, the output in that layout (conv2d_pointwise.cpp).
+bool pointwise_rows(const at::Tensor& activation, const Conv2dIntDims& d);
+at::Tensor pointwise_forward_rows(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                  const Conv2dIntDims& d);
+// gy and x both channels-last-contiguous.
+at::Tensor pointwise_weight_backward_rows(const at::Tensor& gy, const at::Tensor& x, const Conv2dIntDims& d);
 
 // grad_input by im2col's GEMM and col2im, and of a strided layer by the
 // direct rows phase by phase.
