@@ -4,7 +4,7 @@
                                       [--compile] [--repeats N] [--out-dir DIR]
 
 The models are public architectures defined by maintained packages (``transformers`` for the
-speech, vision and sequence models, ``pytorch-tcn`` for the dilated TCN), built from their
+speech, vision and audio-codec models, ``mambapy`` for Mamba), built from their
 configurations with random weights -- nothing is downloaded. These packages are benchmark
 dependencies only (``requirements-bench.txt``). Where a configuration is cut down (fewer
 transformer layers), the convolutions are the original's; the note beside each model says so.
@@ -89,28 +89,19 @@ def efficientnet_b0(quick):
 
 
 def mamba(quick):
+    from mambapy.mamba import Mamba, MambaConfig
+
+    # mamba.py's pure-PyTorch Mamba: each block's depthwise causal conv1d (1536 channels, K = 4)
+    # is its nn.Conv1d module, the selective scan a parallel scan in PyTorch.
+    model = Mamba(MambaConfig(d_model=768, n_layers=2))
+    return model, (torch.randn(1, 128 if quick else 256, 768),)
+
+
+def dac_encoder(quick):
     t = _transformers()
-    # 2 blocks and 128 tokens: transformers' CPU path scans the sequence step by step in Python,
-    # and its training step grows faster than the length (0.15 s at 64 tokens, 0.5 s at 128).
-    cfg = t.MambaConfig(hidden_size=768, num_hidden_layers=2, vocab_size=1000)
-
-    class Embedded(nn.Module):  # the mixer blocks on embeddings (float inputs, so bf16 applies)
-        def __init__(self):
-            super().__init__()
-            self.model = t.MambaModel(cfg)
-
-        def forward(self, x):
-            return self.model(inputs_embeds=x).last_hidden_state
-
-    return Embedded(), (torch.randn(1, 64 if quick else 128, 768),)
-
-
-def tcn(quick):
-    from pytorch_tcn import TCN
-
-    model = TCN(num_inputs=64, num_channels=[64] * 10, kernel_size=3, dilations=[2 ** i for i in range(10)],
-                causal=True, use_norm=None, use_skip_connections=False)
-    return model, (torch.randn(1, 64, 4096 if quick else 16384),)
+    # The Descript audio codec's encoder: a dilated TCN -- residual units of dilated K = 7
+    # convolutions (dilations 1, 3, 9, weight-normed) between strided downsampling ones.
+    return t.DacModel(t.DacConfig()).encoder, (torch.randn(1, 1, 8000 if quick else 16000),)
 
 
 MODELS: Dict[str, Callable[[bool], Tuple[nn.Module, Tuple[torch.Tensor, ...]]]] = {
@@ -121,7 +112,7 @@ MODELS: Dict[str, Callable[[bool], Tuple[nn.Module, Tuple[torch.Tensor, ...]]]] 
     "mobilenet-v2": mobilenet_v2,
     "efficientnet-b0": efficientnet_b0,
     "mamba": mamba,
-    "tcn": tcn,
+    "dac-encoder": dac_encoder,
 }
 QUICK = ["wav2vec2", "mobilenet-v2"]
 
