@@ -18,6 +18,7 @@ from torch import nn
 
 from fastconv_ext.functional import _padding
 from fastconv_ext.nn import Conv1d, Conv2d, check_algorithm
+from fastconv_ext.routing import ROUTE_ATTRIBUTE
 
 __all__ = ["convert", "revert", "profile_layers"]
 
@@ -151,6 +152,7 @@ def revert(module: nn.Module) -> nn.Module:
 def _revert_layer(layer: nn.Module) -> None:
     original = layer.__dict__.pop("_fastconv_original_class")
     layer.__dict__.pop("algorithm", None)
+    layer.__dict__.pop(ROUTE_ATTRIBUTE, None)
     layer.__class__ = original
 
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from fastconv_ext.causal import causal_conv1d_update, conv1d_stream
 from fastconv_ext.functional import _conv, conv1d, conv2d
+from fastconv_ext.routing import module_native_call
 
 __all__ = ["Conv1d", "Conv2d", "CausalConv1d"]
 
@@ -22,6 +23,17 @@ def check_algorithm(name: str, algorithm: str, dims: int) -> str:
     if algorithm not in allowed:
         raise ValueError(f"fastconv.{name}: algorithm must be one of {allowed}, but got {algorithm!r}")
     return algorithm
+
+
+def _eager_conv(module, dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """A zero-padded module's eager call: PyTorch's convolution or the fastconv operator, as
+    routing.module_native_call decides (the module remembers its answer)."""
+    if module_native_call(module, input, weight, bias):
+        conv = F.conv1d if dims == 1 else F.conv2d
+        return conv(input, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+    op = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
+    return op(input, weight, bias, list(module.stride), list(module.padding), list(module.dilation), module.groups,
+              module.algorithm)
 
 
 class Conv1d(nn.Conv1d):
@@ -81,6 +93,9 @@ class Conv1d(nn.Conv1d):
                          self.algorithm)
         if isinstance(self.padding, str):
             return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+        if not torch.jit.is_scripting():
+            if not torch.compiler.is_compiling():
+                return _eager_conv(self, 1, input, weight, bias)
         return _conv(1, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
                      self.algorithm)
 
@@ -111,6 +126,9 @@ class Conv2d(nn.Conv2d):
                          self.algorithm)
         if isinstance(self.padding, str):
             return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
+        if not torch.jit.is_scripting():
+            if not torch.compiler.is_compiling():
+                return _eager_conv(self, 2, input, weight, bias)
         return _conv(2, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
                      self.algorithm)
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-__all__ = ["native_call", "traced_as_native"]
+__all__ = ["module_native_call", "native_call", "traced_as_native"]
 
 # Incremented by the C++ library whenever a settled choice may change.
 _generation = ctypes.c_int64.from_address(torch.ops.fastconv._settings_generation_address())
@@ -72,26 +72,57 @@ def _plain(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
 def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                 padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str) -> bool:
     """Whether this eager call runs PyTorch's convolution in place of the fastconv operator."""
+    return _answer(input, weight, bias, stride, padding, dilation, groups, algorithm)[0]
+
+
+def module_native_call(module, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """:func:`native_call` for an eager call of fastconv's ``module`` (zero padding given as
+    numbers). The module keeps the answer for the last signature it was called with -- a
+    model's layers see the same one call after call -- and a repeated call costs a comparison
+    with it (a few hundred nanoseconds: layers of a few microseconds are decided by it). The
+    signature leaves out what a module's calls keep, its hyperparameters and weight shape (were
+    they changed, the answer is still a correct convolution, only perhaps not the faster one)."""
+    grad = torch.is_grad_enabled()
+    key = (input.shape, input.stride(), input.dtype, input.device, weight.dtype, grad and input.requires_grad,
+           grad and weight.requires_grad, bias is None, module.algorithm, torch.get_num_threads(), _generation.value)
+    last = module.__dict__.get(ROUTE_ATTRIBUTE)
+    if last is not None and last[0] == key:
+        return last[1]
+    native, settled = _answer(input, weight, bias, module.stride, module.padding, module.dilation, module.groups,
+                              module.algorithm)
+    if settled:
+        module.__dict__[ROUTE_ATTRIBUTE] = (key, native)
+    return native
+
+
+# Where a module keeps module_native_call's last answer.
+ROUTE_ATTRIBUTE = "_fastconv_route"
+
+
+def _answer(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+            dilation: Sequence[int], groups: int, algorithm: str) -> Tuple[bool, bool]:
+    """native_call's answer, and whether it is settled (not a signature still to be tuned)."""
     if algorithm != "auto":
-        return algorithm == "native" and _plain(input, weight, bias)
-    # The key holds everything the answer depends on, so that a repeated call -- every call of
-    # a model after its first -- costs one lookup (it decides layers of a few microseconds).
+        return algorithm == "native" and _plain(input, weight, bias), True
+    # The key holds everything the answer depends on, so that a repeated call costs one lookup.
     grad = torch.is_grad_enabled()
     key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.dtype, weight.device,
            None if bias is None else (bias.shape, bias.dtype, bias.device), grad and input.requires_grad,
            grad and weight.requires_grad, tuple(stride), tuple(padding), tuple(dilation), groups,
            torch.get_num_threads(), _generation.value)
     native = _memo.get(key)
-    if native is None:
-        if not _plain(input, weight, bias):
-            return False
-        paths = _settled_paths(input, weight, stride, padding, dilation, groups, _ops(input, weight))
-        native = all(p == "native" for p in paths)
-        if None not in paths:  # a signature still to be tuned is asked again
-            if len(_memo) >= _MEMO_LIMIT:
-                _memo.clear()
-            _memo[key] = native
-    return native
+    if native is not None:
+        return native, True
+    if not _plain(input, weight, bias):
+        return False, True
+    paths = _settled_paths(input, weight, stride, padding, dilation, groups, _ops(input, weight))
+    native = all(p == "native" for p in paths)
+    if None in paths:  # a signature still to be tuned is asked again
+        return native, False
+    if len(_memo) >= _MEMO_LIMIT:
+        _memo.clear()
+    _memo[key] = native
+    return native, True
 
 
 def _inductor_channels_last() -> bool:

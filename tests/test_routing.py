@@ -218,3 +218,42 @@ def test_eager_routing_follows_autotuning_switched_on_and_off():
         fastconv_ext.set_autotune(False)
         fastconv_ext.clear_autotune_cache()
     assert not ran_fastconv(call)[1]
+
+
+def test_a_module_remembers_its_route_until_the_signature_or_settings_change(monkeypatch):
+    """A module's eager call compares its signature with the last one and asks the path
+    selection only when it differs: new sizes or layout, grad mode, algorithm, or settings
+    (autotuning switched); revert() drops what the module kept."""
+    from fastconv_ext import routing
+
+    asked = []
+    answer = routing._answer
+    monkeypatch.setattr(routing, "_answer", lambda *a: asked.append(1) or answer(*a))
+    model = fastconv_ext.convert(torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1)))
+    layer, x = model[0], torch.randn(2, 16, 12, 12)
+
+    def runs(fn):
+        del asked[:]
+        out, fast = ran_fastconv(fn)
+        return len(asked), fast, out
+
+    with torch.no_grad():
+        assert runs(lambda: model(x))[:2] == (1, False)  # dense 3x3: PyTorch's kernel
+        n, fast, out = runs(lambda: model(x))
+        assert (n, fast) == (0, False)
+        torch.testing.assert_close(out, F.conv2d(x, layer.weight, layer.bias, padding=1))
+        assert runs(lambda: model(torch.randn(1, 16, 9, 9)))[0] == 1
+        assert runs(lambda: model(x.contiguous(memory_format=torch.channels_last)))[0] == 1
+        layer.algorithm = "im2col"
+        assert runs(lambda: model(x))[:2] == (1, True)
+        layer.algorithm = "auto"
+    assert runs(lambda: model(x.requires_grad_()))[0] == 1
+    fastconv_ext.set_autotune(True)
+    try:
+        with torch.no_grad():
+            assert runs(lambda: model(x.detach()))[0] >= 1
+    finally:
+        fastconv_ext.set_autotune(False)
+        fastconv_ext.clear_autotune_cache()
+    fastconv_ext.revert(model)
+    assert routing.ROUTE_ATTRIBUTE not in vars(layer) and type(layer) is torch.nn.Conv2d
