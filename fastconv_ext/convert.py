@@ -156,13 +156,17 @@ def _revert_layer(layer: nn.Module) -> None:
     layer.__class__ = original
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _mean_ms(fn: Callable[[], Any], calls: int) -> float:
+    """Milliseconds per call of `calls` calls in a row."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
         fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * (time.perf_counter() - t0) / calls
+
+
+# Each timing sample of a layer spans at least this long (a layer of tens of microseconds
+# is timed over that many calls in a row: one call alone is mostly the clock's noise).
+_SAMPLE_MS = 1.0
 
 
 def _effective(layer: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
@@ -182,7 +186,8 @@ def profile_layers(
     each operator takes: forward, and with ``train`` grad_input and grad_weight),
     ``native_only`` (every one of them is PyTorch's kernel), ``torch_ms``
     and ``fastconv_ms`` (forward, or forward+backward with ``train``; medians of ``repeats``
-    interleaved calls after a warm-up, up to four times as many where the two are within 10%)
+    interleaved samples after a warm-up, up to four times as many where the two are within 10%;
+    a sample is one call, or as many calls in a row as take about a millisecond)
     and ``speedup``.
     """
     layers = {name: m for name, m in module.named_modules() if _is_converted(m) or isinstance(m, (Conv1d, Conv2d))}
@@ -219,14 +224,15 @@ def profile_layers(
         fast = type(layer)._conv_forward
         native = base._conv_forward
         run(native), run(fast)
+        calls = max(1, min(100, int(_SAMPLE_MS / max(_mean_ms(lambda: run(native), 1), 1e-3))))
         t_torch, t_fast = [], []
         # A close call is timed longer (up to 4x the repeats): a layer a few percent either way
         # is where a noisy median flips the decision prune takes on it.
         while not t_torch or (len(t_torch) < 4 * repeats and
                               _CLOSE[0] < statistics.median(t_torch) / statistics.median(t_fast) < _CLOSE[1]):
             for _ in range(repeats):
-                t_torch.append(_median_ms(lambda: run(native), 1))
-                t_fast.append(_median_ms(lambda: run(fast), 1))
+                t_torch.append(_mean_ms(lambda: run(native), calls))
+                t_fast.append(_mean_ms(lambda: run(fast), calls))
         x_eff, pad = _effective(layer, x.detach())
         args = (x_eff, weight.detach(), list(layer.stride), pad, list(layer.dilation), layer.groups, layer.algorithm)
         ops = ["forward", "input", "weight"] if train else ["forward"]

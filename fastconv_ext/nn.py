@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fastconv_ext.causal import causal_conv1d_update, conv1d_stream
 from fastconv_ext.functional import _conv, conv1d, conv2d
-from fastconv_ext.routing import module_native_call
+from fastconv_ext.routing import module_route
 
 __all__ = ["Conv1d", "Conv2d", "CausalConv1d"]
 
@@ -25,14 +25,18 @@ def check_algorithm(name: str, algorithm: str, dims: int) -> str:
     return algorithm
 
 
-def _eager_conv(module, dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _eager_conv(module, dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
     """A zero-padded module's eager call: PyTorch's convolution or the fastconv operator, as
-    routing.module_native_call decides (the module remembers its answer)."""
-    if module_native_call(module, input, weight, bias):
+    routing.module_route decides (the module remembers its answer); None for another padding."""
+    route = module_route(module, input, weight, bias)
+    if route is None:
+        return None
+    native, padding = route
+    if native:
         conv = F.conv1d if dims == 1 else F.conv2d
-        return conv(input, weight, bias, module.stride, module.padding, module.dilation, module.groups)
+        return conv(input, weight, bias, module.stride, padding, module.dilation, module.groups)
     op = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
-    return op(input, weight, bias, list(module.stride), list(module.padding), list(module.dilation), module.groups,
+    return op(input, weight, bias, list(module.stride), padding, list(module.dilation), module.groups,
               module.algorithm)
 
 
@@ -87,15 +91,17 @@ class Conv1d(nn.Conv1d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         # The operator directly where the arguments are already its own (a module's call is
         # the common case: the functional wrapper's conversions cost microseconds).
+        if not torch.jit.is_scripting():
+            if not torch.compiler.is_compiling():
+                out = _eager_conv(self, 1, input, weight, bias)
+                if out is not None:
+                    return out
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return _conv(1, padded, weight, bias, list(self.stride), [0], list(self.dilation), self.groups,
                          self.algorithm)
         if isinstance(self.padding, str):
             return conv1d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
-        if not torch.jit.is_scripting():
-            if not torch.compiler.is_compiling():
-                return _eager_conv(self, 1, input, weight, bias)
         return _conv(1, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
                      self.algorithm)
 
@@ -120,15 +126,17 @@ class Conv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         # The operator directly where the arguments are already its own (a module's call is
         # the common case: the functional wrapper's conversions cost microseconds).
+        if not torch.jit.is_scripting():
+            if not torch.compiler.is_compiling():
+                out = _eager_conv(self, 2, input, weight, bias)
+                if out is not None:
+                    return out
         if self.padding_mode != "zeros":
             padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return _conv(2, padded, weight, bias, list(self.stride), [0, 0], list(self.dilation), self.groups,
                          self.algorithm)
         if isinstance(self.padding, str):
             return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups, self.algorithm)
-        if not torch.jit.is_scripting():
-            if not torch.compiler.is_compiling():
-                return _eager_conv(self, 2, input, weight, bias)
         return _conv(2, input, weight, bias, list(self.stride), list(self.padding), list(self.dilation), self.groups,
                      self.algorithm)
 

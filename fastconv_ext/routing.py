@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-__all__ = ["module_native_call", "native_call", "traced_as_native"]
+__all__ = ["module_route", "native_call", "traced_as_native"]
 
 # Incremented by the C++ library whenever a settled choice may change.
 _generation = ctypes.c_int64.from_address(torch.ops.fastconv._settings_generation_address())
@@ -75,27 +75,49 @@ def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: S
     return _answer(input, weight, bias, stride, padding, dilation, groups, algorithm)[0]
 
 
-def module_native_call(module, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
-    """:func:`native_call` for an eager call of fastconv's ``module`` (zero padding given as
-    numbers). The module keeps the answer for the last signature it was called with -- a
-    model's layers see the same one call after call -- and a repeated call costs a comparison
-    with it (a few hundred nanoseconds: layers of a few microseconds are decided by it). The
-    signature leaves out what a module's calls keep, its hyperparameters and weight shape (were
-    they changed, the answer is still a correct convolution, only perhaps not the faster one)."""
+def module_route(module, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tuple[bool, List[int]]]:
+    """For an eager call of fastconv's ``module``: ``(native, padding)`` -- :func:`native_call`'s
+    answer and the module's zero padding as numbers ('same' and 'valid' resolved) -- or None
+    where the padding is not that (another padding mode, 'causal', 'same' with an odd total).
+
+    The module keeps the answer for the last signature it was called with -- a model's layers
+    see the same one call after call -- and a repeated call costs a comparison with it (a few
+    hundred nanoseconds: layers of a few microseconds are decided by it). The signature leaves
+    out the module's hyperparameters but its padding and the weight's shape (were they
+    changed, the call is still a correct convolution, only perhaps not the faster one)."""
     grad = torch.is_grad_enabled()
     key = (input.shape, input.stride(), input.dtype, input.device, weight.dtype, grad and input.requires_grad,
-           grad and weight.requires_grad, bias is None, module.algorithm, torch.get_num_threads(), _generation.value)
+           grad and weight.requires_grad, bias is None, module.padding, module.padding_mode, module.algorithm,
+           torch.get_num_threads(), _generation.value)
     last = module.__dict__.get(ROUTE_ATTRIBUTE)
     if last is not None and last[0] == key:
         return last[1]
-    native, settled = _answer(input, weight, bias, module.stride, module.padding, module.dilation, module.groups,
-                              module.algorithm)
+    padding = _zero_padding(module)
+    route, settled = None, True
+    if padding is not None:
+        native, settled = _answer(input, weight, bias, module.stride, padding, module.dilation, module.groups,
+                                  module.algorithm)
+        route = (native, padding)
     if settled:
-        module.__dict__[ROUTE_ATTRIBUTE] = (key, native)
-    return native
+        module.__dict__[ROUTE_ATTRIBUTE] = (key, route)
+    return route
 
 
-# Where a module keeps module_native_call's last answer.
+def _zero_padding(module) -> Optional[List[int]]:
+    """A module's zero padding as numbers (each side the same), or None."""
+    if module.padding_mode != "zeros":
+        return None
+    if not isinstance(module.padding, str):
+        return list(module.padding)
+    if module.padding == "valid":
+        return [0] * len(module.kernel_size)
+    totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+    if module.padding == "same" and all(t % 2 == 0 for t in totals):
+        return [t // 2 for t in totals]
+    return None  # 'causal', or 'same' padding one more on the right (the functional form's)
+
+
+# Where a module keeps module_route's last answer.
 ROUTE_ATTRIBUTE = "_fastconv_route"
 
 

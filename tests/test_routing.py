@@ -257,3 +257,24 @@ def test_a_module_remembers_its_route_until_the_signature_or_settings_change(mon
         fastconv_ext.clear_autotune_cache()
     fastconv_ext.revert(model)
     assert routing.ROUTE_ATTRIBUTE not in vars(layer) and type(layer) is torch.nn.Conv2d
+
+
+@pytest.mark.parametrize("padding,kernel", [("same", 3), ("same", 4), ("valid", 3), (2, 3)])
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_module_routes_every_padding_like_torch(padding, kernel, padding_mode):
+    """'same' with an even total and 'valid' resolve to numbers and are remembered like numeric
+    padding; 'same' with an odd total (one more on the right) and other padding modes take the
+    functional form. The result is torch.nn's either way, called again and again."""
+    from fastconv_ext import routing
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(8, 8, kernel, padding=padding, padding_mode=padding_mode)
+    layer = fastconv_ext.convert(torch.nn.Sequential(torch.nn.Conv2d(8, 8, kernel, padding=padding,
+                                                                     padding_mode=padding_mode)))[0]
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 8, 11, 13)
+    for _ in range(2):
+        torch.testing.assert_close(layer(x), ref(x))
+    route = vars(layer).get(routing.ROUTE_ATTRIBUTE)
+    resolved = padding_mode == "zeros" and (padding != "same" or kernel % 2 == 1)
+    assert route is not None and (route[1] is not None) == resolved
