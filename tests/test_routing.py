@@ -278,3 +278,26 @@ def test_module_routes_every_padding_like_torch(padding, kernel, padding_mode):
     route = vars(layer).get(routing.ROUTE_ATTRIBUTE)
     resolved = padding_mode == "zeros" and (padding != "same" or kernel % 2 == 1)
     assert route is not None and (route[1] is not None) == resolved
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="Inductor keeps NCHW without oneDNN")
+def test_inductor_hands_conv2d_its_neighbours_layout():
+    """The conv2d operators take any layout (their outputs follow their inputs' layout, fake
+    kernels included): in an Inductor graph whose convolutions run channels-last, the operator
+    reads and writes channels-last, with no conversion to NCHW and back around it."""
+    from torch._inductor.utils import run_and_get_code
+
+    w1, w2, w3 = torch.randn(64, 32, 1, 1), torch.randn(64, 1, 3, 3), torch.randn(32, 64, 1, 1)
+
+    def f(x):
+        y = ops.conv2d(F.conv2d(x, w1).relu(), w2, None, [1, 1], [1, 1], [1, 1], 64, "depthwise")
+        return F.conv2d(y.relu(), w3)
+
+    x = torch.randn(1, 32, 28, 28)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(f), x)
+    torch.testing.assert_close(out, f(x), rtol=1e-4, atol=1e-4)
+    checks = [line for line in "\n".join(code).splitlines()
+              if "assert_size_stride" in line and "fastconv.conv2d" in line]
+    assert checks and all("(50176, 1, 1792, 64)" in line for line in checks), checks

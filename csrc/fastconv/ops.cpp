@@ -68,15 +68,18 @@ TORCH_LIBRARY(fastconv, m) {
   m.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias=None, "
       "SymInt[2] stride=1, SymInt[2] padding=0, SymInt[2] dilation=1, "
-      "SymInt groups=1, str algorithm=\"auto\") -> Tensor");
+      "SymInt groups=1, str algorithm=\"auto\") -> Tensor",
+      {at::Tag::flexible_layout});
   m.def(
       "conv2d_input_backward(Tensor grad_output, Tensor weight, "
       "SymInt[2] input_size, SymInt[2] stride, SymInt[2] padding, "
-      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
+      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor",
+      {at::Tag::flexible_layout});
   m.def(
       "conv2d_weight_backward(Tensor grad_output, Tensor input, "
       "SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, "
-      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor");
+      "SymInt[2] dilation, SymInt groups, str algorithm=\"auto\") -> Tensor",
+      {at::Tag::flexible_layout});
   m.def("convolve(Tensor a, Tensor v, str mode=\"full\") -> Tensor");
   // out[..., t] = full[..., t + offset] for t < length, zero outside the full
   // convolution: every mode of convolve, and both of its gradients.
