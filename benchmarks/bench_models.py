@@ -275,6 +275,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.dtype = getattr(torch, args.dtype)
     names = args.models or (QUICK if args.quick else list(MODELS))
+    if args.compile:
+        # Both sides' step functions share their code; dynamo guards each model's variant (its
+        # classes, graph breaks of a training step) as a recompilation of that code, and past its
+        # default limit of 8 a side would run eagerly.
+        torch._dynamo.config.recompile_limit = 64
     fastconv_ext.clear_autotune_cache()
     progress(f"{len(names)} models, {args.dtype}, {torch.get_num_threads()} threads, torch {torch.__version__}"
              f"{', torch.compile' if args.compile else ''}")
