@@ -25,7 +25,8 @@ bool pointwise_rows(const at::Tensor& activation, const Conv2dIntDims& d) {
 at::Tensor pointwise_forward_rows(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                   const Conv2dIntDims& d) {
   const at::Tensor w_t = weight.reshape({d.out_channels, d.in_channels}).t();
-  const at::Tensor y = bias.has_value() && bias->defined() ? at::addmm(*bias, as_rows(x), w_t) : at::mm(as_rows(x), w_t);
+  const at::Tensor y =
+      bias.has_value() && bias->defined() ? at::addmm(*bias, as_rows(x), w_t) : at::mm(as_rows(x), w_t);
   return y.view({d.batch, d.out_size[0], d.out_size[1], d.out_channels}).permute({0, 3, 1, 2});
 }
 
