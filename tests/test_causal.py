@@ -112,6 +112,34 @@ def test_seq_idx_never_mixes_sequences(K, dtype, layout, device):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C", [1024, 1029])
+def test_large_outputs_across_stages(C, dtype, layout, device):
+    """Outputs of 16 MiB and more (non-temporal stores: aligned rows, and C = 1029's misaligned ones), rows
+    longer than a stage, a sequence start in one stage: forward and gradients against the reference."""
+    gen = torch.Generator().manual_seed(C)
+    B, K = 1, 4
+    L = (16 << 20) // (C * torch.tensor([], dtype=dtype).element_size()) + 5
+    x = make_x(B, C, L, dtype, device, layout, gen).requires_grad_()
+    w = torch.randn(C, K, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    b = torch.randn(C, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    seq = torch.zeros(B, L, dtype=torch.int32, device=device)
+    seq[:, 3000:] = 1
+    y = ops.causal_conv1d(x, w, b, None, seq, "silu", 1)[0]
+    assert y.stride() == x.stride()
+    gy = torch.randn(B, C, L, generator=gen, dtype=torch.float64).to(device, dtype)
+    got = torch.autograd.grad(y, [x, w, b], gy)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    yr = reference(*leaves, None, "silu", seq)[0]
+    torch.testing.assert_close(y.double(), yr, **TOL[dtype])
+    want = torch.autograd.grad(yr, leaves, gy.double())
+    for name, g, r in zip(["x", "weight", "bias"], got, want):
+        scale = 1 + r.abs().max().item() if name != "x" else 1
+        torch.testing.assert_close(g.double(), r, atol=TOL[dtype]["atol"] * scale * 3, rtol=TOL[dtype]["rtol"] * 3,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K,dilation,with_seq", [(1, 1, False), (4, 1, False), (4, 1, True), (3, 5, False), (31, 1, True)])
 def test_gradients_match_reference(K, dilation, with_seq, dtype, layout, device):

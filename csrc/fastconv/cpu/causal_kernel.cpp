@@ -28,6 +28,7 @@
 #include "fastconv/causal_layout.h"
 #include "fastconv/cpu/allocation.h"
 #include "fastconv/cpu/convert_row.h"
+#include "fastconv/cpu/streaming_store.h"
 #include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/shape.h"
 
@@ -41,8 +42,10 @@ using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 // channels at few positions: each position's channels are one contiguous
 // run of memory (short runs at a stride of C touched a page per position).
 constexpr int64_t kTimeChunk = 2048;     // positions per stage, time layout
+constexpr int64_t kTimeHead = 64;        // the first stage: a multiple of it, >= history
 constexpr int64_t kChannelBlock = 512;   // channels per task, channels-last layout
 constexpr int64_t kChannelChunk = 64;    // positions per stage, channels-last layout
+constexpr int64_t kBackwardTasks = 16;   // channels-last backward: at least this many tasks where L allows
 
 template <typename A>
 A silu_scalar(A v) {
@@ -178,16 +181,20 @@ template <typename T>
 void forward_time(const Operands<T>& o, int64_t B, T* y) {
   using A = Acc<T>;
   const int64_t C = o.channels, L = o.length, H = o.history;
+  const bool streaming = B * C * L * int64_t(sizeof(T)) >= cpu::kStreamingBytes;
   at::parallel_for(0, B * C, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, L * o.taps)),
                    [&](int64_t begin, int64_t end) {
     std::vector<A> win(H + kTimeChunk), out(kTimeChunk);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / C, c = r % C;
       const T* xrow = o.x + b * o.xb + c * o.xc;
-      for (int64_t t0 = 0; t0 < L; t0 += kTimeChunk) {
-        const int64_t n = std::min(kTimeChunk, L - t0);
+      // A short first stage stages the state and the positions beside it;
+      // every later stage starts at t0 >= H and reads its rows in place.
+      for (int64_t t0 = 0, n = 0; t0 < L; t0 += n) {
+        n = std::min({t0 == 0 && H > 0 ? kTimeHead * ((H + kTimeHead - 1) / kTimeHead) : kTimeChunk, kTimeChunk, L - t0});
         cpu::CausalTimeTile<A> tile{win.data(), o.w.data() + c * o.taps, o.taps, o.dilation, o.bias[c], out.data(), n,
                                     o.act()};
+        tile.streaming = streaming && !std::is_same_v<T, c10::Half>;
         // In place: float and double rows, bfloat16 ones as bits; staged: the
         // first positions (the state before them), float16.
         const bool in_place = t0 >= H && (std::is_same_v<T, A> || std::is_same_v<T, c10::BFloat16>);
@@ -203,6 +210,7 @@ void forward_time(const Operands<T>& o, int64_t B, T* y) {
         if constexpr (std::is_same_v<T, c10::Half>) cpu::convert_row(out.data(), y + r * L + t0, n);
       }
     }
+    if (streaming) cpu::stream_fence();
   });
 }
 
@@ -269,14 +277,15 @@ void forward_channels(const Operands<T>& o, int64_t B, T* y, int64_t yb, int64_t
   using A = Acc<T>;
   const int64_t C = o.channels, L = o.length, H = o.history;
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock, chunks = (L + kChannelChunk - 1) / kChannelChunk;
+  const bool streaming = B * C * L * int64_t(sizeof(T)) >= cpu::kStreamingBytes;
   at::parallel_for(0, B * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<const A*> rows;
     std::vector<A> buf, out;
     [[maybe_unused]] std::vector<const uint16_t*> rows16;
     [[maybe_unused]] std::vector<uint16_t> buf16;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / (blocks * chunks), c0 = (task / chunks) % blocks * kChannelBlock;
-      const int64_t t0 = task % chunks * kChannelChunk;
+      const int64_t b = task / (blocks * chunks), c0 = task % blocks * kChannelBlock;
+      const int64_t t0 = (task / blocks) % chunks * kChannelChunk;
       const int64_t m = std::min(kChannelBlock, C - c0), n = std::min(kChannelChunk, L - t0);
       const auto w = weight_block(o, c0, m, false);
       T* dst = y + b * yb + t0 * yt + c0;
@@ -286,13 +295,16 @@ void forward_channels(const Operands<T>& o, int64_t B, T* y, int64_t yb, int64_t
                                        o.act()};
         tile.rows_bf16 = rows16.data();
         tile.out_bf16 = reinterpret_cast<uint16_t*>(dst);
+        tile.streaming = streaming;
         cpu::run(tile);
         continue;
       }
       stage_channels(o, b, c0, m, t0 - H, n + H, rows, buf);
       if constexpr (std::is_same_v<T, A>) {
-        cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, dst, yt, m, o.taps,
-                                           o.dilation, n, o.act()});
+        cpu::CausalChannelTile<A> tile{rows.data(), w.data(), o.bias.data() + c0, dst, yt, m, o.taps, o.dilation, n,
+                                       o.act()};
+        tile.streaming = streaming;
+        cpu::run(tile);
       } else {
         out.resize(n * m);
         cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, out.data(), m, m, o.taps,
@@ -300,6 +312,7 @@ void forward_channels(const Operands<T>& o, int64_t B, T* y, int64_t yb, int64_t
         for (int64_t j = 0; j < n; ++j) cpu::convert_row(out.data() + j * m, dst + j * yt, m);
       }
     }
+    if (streaming) cpu::stream_fence();
   });
 }
 
@@ -362,6 +375,7 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
   T* gs = g.state.data_ptr<T>();
   A* gw = g.weight.data_ptr<A>();
   A* gb = g.bias.data_ptr<A>();
+  const bool streaming = g.x.nbytes() >= cpu::kStreamingBytes;
   at::parallel_for(0, C, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, B * L * K)),
                    [&](int64_t begin, int64_t end) {
     std::vector<A> win(H + kTimeChunk), pre(L), gbuf(2 * H + L), gxs(H + L);
@@ -372,23 +386,38 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
         const int64_t r = b * C + c;
         A* grow = gbuf.data() + H;  // g[t] = grow[t], zeros on both sides
         cpu::convert_row(gyp + r * L, grow, L);
+        const auto masked = runs[b].masked_outputs(H, L);
         for (int64_t t0 = 0; t0 < L; t0 += kTimeChunk) {
           const int64_t n = std::min(kTimeChunk, L - t0);
           const A* xw = win.data();  // xs from t0 - H: x's row in place where it can be
           if constexpr (std::is_same_v<T, A>) {
             if (t0 >= H) xw = o.x + b * o.xb + c * o.xc + t0 - H;
           }
+          const bool fused = o.silu && K <= cpu::kCausalFusedTaps &&
+              std::none_of(masked.begin(), masked.end(), [&](int64_t t) { return t >= t0 && t < t0 + n; });
+          if (fused) {
+            // SiLU's gradient and the weight terms in one pass; bfloat16 x
+            // read where it lies.
+            cpu::CausalTimeSiluGradTile<A> tile{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], grow + t0, n,
+                                                gw + c * K, gb + c};
+            if constexpr (std::is_same_v<T, c10::BFloat16>) {
+              if (t0 >= H) tile.win_bf16 = reinterpret_cast<const uint16_t*>(o.x + b * o.xb + c * o.xc + t0 - H);
+            }
+            if (!tile.win_bf16 && xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
+            cpu::run(tile);
+            continue;
+          }
           if (xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
           cpu::run(cpu::CausalTimeTile<A>{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], pre.data() + t0, n,
                                           cpu::Activation::kNone});
-          for (int64_t t : runs[b].masked_outputs(H, L)) {
+          for (int64_t t : masked) {
             if (t >= t0 && t < t0 + n) pre[t] = o.pre(b, c, t, runs[b].start_of(t));
           }
           if (o.silu) cpu::silu_grad(pre.data() + t0, grow + t0, n);
           cpu::run(cpu::CausalTimeWeightTile<A>{grow + t0, xw, K, o.dilation, n, gw + c * K, gb + c});
         }
         // Take back the masked taps' terms from grad_w.
-        for (int64_t t : runs[b].masked_outputs(H, L)) {
+        for (int64_t t : masked) {
           const int64_t lo = runs[b].start_of(t);
           for (int64_t k = 0; k < K; ++k) {
             const int64_t p = t - o.dilation * (K - 1 - k);
@@ -402,9 +431,9 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
         cpu::CausalTimeTile<A> tile{grow, flipped.data(), K, o.dilation, A(0), gxs.data() + H, L,
                                     cpu::Activation::kNone};
         if constexpr (std::is_same_v<T, A>) {
-          tile.out = gx + r * L;
+          tile.out = gx + r * L, tile.streaming = streaming;
         } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-          tile.out_bf16 = reinterpret_cast<uint16_t*>(gx + r * L);
+          tile.out_bf16 = reinterpret_cast<uint16_t*>(gx + r * L), tile.streaming = streaming;
         }
         cpu::run(tile);
         if constexpr (std::is_same_v<T, c10::Half>) cpu::convert_row(gxs.data() + H, gx + r * L, L);
@@ -426,6 +455,7 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
         }
       }
     }
+    if (streaming) cpu::stream_fence();
   });
 }
 
@@ -441,34 +471,72 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
   T* gs = g.state.data_ptr<T>();
   A* gw = g.weight.data_ptr<A>();
   A* gb = g.bias.data_ptr<A>();
-  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  const bool streaming = g.x.nbytes() >= cpu::kStreamingBytes;
+  // Tasks: a block of channels and a segment of positions (several segments
+  // only where there are few blocks, so both threads of a 3-block layer have
+  // work). Each task sums its weight and bias gradients apart, and the sums
+  // are added in segment order: the result does not depend on the threads.
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock, chunks = (L + kChannelChunk - 1) / kChannelChunk;
+  const int64_t segments = blocks >= kBackwardTasks ? 1 : std::min(chunks, (kBackwardTasks + blocks - 1) / blocks);
+  const int64_t per_segment = (chunks + segments - 1) / segments * kChannelChunk;
+  std::vector<A> sums(blocks * segments * (K + 1) * kChannelBlock, A(0));  // [block][segment][K + 1][m]
+  at::parallel_for(0, blocks * segments, 1, [&](int64_t begin, int64_t end) {
     std::vector<const A*> rows, grows;
-    std::vector<A> buf, pre, gbuf, out, zeros(kChannelBlock, A(0)), gwb, gbb;
-    for (int64_t blk = begin; blk < end; ++blk) {
+    std::vector<A> buf, pre, gbuf, out, zeros(kChannelBlock, A(0));
+    [[maybe_unused]] std::vector<const uint16_t*> rows16;
+    [[maybe_unused]] std::vector<uint16_t> buf16;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t blk = task / segments, seg = task % segments;
       const int64_t c0 = blk * kChannelBlock, m = std::min(kChannelBlock, C - c0);
       const auto w = weight_block(o, c0, m, false), flipped = weight_block(o, c0, m, true);
-      gwb.assign(K * m, A(0));
-      gbb.assign(m, A(0));
+      A* gwb = sums.data() + task * (K + 1) * kChannelBlock;
+      A* gbb = gwb + K * m;
       for (int64_t b = 0; b < B; ++b) {
         const auto masked = runs[b].masked_outputs(H, L);
-        for (int64_t t0 = 0; t0 < L; t0 += kChannelChunk) {
+        for (int64_t t0 = seg * per_segment; t0 < std::min(L, (seg + 1) * per_segment); t0 += kChannelChunk) {
           // g for outputs [t0, t0 + n + H): grad_x of [t0, t0 + n) reads that far.
           const int64_t n = std::min(kChannelChunk, L - t0), span = std::min(n + H, L - t0);
-          stage_channels(o, b, c0, m, t0 - H, span + H, rows, buf);
-          pre.resize(span * m);
-          cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, pre.data(), m, m, K,
-                                             o.dilation, span, cpu::Activation::kNone});
-          for (int64_t t : masked) {
-            if (t < t0 || t >= t0 + span) continue;
-            for (int64_t j = 0; j < m; ++j) pre[(t - t0) * m + j] = o.pre(b, c0 + j, t, runs[b].start_of(t));
-          }
           gbuf.resize((n + H) * m);
           std::fill(gbuf.begin() + span * m, gbuf.end(), A(0));  // past the end of the row
-          for (int64_t j = 0; j < span; ++j) cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
-          if (o.silu) cpu::silu_grad(pre.data(), gbuf.data(), span * m);
-          cpu::run(cpu::CausalChannelWeightTile<A>{gbuf.data(), m, rows.data(), m, K, o.dilation, n, gwb.data(),
-                                                   gbb.data()});
+          const bool fused = o.silu && std::none_of(masked.begin(), masked.end(), [&](int64_t t) {
+            return t >= t0 && t < t0 + span;
+          });
+          // SiLU's gradient and the weight terms in one pass (no pre-activation
+          // kept); bfloat16 x and grad_y read where they lie.
+          cpu::CausalChannelSiluGradTile<A> fuse{rows.data(), w.data(), o.bias.data() + c0, gbuf.data(), m, m, K,
+                                                 o.dilation, span, n, gwb, gbb};
+          if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            if (fused) {
+              stage_channels_bf16(o, b, c0, m, t0 - H, span + H, rows16, buf16);
+              fuse.rows_bf16 = rows16.data();
+              fuse.gy_bf16 = reinterpret_cast<const uint16_t*>(gyp + b * gyb + t0 * gyt + c0);
+              fuse.gy_stride = gyt;
+              cpu::run(fuse);
+            }
+          }
+          if (!fuse.rows_bf16) {
+            stage_channels(o, b, c0, m, t0 - H, span + H, rows, buf);
+            fuse.rows = rows.data();
+            for (int64_t j = 0; j < span; ++j) {
+              cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
+            }
+          }
+          if (fuse.rows_bf16) {
+          } else if (fused) {
+            cpu::run(fuse);
+          } else {
+            if (o.silu) {
+              pre.resize(span * m);
+              cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, pre.data(), m, m, K,
+                                                 o.dilation, span, cpu::Activation::kNone});
+              for (int64_t t : masked) {
+                if (t < t0 || t >= t0 + span) continue;
+                for (int64_t j = 0; j < m; ++j) pre[(t - t0) * m + j] = o.pre(b, c0 + j, t, runs[b].start_of(t));
+              }
+              cpu::silu_grad(pre.data(), gbuf.data(), span * m);
+            }
+            cpu::run(cpu::CausalChannelWeightTile<A>{gbuf.data(), m, rows.data(), m, K, o.dilation, n, gwb, gbb});
+          }
           for (int64_t t : masked) {
             if (t < t0 || t >= t0 + n) continue;
             const int64_t lo = runs[b].start_of(t);
@@ -487,9 +555,9 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
           cpu::CausalChannelTile<A> tile{grows.data(), flipped.data(), nullptr, out.data(), m, m, K, o.dilation, n,
                                          cpu::Activation::kNone};
           if constexpr (std::is_same_v<T, A>) {
-            tile.out = gx0, tile.out_stride = gxt;
+            tile.out = gx0, tile.out_stride = gxt, tile.streaming = streaming;
           } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-            tile.out_bf16 = reinterpret_cast<uint16_t*>(gx0), tile.out_stride = gxt;
+            tile.out_bf16 = reinterpret_cast<uint16_t*>(gx0), tile.out_stride = gxt, tile.streaming = streaming;
             tile.rows_bf16 = nullptr;  // g is float: only the output is bfloat16
           }
           cpu::run(tile);
@@ -536,12 +604,19 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
           }
         }
       }
+    }
+    if (streaming) cpu::stream_fence();
+  });
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * kChannelBlock, m = std::min(kChannelBlock, C - c0);
+    for (int64_t seg = 0; seg < segments; ++seg) {
+      const A* gwb = sums.data() + (blk * segments + seg) * (K + 1) * kChannelBlock;
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t j = 0; j < m; ++j) gw[(c0 + j) * K + k] += gwb[k * m + j];
       }
-      for (int64_t j = 0; j < m; ++j) gb[c0 + j] += gbb[j];
+      for (int64_t j = 0; j < m; ++j) gb[c0 + j] += gwb[K * m + j];
     }
-  });
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> causal_conv1d_backward_cpu(

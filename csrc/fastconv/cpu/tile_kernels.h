@@ -111,6 +111,7 @@ struct CausalTimeTile {
   Activation act;
   const uint16_t* win_bf16 = nullptr;
   uint16_t* out_bf16 = nullptr;
+  bool streaming = false;  // non-temporal stores of whole aligned vectors (outputs past the caches)
 };
 
 // Vectors along channels: window position i is the row rows[i] of `channels`
@@ -128,6 +129,7 @@ struct CausalChannelTile {
   Activation act;
   const uint16_t* const* rows_bf16 = nullptr;
   uint16_t* out_bf16 = nullptr;
+  bool streaming = false;  // as in CausalTimeTile
 };
 
 // Weight and bias gradients of a CausalTimeTile, accumulated into:
@@ -152,6 +154,49 @@ struct CausalChannelWeightTile {
   int64_t channels, taps, dilation, n;
   T* gw;
   T* gb;
+};
+
+// The SiLU backward of a CausalTimeTile in one pass, taps <= kCausalFusedTaps:
+// for j < n, pre = bias + sum_k w[k] * win[j + k * dilation],
+//   g[j] *= silu'(pre)       (g holds grad_y on entry),
+//   gw[k] += sum_j g[j] * win[j + k * dilation],  *gb += sum_j g[j].
+// (For float: win_bf16 as in CausalTimeTile.)
+constexpr int64_t kCausalFusedTaps = 8;
+
+template <typename T>
+struct CausalTimeSiluGradTile {
+  const T* win;
+  const T* w;  // [taps]
+  int64_t taps, dilation;
+  T bias;
+  T* g;
+  int64_t n;
+  T* gw;
+  T* gb;
+  const uint16_t* win_bf16 = nullptr;
+};
+
+// The SiLU backward of a CausalChannelTile in one pass: for rows j < n,
+//   pre = bias[c] + sum_k w[k * channels + c] * rows[j + k * dilation][c],
+//   g[j * g_stride + c] *= silu'(pre)          (g holds grad_y on entry),
+// and for j < n_weight the sums of a CausalChannelWeightTile of that g into
+// gw and gb. (Separately: the pre-activation written, read back, and x read
+// again by the weight tile.) For float with rows_bf16 and gy_bf16: x and
+// grad_y read as bfloat16 bits where they lie, g = gy_bf16[j * gy_stride + c] *
+// silu'(pre) written to g.
+template <typename T>
+struct CausalChannelSiluGradTile {
+  const T* const* rows;
+  const T* w;     // [taps][channels]
+  const T* bias;  // [channels] or nullptr
+  T* g;
+  int64_t g_stride;
+  int64_t channels, taps, dilation, n, n_weight;
+  T* gw;
+  T* gb;
+  const uint16_t* const* rows_bf16 = nullptr;
+  const uint16_t* gy_bf16 = nullptr;
+  int64_t gy_stride = 0;
 };
 
 // Decoding steps, for each row r < rows: for c < channels, with the window
@@ -259,6 +304,10 @@ struct KernelTable {
   void (*causal_time_weight_f64)(const CausalTimeWeightTile<double>&);
   void (*causal_channel_weight_f32)(const CausalChannelWeightTile<float>&);
   void (*causal_channel_weight_f64)(const CausalChannelWeightTile<double>&);
+  void (*causal_time_silu_grad_f32)(const CausalTimeSiluGradTile<float>&);
+  void (*causal_time_silu_grad_f64)(const CausalTimeSiluGradTile<double>&);
+  void (*causal_channel_silu_grad_f32)(const CausalChannelSiluGradTile<float>&);
+  void (*causal_channel_silu_grad_f64)(const CausalChannelSiluGradTile<double>&);
   // g[j] *= silu'(pre[j]) for j < n, silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
   void (*silu_grad_f32)(const float* pre, float* g, int64_t n);
   void (*silu_grad_f64)(const double* pre, double* g, int64_t n);
@@ -293,6 +342,10 @@ inline void run(const CausalTimeWeightTile<float>& t) { kernels().causal_time_we
 inline void run(const CausalTimeWeightTile<double>& t) { kernels().causal_time_weight_f64(t); }
 inline void run(const CausalChannelWeightTile<float>& t) { kernels().causal_channel_weight_f32(t); }
 inline void run(const CausalChannelWeightTile<double>& t) { kernels().causal_channel_weight_f64(t); }
+inline void run(const CausalTimeSiluGradTile<float>& t) { kernels().causal_time_silu_grad_f32(t); }
+inline void run(const CausalTimeSiluGradTile<double>& t) { kernels().causal_time_silu_grad_f64(t); }
+inline void run(const CausalChannelSiluGradTile<float>& t) { kernels().causal_channel_silu_grad_f32(t); }
+inline void run(const CausalChannelSiluGradTile<double>& t) { kernels().causal_channel_silu_grad_f64(t); }
 inline void run(const CausalUpdateRows<float>& t) { kernels().causal_update_f32(t); }
 inline void run(const CausalUpdateRows<uint16_t>& t) { kernels().causal_update_bf16(t); }
 inline void run(const DepthwisePixels<float, float>& t) { kernels().depthwise_f32(t); }

@@ -60,7 +60,9 @@ struct Io {
     for (int64_t i = 0; i < n; ++i) tmp[i] = p[i];
     return load(tmp);
   }
-  static void store(Src* p, V v, int64_t n) {
+  // Streaming: a whole vector at an address aligned to it goes around the
+  // caches (non-temporal), which spares the read of the destination line.
+  static void store(Src* p, V v, int64_t n, bool streaming = false) {
     if constexpr (Bf16) {
       U32Vec bits;
       std::memcpy(&bits, &v, sizeof(V));
@@ -69,57 +71,87 @@ struct Io {
       rounded = nan ? U32Vec{} + 0x7FC0u : rounded;
       const U16Vec h = __builtin_convertvector(rounded, U16Vec);
       if (n >= W) {
-        std::memcpy(p, &h, sizeof(h));
+        if (!(streaming && stream_half(p, h))) std::memcpy(p, &h, sizeof(h));
       } else {
         for (int64_t i = 0; i < n; ++i) p[i] = h[i];
       }
     } else {
-      Simd<T>::store(p, v, n < W ? n : W);
+      if (!(streaming && n >= W && Simd<T>::stream(p, v))) Simd<T>::store(p, v, n < W ? n : W);
     }
+  }
+
+ private:
+  static bool stream_half(uint16_t* p, U16Vec h) {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (reinterpret_cast<uintptr_t>(p) % sizeof(U16Vec) != 0) return false;
+    if constexpr (sizeof(U16Vec) == 32) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), (__m256i)h);
+    } else if constexpr (sizeof(U16Vec) == 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(p), (__m128i)h);
+    } else {
+      return false;
+    }
+    return true;
+#else
+    (void)p;
+    (void)h;
+    return false;
+#endif
   }
 };
 
 // 1 / (1 + exp(-x)). float: exp(-x) as 2^n * e^r, |r| <= ln2 / 2, with the
-// degree-6 Taylor polynomial (relative error below 3e-8) and -x clamped to
-// [-87, 88] so 2^n stays a normal float; double: std::exp per lane.
-// Coarse (for results rounded to bfloat16, whose own error is 2^-9): a
+// degree-6 Taylor polynomial (relative error below 3e-8) and x clamped to
+// [-88, 87] (infinities give 0 and 1, NaN stays NaN); double: std::exp per
+// lane. Coarse (for results rounded to bfloat16, whose own error is 2^-9): a
 // degree-4 polynomial and, with AVX-512, the 14-bit reciprocal estimate
-// without its Newton step, both below 1e-4.
+// without its Newton step, both below 1e-4. AVX-512 forms n with vrndscaleps
+// and 2^n * p with vscalefps (one instruction each where the generic form
+// takes an add, a subtract, a conversion, an add and a shift).
 template <typename T, bool Coarse = false>
 __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
   using V = typename Simd<T>::V;
   if constexpr (sizeof(T) == 4) {
-    using I = I32Vec;
-    V z = -x;
-    z = z < Simd<T>::splat(-87.0f) ? Simd<T>::splat(-87.0f) : z;
-    z = z > Simd<T>::splat(88.0f) ? Simd<T>::splat(88.0f) : z;
-    const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    const V n = (z * 1.44269504f + magic) - magic;
-    const V r = (z - n * 0.693359375f) - n * -2.12194440e-4f;
-    V p;
-    if constexpr (Coarse) {
-      p = Simd<T>::splat(1.0f / 24);
-    } else {
-      p = Simd<T>::splat(1.0f / 720);
-      p = p * r + 1.0f / 120;
-      p = p * r + 1.0f / 24;
-    }
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof(V));
-    const V d = 1.0f + p * scale;
+    constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+    const auto poly = [](V r) {
+      V p;
+      if constexpr (Coarse) {
+        p = Simd<T>::splat(1.0f / 24);
+      } else {
+        p = Simd<T>::splat(1.0f / 720);
+        p = p * r + 1.0f / 120;
+        p = p * r + 1.0f / 24;
+      }
+      p = p * r + 1.0f / 6;
+      p = p * r + 0.5f;
+      p = p * r + 1.0f;
+      return p * r + 1.0f;
+    };
 #if FASTCONV_X86_AVX512
+    // max/min return their second operand when either is NaN: x's NaN stays.
+    const __m512 xc = _mm512_min_ps(_mm512_set1_ps(87.0f), _mm512_max_ps(_mm512_set1_ps(-88.0f), (__m512)x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(-kLog2e)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = -x - n ln2, ln2 in two parts.
+    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), _mm512_fnmsub_ps(n, _mm512_set1_ps(kLn2Hi), xc));
+    const V d = (V)_mm512_scalef_ps((__m512)poly((V)r), n) + 1.0f;
     // 1 / d: the 14-bit reciprocal estimate and a Newton step (about 2^-27),
     // several times the throughput of a division.
     const V e = (V)_mm512_rcp14_ps((__m512)d);
     if constexpr (Coarse) return e;
     return e * (2.0f - d * e);
 #else
-    return 1.0f / d;
+    using I = I32Vec;
+    V z = -x;
+    z = z < Simd<T>::splat(-87.0f) ? Simd<T>::splat(-87.0f) : z;
+    z = z > Simd<T>::splat(88.0f) ? Simd<T>::splat(88.0f) : z;
+    const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    const V n = (z * kLog2e + magic) - magic;
+    const V r = (z - n * kLn2Hi) - n * kLn2Lo;
+    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &bits, sizeof(V));
+    return 1.0f / (1.0f + poly(r) * scale);
 #endif
   } else {
     V out;
@@ -157,6 +189,21 @@ void with_taps(int64_t taps, F&& f) {
   }
 }
 
+// Channels-last tiles read a row per position in runs of a few hundred
+// channels at a stride of C: too short for the hardware prefetchers, which
+// left the loads waiting on memory. The rows kCausalPrefetchRows positions ahead
+// are requested a block of positions at a time.
+constexpr int64_t kCausalPrefetchRows = 8;
+
+// Rows [first, first + count) of rows (those below `limit`), channels [0, channels).
+template <typename E>
+void prefetch_rows(const E* const* rows, int64_t first, int64_t count, int64_t limit, int64_t channels) {
+  for (int64_t r = first; r < std::min(first + count, limit); ++r) {
+    const char* p = reinterpret_cast<const char*>(rows[r]);
+    for (int64_t i = 0; i < channels * int64_t(sizeof(E)); i += 64) __builtin_prefetch(p + i);
+  }
+}
+
 // ---- forward, vectors along time
 
 // V vectors of outputs from j; Full: all V * kLanes of them (no partial loads).
@@ -178,7 +225,7 @@ void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
   }
   for (int v = 0; v < V; ++v) {
     const int64_t left = Full ? W : n - v * W;
-    if (left > 0) Out::store(out + j + v * W, activate<T, Silu, Out16>(acc[v]), left);
+    if (left > 0) Out::store(out + j + v * W, activate<T, Silu, Out16>(acc[v]), left, a.streaming);
   }
 }
 
@@ -207,60 +254,77 @@ void causal_time(const CausalTimeTile<T>& a) {
 
 // ---- forward, vectors along channels
 
-// V vectors of channels from c, every position; Full: all V * kLanes channels.
-// KT > 0: the tap count, known at compile time, with the weights held in
-// registers across positions; KT = 0: any count, weights loaded from L1.
-template <typename T, bool In16, bool Out16, bool Silu, int V, bool Full, int KT>
-void causal_channel_block(const CausalChannelTile<T>& a, int64_t c, int64_t m) {
+// P positions from j, one vector of channels from c (m of them; Full: all
+// kLanes). KT > 0: the tap count, known at compile time; with dilation 1
+// the P + KT - 1 rows are loaded (and widened) once for the P outputs and the
+// weights once for all of them. Positions run outer, so a task reads its
+// rows front to back, a few at a time (vectors down a column of rows touched
+// a page per load).
+template <typename T, bool In16, bool Out16, bool Silu, int P, bool Full, int KT>
+__attribute__((always_inline)) inline void causal_channel_block(const CausalChannelTile<T>& a, int64_t j, int64_t c,
+                                                                int64_t m) {
   using S = Simd<T>;
   using Vec = typename S::V;
   using X = Io<T, Out16>;
-  constexpr int64_t W = S::kLanes;
-  const auto load = [&](const auto* p, int v) {
-    using P = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
-    using L = Io<T, !std::is_same_v<P, T>>;
-    return Full ? L::load(p + v * W) : L::load(p + v * W, m - v * W);
+  const auto load = [&](const auto* p) {
+    using Q = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+    using L = Io<T, !std::is_same_v<Q, T>>;
+    return Full ? L::load(p) : L::load(p, m);
   };
-  const int64_t taps = KT > 0 ? KT : a.taps;
-  Vec held[KT > 0 ? KT : 1][V], bias[V];
-  if constexpr (KT > 0) {
-    for (int k = 0; k < KT; ++k) {
-      for (int v = 0; v < V; ++v) held[k][v] = load(a.w + k * a.channels + c, v);
-    }
-  }
-  for (int v = 0; v < V; ++v) bias[v] = a.bias == nullptr ? Vec{} : load(a.bias + c, v);
   const typename Io<T, In16>::Src* const* rows;
   typename X::Src* out;
   if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
   if constexpr (Out16) out = a.out_bf16; else out = a.out;
-  for (int64_t j = 0; j < a.n; ++j) {
-    Vec acc[V];
-    for (int v = 0; v < V; ++v) acc[v] = bias[v];
-    for (int64_t k = 0; k < taps; ++k) {
-      const auto* x = rows[j + k * a.dilation] + c;
-      for (int v = 0; v < V; ++v) {
-        if constexpr (KT > 0) {
-          acc[v] += held[k][v] * load(x, v);
-        } else {
-          acc[v] += load(a.w + k * a.channels + c, v) * load(x, v);
-        }
+  const Vec bias = a.bias == nullptr ? Vec{} : load(a.bias + c);
+  Vec acc[P];
+  for (int p = 0; p < P; ++p) acc[p] = bias;
+  if constexpr (KT > 0) {
+    Vec w[KT];
+    for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
+    if (a.dilation == 1) {
+      Vec x[P + KT - 1];
+      for (int i = 0; i < P + KT - 1; ++i) x[i] = load(rows[j + i] + c);
+      for (int p = 0; p < P; ++p) {
+        for (int k = 0; k < KT; ++k) acc[p] += w[k] * x[p + k];
+      }
+    } else {
+      for (int p = 0; p < P; ++p) {
+        for (int k = 0; k < KT; ++k) acc[p] += w[k] * load(rows[j + p + k * a.dilation] + c);
       }
     }
-    auto* o = out + j * a.out_stride + c;
-    for (int v = 0; v < V; ++v) {
-      const int64_t left = Full ? W : m - v * W;
-      if (left > 0) X::store(o + v * W, activate<T, Silu, Out16>(acc[v]), left);
+  } else {
+    for (int64_t k = 0; k < a.taps; ++k) {
+      const Vec wk = load(a.w + k * a.channels + c);
+      for (int p = 0; p < P; ++p) acc[p] += wk * load(rows[j + p + k * a.dilation] + c);
     }
   }
+  for (int p = 0; p < P; ++p) {
+    X::store(out + (j + p) * a.out_stride + c, activate<T, Silu, Out16>(acc[p]), Full ? S::kLanes : m, a.streaming);
+  }
+}
+
+template <typename T, bool In16, bool Out16, bool Silu, int P, int KT>
+void causal_channel_positions(const CausalChannelTile<T>& a, int64_t j) {
+  constexpr int64_t W = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + W <= a.channels; c += W) causal_channel_block<T, In16, Out16, Silu, P, true, KT>(a, j, c, W);
+  if (c < a.channels) causal_channel_block<T, In16, Out16, Silu, P, false, KT>(a, j, c, a.channels - c);
 }
 
 template <typename T, bool In16, bool Out16, bool Silu, int KT>
 void causal_channel_taps(const CausalChannelTile<T>& a) {
-  constexpr int64_t W = Simd<T>::kLanes;
-  int64_t c = 0;
-  for (; c + 4 * W <= a.channels; c += 4 * W) causal_channel_block<T, In16, Out16, Silu, 4, true, KT>(a, c, 4 * W);
-  for (; c + W <= a.channels; c += W) causal_channel_block<T, In16, Out16, Silu, 1, true, KT>(a, c, W);
-  if (c < a.channels) causal_channel_block<T, In16, Out16, Silu, 1, false, KT>(a, c, a.channels - c);
+  constexpr int P = 4;
+  const int64_t H = (a.taps - 1) * a.dilation;
+  int64_t j = 0;
+  for (; j + P <= a.n; j += P) {
+    if constexpr (In16) {
+      prefetch_rows(a.rows_bf16, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
+    } else {
+      prefetch_rows(a.rows, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
+    }
+    causal_channel_positions<T, In16, Out16, Silu, P, KT>(a, j);
+  }
+  for (; j < a.n; ++j) causal_channel_positions<T, In16, Out16, Silu, 1, KT>(a, j);
 }
 
 template <typename T, bool In16, bool Out16>
@@ -350,6 +414,173 @@ void causal_channel_weight_taps(const CausalChannelWeightTile<T>& a) {
 template <typename T>
 void causal_channel_weight(const CausalChannelWeightTile<T>& a) {
   with_taps<1, kWeightTaps>(a.taps, [&](auto kt) { causal_channel_weight_taps<T, decltype(kt)::value>(a); });
+}
+
+// ---- SiLU backward, vectors along time, one pass
+
+// The weight-gradient accumulators of every tap stay in registers over the
+// tile; x is read for the pre-activation and again (from L1) for the terms.
+// V vectors of positions at a time from j (Full: no partial loads), so that
+// the sigmoids of several vectors overlap.
+template <typename T, bool In16, int KT, int V, bool Full>
+__attribute__((always_inline)) inline void causal_time_silu_grad_block(const CausalTimeSiluGradTile<T>& a, int64_t j,
+                                                                       const typename Simd<T>::V* w,
+                                                                       typename Simd<T>::V* acc,
+                                                                       typename Simd<T>::V& bias_acc) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  using X = Io<T, In16>;
+  constexpr int64_t W = S::kLanes;
+  const typename X::Src* win;
+  if constexpr (In16) win = a.win_bf16; else win = a.win;
+  const int64_t m = Full ? V * W : a.n - j;
+  const auto x_at = [&](int v, int k) {
+    const auto* p = win + j + v * W + k * a.dilation;
+    return Full ? X::load(p) : X::load(p, m - v * W);
+  };
+  for (int v = 0; v < V; ++v) {
+    Vec pre = S::splat(a.bias);
+    for (int k = 0; k < KT; ++k) pre += w[k] * x_at(v, k);
+    const Vec s = sigmoid<T>(pre);
+    T* gp = a.g + j + v * W;
+    const Vec gy = Full ? S::load(gp) : load_partial(gp, m - v * W);
+    const Vec g = gy * s * (T(1) + pre * (T(1) - s));
+    S::store(gp, g, Full ? W : m - v * W);
+    for (int k = 0; k < KT; ++k) acc[k] += g * x_at(v, k);
+    bias_acc += g;
+  }
+}
+
+template <typename T, bool In16, int KT>
+void causal_time_silu_grad_taps(const CausalTimeSiluGradTile<T>& a) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  constexpr int64_t W = S::kLanes;
+  Vec w[KT], acc[KT] = {}, bias_acc = {};
+  for (int k = 0; k < KT; ++k) w[k] = S::splat(a.w[k]);
+  int64_t j = 0;
+  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_silu_grad_block<T, In16, KT, 4, true>(a, j, w, acc, bias_acc);
+  for (; j + W <= a.n; j += W) causal_time_silu_grad_block<T, In16, KT, 1, true>(a, j, w, acc, bias_acc);
+  if (j < a.n) causal_time_silu_grad_block<T, In16, KT, 1, false>(a, j, w, acc, bias_acc);
+  for (int k = 0; k < KT; ++k) a.gw[k] += S::sum(acc[k]);
+  *a.gb += S::sum(bias_acc);
+}
+
+template <typename T>
+void causal_time_silu_grad(const CausalTimeSiluGradTile<T>& a) {
+  with_taps<1, kCausalFusedTaps>(a.taps, [&](auto kt) {
+    constexpr int KT = decltype(kt)::value;
+    if constexpr (KT > 0) {
+      if constexpr (sizeof(T) == 4) {
+        if (a.win_bf16) return causal_time_silu_grad_taps<T, true, KT>(a);
+      }
+      causal_time_silu_grad_taps<T, false, KT>(a);
+    }
+  });
+}
+
+// ---- SiLU backward, vectors along channels, one pass
+
+// P positions from j, one vector of channels from c (m of them; Full: all
+// kLanes); Weight: add the weight and bias gradient terms; In16: x and grad_y
+// as bfloat16 bits. KT > 0: the tap count at compile time; with dilation 1
+// the P + KT - 1 rows of x are loaded once for the pre-activations and the
+// weight terms.
+template <typename T, bool In16, int P, bool Full, int KT, bool Weight>
+__attribute__((always_inline)) inline void causal_silu_grad_block(const CausalChannelSiluGradTile<T>& a, int64_t j,
+                                                                  int64_t c, int64_t m) {
+  using S = Simd<T>;
+  using Vec = typename S::V;
+  using X = Io<T, In16>;
+  const int64_t len = Full ? S::kLanes : m;
+  const auto load = [&](const auto* p) {
+    using Q = std::remove_cv_t<std::remove_pointer_t<decltype(p)>>;
+    using L = Io<T, !std::is_same_v<Q, T>>;
+    return Full ? L::load(p) : L::load(p, m);
+  };
+  const typename X::Src* const* rows;
+  if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
+  const int64_t taps = KT > 0 ? KT : a.taps;
+  const bool window = KT > 0 && a.dilation == 1;
+  Vec x[KT > 0 ? P + KT - 1 : 1], w[KT > 0 ? KT : 1];
+  if constexpr (KT > 0) {
+    for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
+    if (window) {
+      for (int i = 0; i < P + KT - 1; ++i) x[i] = load(rows[j + i] + c);
+    }
+  }
+  const auto x_at = [&](int p, int64_t k) -> Vec {
+    if constexpr (KT > 0) {
+      if (window) return x[p + k];
+    }
+    return load(rows[j + p + k * a.dilation] + c);
+  };
+  const auto w_at = [&](int64_t k) -> Vec {
+    if constexpr (KT > 0) return w[k];
+    return load(a.w + k * a.channels + c);
+  };
+  const Vec bias = a.bias == nullptr ? Vec{} : load(a.bias + c);
+  Vec g[P];
+  for (int p = 0; p < P; ++p) {
+    Vec pre = bias;
+    for (int64_t k = 0; k < taps; ++k) pre += w_at(k) * x_at(p, k);
+    T* gp = a.g + (j + p) * a.g_stride + c;
+    const Vec s = sigmoid<T>(pre);
+    Vec gy;
+    if constexpr (In16) gy = load(a.gy_bf16 + (j + p) * a.gy_stride + c); else gy = load(gp);
+    g[p] = gy * s * (T(1) + pre * (T(1) - s));
+    S::store(gp, g[p], len);
+  }
+  if constexpr (Weight) {
+    for (int64_t k = 0; k < taps; ++k) {
+      Vec acc = load(a.gw + k * a.channels + c);
+      for (int p = 0; p < P; ++p) acc += g[p] * x_at(p, k);
+      S::store(a.gw + k * a.channels + c, acc, len);
+    }
+    Vec gb = load(a.gb + c);
+    for (int p = 0; p < P; ++p) gb += g[p];
+    S::store(a.gb + c, gb, len);
+  }
+}
+
+template <typename T, bool In16, int P, int KT, bool Weight>
+void causal_silu_grad_positions(const CausalChannelSiluGradTile<T>& a, int64_t j) {
+  constexpr int64_t W = Simd<T>::kLanes;
+  int64_t c = 0;
+  for (; c + W <= a.channels; c += W) causal_silu_grad_block<T, In16, P, true, KT, Weight>(a, j, c, W);
+  if (c < a.channels) causal_silu_grad_block<T, In16, P, false, KT, Weight>(a, j, c, a.channels - c);
+}
+
+template <typename T, bool In16, int KT>
+void causal_silu_grad_taps(const CausalChannelSiluGradTile<T>& a) {
+  constexpr int P = 4;
+  const int64_t H = (a.taps - 1) * a.dilation;
+  int64_t j = 0;
+  for (; j + P <= a.n_weight; j += P) {
+    if constexpr (In16) {
+      prefetch_rows(a.rows_bf16, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
+      for (int64_t r = j + P + kCausalPrefetchRows; r < std::min(j + 2 * P + kCausalPrefetchRows, a.n); ++r) {
+        const uint16_t* gy = a.gy_bf16 + r * a.gy_stride;
+        prefetch_rows(&gy, 0, 1, 1, a.channels);
+      }
+    } else {
+      prefetch_rows(a.rows, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
+    }
+    causal_silu_grad_positions<T, In16, P, KT, true>(a, j);
+  }
+  for (; j < a.n_weight; ++j) causal_silu_grad_positions<T, In16, 1, KT, true>(a, j);
+  for (; j + P <= a.n; j += P) causal_silu_grad_positions<T, In16, P, KT, false>(a, j);
+  for (; j < a.n; ++j) causal_silu_grad_positions<T, In16, 1, KT, false>(a, j);
+}
+
+template <typename T>
+void causal_channel_silu_grad(const CausalChannelSiluGradTile<T>& a) {
+  with_taps<1, 4>(a.taps, [&](auto kt) {
+    if constexpr (sizeof(T) == 4) {
+      if (a.rows_bf16) return causal_silu_grad_taps<T, true, decltype(kt)::value>(a);
+    }
+    causal_silu_grad_taps<T, false, decltype(kt)::value>(a);
+  });
 }
 
 // g *= silu'(pre) = s (1 + pre (1 - s)), s = sigmoid(pre).
@@ -443,6 +674,38 @@ void load_rows(const E* p, int n, Simd<float>::V* v) {
   for (int q = 0; q < n; ++q) v[q] = X::load(p + q * Simd<float>::kLanes);
 }
 
+// One step (T = 1) of Mamba's layout: contiguous state rows of S = K - 1 and
+// weight rows of K <= 4 per channel, K and the activation known at compile
+// time, so the window, weights and lane maps stay in registers (the general
+// loop below keeps them on the stack and branches on every count). Whole
+// vectors of channels [0, full).
+template <typename E, int K, bool Silu>
+void causal_update_step(const CausalUpdateRows<E>& a, int64_t full) {
+  using Vec = Simd<float>::V;
+  constexpr bool kBf16 = std::is_same_v<E, uint16_t>;
+  using X = Io<float, kBf16>;
+  constexpr int S = K - 1;
+  constexpr int64_t W = Simd<float>::kLanes;
+  const Transposer ts(S), tw(K);
+  for (int64_t c = 0; c < full; c += W) {
+    Vec w[K], flat[K];
+    load_rows(a.w + c * K, K, flat);
+    for (int k = 0; k < K; ++k) w[k] = pick(flat, K, tw.out[k]);
+    const Vec bias = a.bias == nullptr ? Vec{} : X::load(a.bias + c);
+    for (int64_t r = 0; r < a.rows; ++r) {
+      E* state = a.state[r] + c * S;
+      Vec win[K];
+      load_rows(state, S, flat);
+      for (int i = 0; i < S; ++i) win[i] = pick(flat, S, ts.out[i]);
+      win[S] = X::load(a.x[r] + c);
+      Vec acc = bias;
+      for (int k = 0; k < K; ++k) acc += w[k] * win[k];
+      X::store(a.out[r] + c, activate<float, Silu, kBf16>(acc), W);
+      for (int q = 0; q < S; ++q) X::store(state + q * W, pick(win + 1, S, ts.back[q]), W);
+    }
+  }
+}
+
 // Channels outer, rows inner: the weights of a vector of channels are
 // read once for every row. bfloat16 windows hold bfloat16 values, so the
 // state goes back exactly (its upper half).
@@ -453,8 +716,18 @@ void causal_update(const CausalUpdateRows<E>& a) {
   constexpr int64_t W = Simd<float>::kLanes;
   // Contiguous rows of at most 4 (Mamba's K = 4, S = 3): transposed in registers.
   const bool packed = a.S >= 1 && a.S <= 4 && a.state_stride == a.S && a.taps <= 4 && a.w_stride == a.taps;
+  int64_t c = 0;
+  if (packed && a.T == 1 && a.taps == a.S + 1) {
+    c = a.channels / W * W;
+    with_activation(a.act, [&](auto silu) {
+      constexpr bool kSilu = decltype(silu)::value;
+      with_taps<2, 4>(a.taps, [&](auto kt) {
+        if constexpr (decltype(kt)::value > 0) causal_update_step<E, decltype(kt)::value, kSilu>(a, c);
+      });
+    });
+  }
   const Transposer ts(packed ? static_cast<int>(a.S) : 1), tw(packed ? static_cast<int>(a.taps) : 1);
-  for (int64_t c = 0; c < a.channels; c += W) {
+  for (; c < a.channels; c += W) {
     const int64_t m = std::min<int64_t>(W, a.channels - c);
     const bool fast = packed && m == W;
     Vec w[kCausalUpdateWindow];
