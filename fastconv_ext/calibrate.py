@@ -185,7 +185,8 @@ def rule_layers() -> List[Layer2d]:
                  (1, 960, 9, 3, 1), (1, 480, 14, 3, 1), (1, 576, 14, 3, 1), (1, 480, 14, 5, 1),
                  (1, 96, 112, 3, 2), (1, 144, 56, 3, 2),
                  (1, 240, 28, 3, 2), (1, 144, 56, 5, 2), (1, 240, 28, 5, 2), (1, 672, 14, 5, 2),
-                 (1, 128, 28, 13, 1), (1, 64, 56, 11, 1), (1, 256, 14, 17, 1)]
+                 (1, 128, 28, 13, 1), (1, 64, 56, 11, 1), (1, 256, 14, 17, 1), (1, 128, 56, 31, 1),
+                 (1, 256, 28, 29, 1)]
     return [Layer2d(n, c, size, 1, out=out) for n, c, size, out in squeeze] + [
         Layer2d(n, c, size, 1, out=out, channels_last=cl) for n, c, size, out in pointwise for cl in (False, True)] + [
         Layer2d(n, c, size, k, stride=s, channels_last=cl) for n, c, size, k, s in depthwise for cl in (False, True)]

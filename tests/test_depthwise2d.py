@@ -284,3 +284,17 @@ def test_bfloat16_channels_last_wide_kernels_never_reach_pytorch():
             ops.conv2d(x, w, None, [1, 1], [1, 7], [1, 1], 8, "native")
     ref = F.conv2d(x.double(), w.double(), padding=(1, 7), groups=8)
     torch.testing.assert_close(fastconv_ext.conv2d(x, w, padding=(1, 7), groups=8).double(), ref, rtol=2e-2, atol=5e-2)
+
+
+def test_built_in_rules_keep_the_largest_kernels_on_fastconv():
+    """RepLKNet's 31x31 and 29x29 NCHW layers, where PyTorch's forward is 15-25x slower than the
+    direct rows, are among the calibrated layers: the built-in tables send them to fastconv (the
+    nearest 11x11-17x17 layers alone, where PyTorch's forward wins, gave them to PyTorch)."""
+    saved = torch.ops.fastconv._conv2d_rules(None)
+    torch.ops.fastconv._conv2d_rules([])  # the built-in tables
+    try:
+        for channels, size, kernel in [(128, 56, 31), (256, 28, 29)]:
+            x, w = torch.randn(1, channels, size, size), torch.randn(channels, 1, kernel, kernel)
+            assert paths(x, w, 1, kernel // 2) == {"forward": "direct", "input": "direct", "weight": "direct"}
+    finally:
+        torch.ops.fastconv._conv2d_rules(saved)
