@@ -47,6 +47,14 @@ constexpr int64_t kChannelBlock = 512;   // channels per task, channels-last lay
 constexpr int64_t kChannelChunk = 64;    // positions per stage, channels-last layout
 constexpr int64_t kBackwardTasks = 16;   // channels-last backward: at least this many tasks where L allows
 
+// Positions of the time-layout stage at t0: a short first stage (a multiple
+// of kTimeHead, >= H) stages the state and the positions beside it, so that
+// every later stage starts at t0 >= H and reads x's row in place.
+int64_t time_stage(int64_t t0, int64_t H, int64_t L) {
+  const int64_t head = H > 0 ? kTimeHead * ((H + kTimeHead - 1) / kTimeHead) : kTimeChunk;
+  return std::min({t0 == 0 ? head : kTimeChunk, kTimeChunk, L - t0});
+}
+
 template <typename A>
 A silu_scalar(A v) {
   return v / (A(1) + std::exp(-v));
@@ -188,10 +196,8 @@ void forward_time(const Operands<T>& o, int64_t B, T* y) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t b = r / C, c = r % C;
       const T* xrow = o.x + b * o.xb + c * o.xc;
-      // A short first stage stages the state and the positions beside it;
-      // every later stage starts at t0 >= H and reads its rows in place.
       for (int64_t t0 = 0, n = 0; t0 < L; t0 += n) {
-        n = std::min({t0 == 0 && H > 0 ? kTimeHead * ((H + kTimeHead - 1) / kTimeHead) : kTimeChunk, kTimeChunk, L - t0});
+        n = time_stage(t0, H, L);
         cpu::CausalTimeTile<A> tile{win.data(), o.w.data() + c * o.taps, o.taps, o.dilation, o.bias[c], out.data(), n,
                                     o.act()};
         tile.streaming = streaming && !std::is_same_v<T, c10::Half>;
@@ -387,8 +393,8 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
         A* grow = gbuf.data() + H;  // g[t] = grow[t], zeros on both sides
         cpu::convert_row(gyp + r * L, grow, L);
         const auto masked = runs[b].masked_outputs(H, L);
-        for (int64_t t0 = 0; t0 < L; t0 += kTimeChunk) {
-          const int64_t n = std::min(kTimeChunk, L - t0);
+        for (int64_t t0 = 0, n = 0; t0 < L; t0 += n) {
+          n = time_stage(t0, H, L);
           const A* xw = win.data();  // xs from t0 - H: x's row in place where it can be
           if constexpr (std::is_same_v<T, A>) {
             if (t0 >= H) xw = o.x + b * o.xb + c * o.xc + t0 - H;
