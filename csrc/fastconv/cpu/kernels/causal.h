@@ -108,25 +108,28 @@ struct Io {
 // without its Newton step, both below 1e-4. AVX-512 forms n with vrndscaleps
 // and 2^n * p with vscalefps (one instruction each where the generic form
 // takes an add, a subtract, a conversion, an add and a shift).
+// The Taylor polynomial of e^r on |r| <= ln2 / 2 (sigmoid's), degree 6 or, Coarse, 4.
+template <typename T, bool Coarse>
+__attribute__((always_inline)) inline typename Simd<T>::V exp_poly(typename Simd<T>::V r) {
+  typename Simd<T>::V p;
+  if constexpr (Coarse) {
+    p = Simd<T>::splat(1.0f / 24);
+  } else {
+    p = Simd<T>::splat(1.0f / 720);
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+  }
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  return p * r + 1.0f;
+}
+
 template <typename T, bool Coarse = false>
 __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
   using V = typename Simd<T>::V;
   if constexpr (sizeof(T) == 4) {
     constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-    const auto poly = [](V r) {
-      V p;
-      if constexpr (Coarse) {
-        p = Simd<T>::splat(1.0f / 24);
-      } else {
-        p = Simd<T>::splat(1.0f / 720);
-        p = p * r + 1.0f / 120;
-        p = p * r + 1.0f / 24;
-      }
-      p = p * r + 1.0f / 6;
-      p = p * r + 0.5f;
-      p = p * r + 1.0f;
-      return p * r + 1.0f;
-    };
 #if FASTCONV_X86_AVX512
     // max/min return their second operand when either is NaN: x's NaN stays.
     const __m512 xc = _mm512_min_ps(_mm512_set1_ps(87.0f), _mm512_max_ps(_mm512_set1_ps(-88.0f), (__m512)x));
@@ -134,7 +137,7 @@ __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     // r = -x - n ln2, ln2 in two parts.
     const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), _mm512_fnmsub_ps(n, _mm512_set1_ps(kLn2Hi), xc));
-    const V d = (V)_mm512_scalef_ps((__m512)poly((V)r), n) + 1.0f;
+    const V d = (V)_mm512_scalef_ps((__m512)exp_poly<T, Coarse>((V)r), n) + 1.0f;
     // 1 / d: the 14-bit reciprocal estimate and a Newton step (about 2^-27),
     // several times the throughput of a division.
     const V e = (V)_mm512_rcp14_ps((__m512)d);
@@ -151,7 +154,7 @@ __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<
     const I bits = (__builtin_convertvector(n, I) + 127) << 23;
     V scale;
     std::memcpy(&scale, &bits, sizeof(V));
-    return 1.0f / (1.0f + poly(r) * scale);
+    return 1.0f / (1.0f + exp_poly<T, Coarse>(r) * scale);
 #endif
   } else {
     V out;
@@ -195,12 +198,20 @@ void with_taps(int64_t taps, F&& f) {
 // are requested a block of positions at a time.
 constexpr int64_t kCausalPrefetchRows = 8;
 
-// Rows [first, first + count) of rows (those below `limit`), channels [0, channels).
+// Channels [0, channels) of a row.
 template <typename E>
-void prefetch_rows(const E* const* rows, int64_t first, int64_t count, int64_t limit, int64_t channels) {
-  for (int64_t r = first; r < std::min(first + count, limit); ++r) {
-    const char* p = reinterpret_cast<const char*>(rows[r]);
-    for (int64_t i = 0; i < channels * int64_t(sizeof(E)); i += 64) __builtin_prefetch(p + i);
+void prefetch_row(const E* row, int64_t channels) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t i = 0; i < channels * int64_t(sizeof(E)); i += 64) __builtin_prefetch(p + i);
+}
+
+// The x rows that the block of P positions from j reads first,
+// kCausalPrefetchRows positions ahead (a channels-last tile of either kind).
+template <bool In16, typename Tile>
+void prefetch_x_rows(const Tile& a, int64_t j, int P) {
+  const int64_t H = (a.taps - 1) * a.dilation;
+  for (int64_t r = j + H + P + kCausalPrefetchRows; r < std::min(j + H + 2 * P + kCausalPrefetchRows, a.n + H); ++r) {
+    if constexpr (In16) prefetch_row(a.rows_bf16[r], a.channels); else prefetch_row(a.rows[r], a.channels);
   }
 }
 
@@ -314,14 +325,9 @@ void causal_channel_positions(const CausalChannelTile<T>& a, int64_t j) {
 template <typename T, bool In16, bool Out16, bool Silu, int KT>
 void causal_channel_taps(const CausalChannelTile<T>& a) {
   constexpr int P = 4;
-  const int64_t H = (a.taps - 1) * a.dilation;
   int64_t j = 0;
   for (; j + P <= a.n; j += P) {
-    if constexpr (In16) {
-      prefetch_rows(a.rows_bf16, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
-    } else {
-      prefetch_rows(a.rows, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
-    }
+    prefetch_x_rows<In16>(a, j, P);
     causal_channel_positions<T, In16, Out16, Silu, P, KT>(a, j);
   }
   for (; j < a.n; ++j) causal_channel_positions<T, In16, Out16, Silu, 1, KT>(a, j);
@@ -502,7 +508,7 @@ __attribute__((always_inline)) inline void causal_silu_grad_block(const CausalCh
   if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
   const int64_t taps = KT > 0 ? KT : a.taps;
   const bool window = KT > 0 && a.dilation == 1;
-  Vec x[KT > 0 ? P + KT - 1 : 1], w[KT > 0 ? KT : 1];
+  Vec x[KT > 0 ? P + KT - 1 : 1] = {}, w[KT > 0 ? KT : 1] = {};
   if constexpr (KT > 0) {
     for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
     if (window) {
@@ -554,17 +560,13 @@ void causal_silu_grad_positions(const CausalChannelSiluGradTile<T>& a, int64_t j
 template <typename T, bool In16, int KT>
 void causal_silu_grad_taps(const CausalChannelSiluGradTile<T>& a) {
   constexpr int P = 4;
-  const int64_t H = (a.taps - 1) * a.dilation;
   int64_t j = 0;
   for (; j + P <= a.n_weight; j += P) {
+    prefetch_x_rows<In16>(a, j, P);
     if constexpr (In16) {
-      prefetch_rows(a.rows_bf16, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
       for (int64_t r = j + P + kCausalPrefetchRows; r < std::min(j + 2 * P + kCausalPrefetchRows, a.n); ++r) {
-        const uint16_t* gy = a.gy_bf16 + r * a.gy_stride;
-        prefetch_rows(&gy, 0, 1, 1, a.channels);
+        prefetch_row(a.gy_bf16 + r * a.gy_stride, a.channels);
       }
-    } else {
-      prefetch_rows(a.rows, j + H + P + kCausalPrefetchRows, P, a.n + H, a.channels);
     }
     causal_silu_grad_positions<T, In16, P, KT, true>(a, j);
   }
@@ -688,7 +690,7 @@ void causal_update_step(const CausalUpdateRows<E>& a, int64_t full) {
   constexpr int64_t W = Simd<float>::kLanes;
   const Transposer ts(S), tw(K);
   for (int64_t c = 0; c < full; c += W) {
-    Vec w[K], flat[K];
+    Vec w[K], flat[K] = {};
     load_rows(a.w + c * K, K, flat);
     for (int k = 0; k < K; ++k) w[k] = pick(flat, K, tw.out[k]);
     const Vec bias = a.bias == nullptr ? Vec{} : X::load(a.bias + c);
