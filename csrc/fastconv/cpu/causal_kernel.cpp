@@ -509,8 +509,9 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
           });
           // SiLU's gradient and the weight terms in one pass (no pre-activation
           // kept); bfloat16 x and grad_y read where they lie.
-          cpu::CausalChannelSiluGradTile<A> fuse{rows.data(), w.data(), o.bias.data() + c0, gbuf.data(), m, m, K,
+          cpu::CausalChannelSiluGradTile<A> fuse{nullptr, w.data(), o.bias.data() + c0, gbuf.data(), m, m, K,
                                                  o.dilation, span, n, gwb, gbb};
+          bool done = false;
           if constexpr (std::is_same_v<T, c10::BFloat16>) {
             if (fused) {
               stage_channels_bf16(o, b, c0, m, t0 - H, span + H, rows16, buf16);
@@ -518,30 +519,30 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
               fuse.gy_bf16 = reinterpret_cast<const uint16_t*>(gyp + b * gyb + t0 * gyt + c0);
               fuse.gy_stride = gyt;
               cpu::run(fuse);
+              done = true;
             }
           }
-          if (!fuse.rows_bf16) {
+          if (!done) {
             stage_channels(o, b, c0, m, t0 - H, span + H, rows, buf);
-            fuse.rows = rows.data();
             for (int64_t j = 0; j < span; ++j) {
               cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
             }
-          }
-          if (fuse.rows_bf16) {
-          } else if (fused) {
-            cpu::run(fuse);
-          } else {
-            if (o.silu) {
-              pre.resize(span * m);
-              cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, pre.data(), m, m, K,
-                                                 o.dilation, span, cpu::Activation::kNone});
-              for (int64_t t : masked) {
-                if (t < t0 || t >= t0 + span) continue;
-                for (int64_t j = 0; j < m; ++j) pre[(t - t0) * m + j] = o.pre(b, c0 + j, t, runs[b].start_of(t));
+            if (fused) {
+              fuse.rows = rows.data();
+              cpu::run(fuse);
+            } else {
+              if (o.silu) {
+                pre.resize(span * m);
+                cpu::run(cpu::CausalChannelTile<A>{rows.data(), w.data(), o.bias.data() + c0, pre.data(), m, m, K,
+                                                   o.dilation, span, cpu::Activation::kNone});
+                for (int64_t t : masked) {
+                  if (t < t0 || t >= t0 + span) continue;
+                  for (int64_t j = 0; j < m; ++j) pre[(t - t0) * m + j] = o.pre(b, c0 + j, t, runs[b].start_of(t));
+                }
+                cpu::silu_grad(pre.data(), gbuf.data(), span * m);
               }
-              cpu::silu_grad(pre.data(), gbuf.data(), span * m);
+              cpu::run(cpu::CausalChannelWeightTile<A>{gbuf.data(), m, rows.data(), m, K, o.dilation, n, gwb, gbb});
             }
-            cpu::run(cpu::CausalChannelWeightTile<A>{gbuf.data(), m, rows.data(), m, K, o.dilation, n, gwb, gbb});
           }
           for (int64_t t : masked) {
             if (t < t0 || t >= t0 + n) continue;
