@@ -138,3 +138,43 @@ def test_every_level_16_bit_is_float32_rounded_bit_for_bit(capability, case, dty
         assert bool(g.isnan().any()) == (name in ("output", "grad_weight")), name
         number = ~g.isnan()
         assert torch.equal(g[number].view(torch.int16), r[number].view(torch.int16))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("K,tie_weight", [(4, False), (1, True)], ids=["K4", "K1-ties"])
+def test_every_level_rounds_causal_bfloat16_as_torch(capability, layout, K, tie_weight):
+    """The causal kernels' bfloat16 outputs and input gradients are their float32 computation on the same values,
+    rounded to nearest even as torch rounds, to the bit: at every level (avx512_bf16 rounds with vcvtneps2bf16,
+    the others with integer arithmetic). A weight of 1 + 2^-7 makes many products exact ties between two
+    bfloat16 values."""
+    gen = torch.Generator().manual_seed(K)
+    B, C, L = 2, 67, 333
+    x = torch.randn(B, L, C, generator=gen).transpose(1, 2) if layout == "channels_last" else torch.randn(B, C, L, generator=gen)
+    w = torch.full((C, K), 1 + 2 ** -7) if tie_weight else torch.randn(C, K, generator=gen)
+    x, w = x.bfloat16(), w.bfloat16()
+    gy = torch.randn(B, C, L, generator=gen).bfloat16()
+    got, wide = [], []
+    for dtype, out in ((torch.bfloat16, got), (torch.float32, wide)):
+        xi = x.to(dtype).requires_grad_()
+        y = ops.causal_conv1d(xi, w.to(dtype), None, None, None, None, 1)[0]
+        out += [y, torch.autograd.grad(y, xi, gy.to(dtype))[0]]
+    if tie_weight:
+        ties = (wide[0].view(torch.int32) & 0xFFFF) == 0x8000
+        assert ties.sum() > 100  # the case exercises rounding ties
+    for name, g, r in zip(("output", "grad_x"), got, wide):
+        assert torch.equal(g.view(torch.int16), r.bfloat16().view(torch.int16)), f"{capability} {name}"
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_every_level_rounds_depthwise2d_bfloat16_as_torch(capability, channels_last):
+    """The depthwise conv2d kernels' bfloat16 output: their float32 computation on the same values, rounded as
+    torch rounds, to the bit, at every level."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 17, 19, generator=gen).bfloat16()
+    w = torch.randn(40, 1, 5, 3, generator=gen).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = dict(stride=(2, 1), padding=(2, 1), groups=40, algorithm="depthwise")
+    got = fastconv_ext.conv2d(x, w, **args)
+    want = fastconv_ext.conv2d(x.float(), w.float(), **args).bfloat16()
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16)), capability

@@ -20,6 +20,13 @@ std::string supported_list() {
   return out;
 }
 
+#if defined(__x86_64__) || defined(_M_X64)
+bool has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("f16c");
+}
+#endif
+
 struct Candidate {
   const char* name;
   const KernelTable& (*table)();
@@ -29,12 +36,8 @@ struct Candidate {
 const std::vector<Candidate>& candidates() {
   static const std::vector<Candidate> all{
 #if defined(__x86_64__) || defined(_M_X64)
-      {"avx512", &kernels_avx512,
-       [] {
-         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-             __builtin_cpu_supports("f16c");
-       }},
+      {"avx512_bf16", &kernels_avx512_bf16, [] { return has_avx512() && has_bf16_dot_product(); }},
+      {"avx512", &kernels_avx512, &has_avx512},
       {"avx2", &kernels_avx2,
        [] { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"); }},
 #endif

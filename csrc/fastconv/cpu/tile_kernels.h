@@ -357,7 +357,7 @@ inline void run(const DepthwisePixelsWeight<uint16_t, float>& t) { kernels().dep
 inline void silu_grad(const float* pre, float* g, int64_t n) { kernels().silu_grad_f32(pre, g, n); }
 inline void silu_grad(const double* pre, double* g, int64_t n) { kernels().silu_grad_f64(pre, g, n); }
 
-// Instruction sets this build can use on this CPU, best first ("avx512", "avx2", "default").
+// Instruction sets this build can use on this CPU, best first ("avx512_bf16", "avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();
 
 // Whether the CPU has bfloat16 dot-product instructions (AVX512_BF16): oneDNN
@@ -373,6 +373,7 @@ const KernelTable& kernels_default_isa();
 #if defined(__x86_64__) || defined(_M_X64)
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512_bf16();
 #endif
 
 }  // namespace fastconv::cpu

@@ -5,6 +5,7 @@
 #define FASTCONV_ISA_NAME "avx512"
 #define FASTCONV_VEC_BYTES 64
 #define FASTCONV_HAS_F16C 1
+#define FASTCONV_HAS_AVX512_BF16 0
 #define FASTCONV_VEC_REGS 32
 // GCC 12's avx512fintrin.h passes an undefined vector as the (unused) merge
 // source of valignd/valignq, and -Wmaybe-uninitialized reported that at every

@@ -3,6 +3,7 @@
 #define FASTCONV_ISA default_isa
 #define FASTCONV_ISA_NAME "default"
 #define FASTCONV_VEC_BYTES 16
+#define FASTCONV_HAS_AVX512_BF16 0
 #define FASTCONV_VEC_REGS 16
 #define FASTCONV_HAS_F16C 0
 #include "fastconv/cpu/kernels/table_impl.h"

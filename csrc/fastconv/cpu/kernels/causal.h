@@ -22,14 +22,8 @@ typename Simd<T>::V load_partial(const T* p, int64_t n) {
   return v;
 }
 
-// Integer vectors as wide as a float vector, and bfloat16 bits of its lanes.
-typedef uint32_t U32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
-typedef int32_t I32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
-typedef uint16_t U16Vec __attribute__((vector_size(FASTCONV_VEC_BYTES / 2)));
-
 // Where a kernel reads and writes: T itself, or bfloat16 bits (Bf16) widened
-// to T = float on load and rounded to nearest even (NaN to 0x7FC0, as
-// c10::BFloat16) on store.
+// to T = float on load and rounded by to_bf16 on store.
 template <typename T, bool Bf16>
 struct Io {
   using Src = std::conditional_t<Bf16, uint16_t, T>;
@@ -64,12 +58,7 @@ struct Io {
   // caches (non-temporal), which spares the read of the destination line.
   static void store(Src* p, V v, int64_t n, bool streaming = false) {
     if constexpr (Bf16) {
-      U32Vec bits;
-      std::memcpy(&bits, &v, sizeof(V));
-      U32Vec rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-      const I32Vec nan = v != v;
-      rounded = nan ? U32Vec{} + 0x7FC0u : rounded;
-      const U16Vec h = __builtin_convertvector(rounded, U16Vec);
+      const U16Vec h = to_bf16(v);
       if (n >= W) {
         if (!(streaming && stream_half(p, h))) std::memcpy(p, &h, sizeof(h));
       } else {
@@ -192,28 +181,21 @@ void with_taps(int64_t taps, F&& f) {
   }
 }
 
-// Channels-last tiles read a row per position in runs of a few hundred
-// channels at a stride of C: too short for the hardware prefetchers, which
-// left the loads waiting on memory. The rows kCausalPrefetchRows positions ahead
-// are requested a block of positions at a time.
+// Hides v's value from the optimizer, so that a vector loaded (and widened)
+// once is kept in a register: GCC otherwise repeats the load and widening at
+// each use, under the register pressure of the activation.
+template <typename V>
+__attribute__((always_inline)) inline void keep_in_register(V& v) {
+#if FASTCONV_X86_AVX512
+  asm("" : "+v"(v));
+#else
+  (void)v;
+#endif
+}
+
+// Channels-last tiles prefetch the rows this many positions past the block
+// they compute (see causal_channel_positions).
 constexpr int64_t kCausalPrefetchRows = 8;
-
-// Channels [0, channels) of a row.
-template <typename E>
-void prefetch_row(const E* row, int64_t channels) {
-  const char* p = reinterpret_cast<const char*>(row);
-  for (int64_t i = 0; i < channels * int64_t(sizeof(E)); i += 64) __builtin_prefetch(p + i);
-}
-
-// The x rows that the block of P positions from j reads first,
-// kCausalPrefetchRows positions ahead (a channels-last tile of either kind).
-template <bool In16, typename Tile>
-void prefetch_x_rows(const Tile& a, int64_t j, int P) {
-  const int64_t H = (a.taps - 1) * a.dilation;
-  for (int64_t r = j + H + P + kCausalPrefetchRows; r < std::min(j + H + 2 * P + kCausalPrefetchRows, a.n + H); ++r) {
-    if constexpr (In16) prefetch_row(a.rows_bf16[r], a.channels); else prefetch_row(a.rows[r], a.channels);
-  }
-}
 
 // ---- forward, vectors along time
 
@@ -265,6 +247,37 @@ void causal_time(const CausalTimeTile<T>& a) {
 
 // ---- forward, vectors along channels
 
+// The pointers a block of P positions from j uses, resolved once for all its
+// channel vectors (per vector, loading row pointers and computing output
+// addresses cost as much as the convolution): with KT > 0 and dilation 1
+// the P + KT - 1 rows it reads, the rows kCausalPrefetchRows positions past
+// the block (nullptr past the end), the P output rows.
+template <typename T, bool In16, bool Out16, int P, int KT>
+struct ChannelBlock {
+  using In = typename Io<T, In16>::Src;
+  using Out = typename Io<T, Out16>::Src;
+  static constexpr int kRows = KT > 0 ? P + KT - 1 : 1;
+  const In* x[kRows] = {};
+  const In* ahead[P] = {};
+  Out* out[P];
+  bool window, streaming;
+
+  ChannelBlock(const CausalChannelTile<T>& a, int64_t j) : window(KT > 0 && a.dilation == 1), streaming(a.streaming) {
+    const In* const* rows;
+    Out* o;
+    if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
+    if constexpr (Out16) o = a.out_bf16; else o = a.out;
+    if (window) {
+      for (int i = 0; i < kRows; ++i) x[i] = rows[j + i];
+    }
+    const int64_t H = (a.taps - 1) * a.dilation, r = j + H + P + kCausalPrefetchRows;
+    for (int p = 0; p < P; ++p) {
+      if (P > 1 && r + p < a.n + H) ahead[p] = rows[r + p];
+      out[p] = o + (j + p) * a.out_stride;
+    }
+  }
+};
+
 // P positions from j, one vector of channels from c (m of them; Full: all
 // kLanes). KT > 0: the tap count, known at compile time; with dilation 1
 // the P + KT - 1 rows are loaded (and widened) once for the P outputs and the
@@ -272,8 +285,9 @@ void causal_time(const CausalTimeTile<T>& a) {
 // rows front to back, a few at a time (vectors down a column of rows touched
 // a page per load).
 template <typename T, bool In16, bool Out16, bool Silu, int P, bool Full, int KT>
-__attribute__((always_inline)) inline void causal_channel_block(const CausalChannelTile<T>& a, int64_t j, int64_t c,
-                                                                int64_t m) {
+__attribute__((always_inline)) inline void causal_channel_block(const CausalChannelTile<T>& a,
+                                                                const ChannelBlock<T, In16, Out16, P, KT>& blk,
+                                                                int64_t j, int64_t c, int64_t m) {
   using S = Simd<T>;
   using Vec = typename S::V;
   using X = Io<T, Out16>;
@@ -283,18 +297,19 @@ __attribute__((always_inline)) inline void causal_channel_block(const CausalChan
     return Full ? L::load(p) : L::load(p, m);
   };
   const typename Io<T, In16>::Src* const* rows;
-  typename X::Src* out;
   if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
-  if constexpr (Out16) out = a.out_bf16; else out = a.out;
   const Vec bias = a.bias == nullptr ? Vec{} : load(a.bias + c);
   Vec acc[P];
   for (int p = 0; p < P; ++p) acc[p] = bias;
   if constexpr (KT > 0) {
     Vec w[KT];
     for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
-    if (a.dilation == 1) {
+    if (blk.window) {
       Vec x[P + KT - 1];
-      for (int i = 0; i < P + KT - 1; ++i) x[i] = load(rows[j + i] + c);
+      for (int i = 0; i < P + KT - 1; ++i) {
+        x[i] = load(blk.x[i] + c);
+        keep_in_register(x[i]);
+      }
       for (int p = 0; p < P; ++p) {
         for (int k = 0; k < KT; ++k) acc[p] += w[k] * x[p + k];
       }
@@ -310,26 +325,36 @@ __attribute__((always_inline)) inline void causal_channel_block(const CausalChan
     }
   }
   for (int p = 0; p < P; ++p) {
-    X::store(out + (j + p) * a.out_stride + c, activate<T, Silu, Out16>(acc[p]), Full ? S::kLanes : m, a.streaming);
+    X::store(blk.out[p] + c, activate<T, Silu, Out16>(acc[p]), Full ? S::kLanes : m, blk.streaming);
   }
 }
 
+// Each cache line of the rows ahead is requested next to the vectors that
+// use the block's own rows: runs of a few hundred channels at a stride of C
+// are too short for the hardware prefetchers, and a burst of requests at
+// the start of each block (the earlier form) left the loads waiting on memory.
 template <typename T, bool In16, bool Out16, bool Silu, int P, int KT>
 void causal_channel_positions(const CausalChannelTile<T>& a, int64_t j) {
   constexpr int64_t W = Simd<T>::kLanes;
+  constexpr int64_t kLine = 64 / sizeof(typename Io<T, In16>::Src);  // channels per cache line
+  const ChannelBlock<T, In16, Out16, P, KT> blk(a, j);
   int64_t c = 0;
-  for (; c + W <= a.channels; c += W) causal_channel_block<T, In16, Out16, Silu, P, true, KT>(a, j, c, W);
-  if (c < a.channels) causal_channel_block<T, In16, Out16, Silu, P, false, KT>(a, j, c, a.channels - c);
+  for (; c + W <= a.channels; c += W) {
+    if (c % kLine == 0) {
+      for (int p = 0; p < P; ++p) {
+        if (blk.ahead[p] != nullptr) __builtin_prefetch(blk.ahead[p] + c);
+      }
+    }
+    causal_channel_block<T, In16, Out16, Silu, P, true, KT>(a, blk, j, c, W);
+  }
+  if (c < a.channels) causal_channel_block<T, In16, Out16, Silu, P, false, KT>(a, blk, j, c, a.channels - c);
 }
 
 template <typename T, bool In16, bool Out16, bool Silu, int KT>
 void causal_channel_taps(const CausalChannelTile<T>& a) {
   constexpr int P = 4;
   int64_t j = 0;
-  for (; j + P <= a.n; j += P) {
-    prefetch_x_rows<In16>(a, j, P);
-    causal_channel_positions<T, In16, Out16, Silu, P, KT>(a, j);
-  }
+  for (; j + P <= a.n; j += P) causal_channel_positions<T, In16, Out16, Silu, P, KT>(a, j);
   for (; j < a.n; ++j) causal_channel_positions<T, In16, Out16, Silu, 1, KT>(a, j);
 }
 
@@ -444,16 +469,22 @@ __attribute__((always_inline)) inline void causal_time_silu_grad_block(const Cau
     const auto* p = win + j + v * W + k * a.dilation;
     return Full ? X::load(p) : X::load(p, m - v * W);
   };
+  // Each step for all V vectors before the next: V independent chains side by side.
+  Vec pre[V], g[V];
   for (int v = 0; v < V; ++v) {
-    Vec pre = S::splat(a.bias);
-    for (int k = 0; k < KT; ++k) pre += w[k] * x_at(v, k);
-    const Vec s = sigmoid<T>(pre);
+    pre[v] = S::splat(a.bias);
+    for (int k = 0; k < KT; ++k) pre[v] += w[k] * x_at(v, k);
+  }
+  for (int v = 0; v < V; ++v) {
+    const Vec s = sigmoid<T>(pre[v]);
     T* gp = a.g + j + v * W;
     const Vec gy = Full ? S::load(gp) : load_partial(gp, m - v * W);
-    const Vec g = gy * s * (T(1) + pre * (T(1) - s));
-    S::store(gp, g, Full ? W : m - v * W);
-    for (int k = 0; k < KT; ++k) acc[k] += g * x_at(v, k);
-    bias_acc += g;
+    g[v] = gy * s * (T(1) + pre[v] * (T(1) - s));
+    S::store(gp, g[v], Full ? W : m - v * W);
+  }
+  for (int v = 0; v < V; ++v) {
+    for (int k = 0; k < KT; ++k) acc[k] += g[v] * x_at(v, k);
+    bias_acc += g[v];
   }
 }
 
@@ -487,13 +518,46 @@ void causal_time_silu_grad(const CausalTimeSiluGradTile<T>& a) {
 
 // ---- SiLU backward, vectors along channels, one pass
 
+// The pointers a block of P positions from j uses, resolved once for all its
+// channel vectors, as ChannelBlock: the rows of x (KT > 0, dilation 1),
+// grad_y's rows (In16: bfloat16 in place; else g holds grad_y), g's rows, and
+// the x and grad_y rows kCausalPrefetchRows positions past the block.
+template <typename T, bool In16, int P, int KT>
+struct SiluGradBlock {
+  using In = typename Io<T, In16>::Src;
+  static constexpr int kRows = KT > 0 ? P + KT - 1 : 1;
+  const In* x[kRows] = {};
+  const In* ahead[2 * P] = {};
+  const uint16_t* gy[P] = {};
+  T* g[P];
+  bool window;
+
+  SiluGradBlock(const CausalChannelSiluGradTile<T>& a, int64_t j) : window(KT > 0 && a.dilation == 1) {
+    const In* const* rows;
+    if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
+    if (window) {
+      for (int i = 0; i < kRows; ++i) x[i] = rows[j + i];
+    }
+    const int64_t H = (a.taps - 1) * a.dilation, r = j + P + kCausalPrefetchRows;
+    for (int p = 0; p < P; ++p) {
+      if (P > 1 && r + p < a.n) {
+        ahead[p] = rows[r + p + H];
+        if constexpr (In16) ahead[P + p] = a.gy_bf16 + (r + p) * a.gy_stride;
+      }
+      if constexpr (In16) gy[p] = a.gy_bf16 + (j + p) * a.gy_stride;
+      g[p] = a.g + (j + p) * a.g_stride;
+    }
+  }
+};
+
 // P positions from j, one vector of channels from c (m of them; Full: all
 // kLanes); Weight: add the weight and bias gradient terms; In16: x and grad_y
 // as bfloat16 bits. KT > 0: the tap count at compile time; with dilation 1
 // the P + KT - 1 rows of x are loaded once for the pre-activations and the
 // weight terms.
 template <typename T, bool In16, int P, bool Full, int KT, bool Weight>
-__attribute__((always_inline)) inline void causal_silu_grad_block(const CausalChannelSiluGradTile<T>& a, int64_t j,
+__attribute__((always_inline)) inline void causal_silu_grad_block(const CausalChannelSiluGradTile<T>& a,
+                                                                  const SiluGradBlock<T, In16, P, KT>& blk, int64_t j,
                                                                   int64_t c, int64_t m) {
   using S = Simd<T>;
   using Vec = typename S::V;
@@ -506,70 +570,72 @@ __attribute__((always_inline)) inline void causal_silu_grad_block(const CausalCh
   };
   const typename X::Src* const* rows;
   if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
-  const int64_t taps = KT > 0 ? KT : a.taps;
-  const bool window = KT > 0 && a.dilation == 1;
-  Vec x[KT > 0 ? P + KT - 1 : 1] = {}, w[KT > 0 ? KT : 1] = {};
-  if constexpr (KT > 0) {
-    for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
-    if (window) {
-      for (int i = 0; i < P + KT - 1; ++i) x[i] = load(rows[j + i] + c);
-    }
-  }
-  const auto x_at = [&](int p, int64_t k) -> Vec {
-    if constexpr (KT > 0) {
-      if (window) return x[p + k];
-    }
-    return load(rows[j + p + k * a.dilation] + c);
-  };
-  const auto w_at = [&](int64_t k) -> Vec {
-    if constexpr (KT > 0) return w[k];
-    return load(a.w + k * a.channels + c);
-  };
   const Vec bias = a.bias == nullptr ? Vec{} : load(a.bias + c);
-  Vec g[P];
-  for (int p = 0; p < P; ++p) {
-    Vec pre = bias;
-    for (int64_t k = 0; k < taps; ++k) pre += w_at(k) * x_at(p, k);
-    T* gp = a.g + (j + p) * a.g_stride + c;
-    const Vec s = sigmoid<T>(pre);
-    Vec gy;
-    if constexpr (In16) gy = load(a.gy_bf16 + (j + p) * a.gy_stride + c); else gy = load(gp);
-    g[p] = gy * s * (T(1) + pre * (T(1) - s));
-    S::store(gp, g[p], len);
-  }
-  if constexpr (Weight) {
-    for (int64_t k = 0; k < taps; ++k) {
-      Vec acc = load(a.gw + k * a.channels + c);
-      for (int p = 0; p < P; ++p) acc += g[p] * x_at(p, k);
-      S::store(a.gw + k * a.channels + c, acc, len);
+  // x_at(p, k): x at position j + p + k * dilation; w_at(k): tap k's weights.
+  const auto terms = [&](auto taps, const auto& x_at, const auto& w_at) {
+    Vec g[P];
+    for (int p = 0; p < P; ++p) {
+      Vec pre = bias;
+      for (int64_t k = 0; k < taps; ++k) pre += w_at(k) * x_at(p, k);
+      const Vec s = sigmoid<T>(pre);
+      Vec gy;
+      if constexpr (In16) gy = load(blk.gy[p] + c); else gy = load(blk.g[p] + c);
+      g[p] = gy * s * (T(1) + pre * (T(1) - s));
+      S::store(blk.g[p] + c, g[p], len);
     }
-    Vec gb = load(a.gb + c);
-    for (int p = 0; p < P; ++p) gb += g[p];
-    S::store(a.gb + c, gb, len);
+    if constexpr (Weight) {
+      for (int64_t k = 0; k < taps; ++k) {
+        Vec acc = load(a.gw + k * a.channels + c);
+        for (int p = 0; p < P; ++p) acc += g[p] * x_at(p, k);
+        S::store(a.gw + k * a.channels + c, acc, len);
+      }
+      Vec gb = load(a.gb + c);
+      for (int p = 0; p < P; ++p) gb += g[p];
+      S::store(a.gb + c, gb, len);
+    }
+  };
+  const auto x_row = [&](int p, int64_t k) { return load(rows[j + p + k * a.dilation] + c); };
+  if constexpr (KT > 0) {
+    Vec w[KT];
+    for (int k = 0; k < KT; ++k) w[k] = load(a.w + k * a.channels + c);
+    const auto w_at = [&](int64_t k) { return w[k]; };
+    if (blk.window) {
+      Vec x[P + KT - 1];
+      for (int i = 0; i < P + KT - 1; ++i) {
+        x[i] = load(blk.x[i] + c);
+        keep_in_register(x[i]);
+      }
+      return terms(std::integral_constant<int64_t, KT>(), [&](int p, int64_t k) { return x[p + k]; }, w_at);
+    }
+    return terms(std::integral_constant<int64_t, KT>(), x_row, w_at);
   }
+  terms(a.taps, x_row, [&](int64_t k) { return load(a.w + k * a.channels + c); });
 }
 
+// The rows ahead requested next to the vectors that use the block's own, as
+// in causal_channel_positions.
 template <typename T, bool In16, int P, int KT, bool Weight>
 void causal_silu_grad_positions(const CausalChannelSiluGradTile<T>& a, int64_t j) {
   constexpr int64_t W = Simd<T>::kLanes;
+  constexpr int64_t kLine = 64 / sizeof(typename Io<T, In16>::Src);
+  const SiluGradBlock<T, In16, P, KT> blk(a, j);
   int64_t c = 0;
-  for (; c + W <= a.channels; c += W) causal_silu_grad_block<T, In16, P, true, KT, Weight>(a, j, c, W);
-  if (c < a.channels) causal_silu_grad_block<T, In16, P, false, KT, Weight>(a, j, c, a.channels - c);
+  for (; c + W <= a.channels; c += W) {
+    if (c % kLine == 0) {
+      for (int p = 0; p < 2 * P; ++p) {
+        if (blk.ahead[p] != nullptr) __builtin_prefetch(blk.ahead[p] + c);
+      }
+    }
+    causal_silu_grad_block<T, In16, P, true, KT, Weight>(a, blk, j, c, W);
+  }
+  if (c < a.channels) causal_silu_grad_block<T, In16, P, false, KT, Weight>(a, blk, j, c, a.channels - c);
 }
 
 template <typename T, bool In16, int KT>
 void causal_silu_grad_taps(const CausalChannelSiluGradTile<T>& a) {
   constexpr int P = 4;
   int64_t j = 0;
-  for (; j + P <= a.n_weight; j += P) {
-    prefetch_x_rows<In16>(a, j, P);
-    if constexpr (In16) {
-      for (int64_t r = j + P + kCausalPrefetchRows; r < std::min(j + 2 * P + kCausalPrefetchRows, a.n); ++r) {
-        prefetch_row(a.gy_bf16 + r * a.gy_stride, a.channels);
-      }
-    }
-    causal_silu_grad_positions<T, In16, P, KT, true>(a, j);
-  }
+  for (; j + P <= a.n_weight; j += P) causal_silu_grad_positions<T, In16, P, KT, true>(a, j);
   for (; j < a.n_weight; ++j) causal_silu_grad_positions<T, In16, 1, KT, true>(a, j);
   for (; j + P <= a.n; j += P) causal_silu_grad_positions<T, In16, P, KT, false>(a, j);
   for (; j < a.n; ++j) causal_silu_grad_positions<T, In16, 1, KT, false>(a, j);

@@ -17,14 +17,21 @@ void widen_bf16(const uint16_t* src, float* dst, int64_t n) {
   }
 }
 
-// Round to nearest even, NaN to 0x7FC0: c10::BFloat16's conversion, bit for bit.
+// Rounded as to_bf16 rounds: the kernels' bfloat16 results round one way.
 void narrow_bf16(const float* src, uint16_t* dst, int64_t n) {
+#if FASTCONV_HAS_AVX512_BF16
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    _mm256_mask_storeu_epi16(dst + i, m, (__m256i)to_bf16((Simd<float>::V)_mm512_maskz_loadu_ps(m, src + i)));
+  }
+#else
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, src + i, sizeof(bits));
     const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
     dst[i] = src[i] != src[i] ? uint16_t(0x7FC0) : rounded;
   }
+#endif
 }
 
 #if FASTCONV_HAS_F16C

@@ -7,6 +7,7 @@
 //   FASTCONV_VEC_BYTES  vector width in bytes (64, 32, 16)
 //   FASTCONV_VEC_REGS   vector registers available (32 or 16)
 //   FASTCONV_HAS_F16C   1 where the instruction set includes F16C (float16 conversions)
+//   FASTCONV_HAS_AVX512_BF16  1 where it includes AVX512-BF16 (vcvtneps2bf16)
 // Invariant of every kernels/*.h: everything has internal linkage or lives in
 // the per-ISA namespace, and only standard headers and tile_kernels.h (plain
 // structs) are included, so no inline function compiled for one instruction
@@ -98,6 +99,28 @@ struct Simd {
     return s;
   }
 };
+
+// Integer vectors as wide as a float vector, and bfloat16 bits of its lanes.
+typedef uint32_t U32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
+typedef int32_t I32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
+typedef uint16_t U16Vec __attribute__((vector_size(FASTCONV_VEC_BYTES / 2)));
+
+// float lanes rounded to bfloat16 bits, to nearest even. With AVX512-BF16 one
+// vcvtneps2bf16 (NaN stays NaN; results below 2^-126 in magnitude flush to
+// zero, as in oneDNN's bfloat16 kernels on those CPUs); otherwise
+// c10::BFloat16's conversion bit for bit (NaN to 0x7FC0).
+inline U16Vec to_bf16(Simd<float>::V v) {
+#if FASTCONV_HAS_AVX512_BF16
+  return (U16Vec)_mm512_cvtneps_pbh((__m512)v);
+#else
+  U32Vec bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  U32Vec rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const I32Vec nan = v != v;
+  rounded = nan ? U32Vec{} + 0x7FC0u : rounded;
+  return __builtin_convertvector(rounded, U16Vec);
+#endif
+}
 
 // The vector K lanes into the pair (lo, hi): valignd/valignq with AVX-512.
 template <typename V, int W, int K, int... I>
