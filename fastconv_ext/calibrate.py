@@ -15,9 +15,10 @@ operator itself with the algorithm forced, using the current thread count, by le
 squares on relative error over shapes from a few microseconds to tens of milliseconds.
 
 conv2d: each default rule (csrc/fastconv/path.cpp) covers a class of layers -- pointwise
-layers by layout, depthwise layers by layout, stride and kernel size -- with one fastconv path for an
-operator (forward, grad_input, grad_weight). Layers of each class from real models (MobileNetV2,
-EfficientNet, ConvNeXt, RepLKNet, ResNet sizes) are timed as a model runs them, through
+layers by layout, depthwise layers by layout, stride and kernel size (and, in tables of their own,
+bfloat16 depthwise layers) -- with one fastconv path for an operator (forward, grad_input,
+grad_weight). Layers of each class from real models (MobileNetV2, EfficientNet, ConvNeXt,
+RepLKNet, ResNet sizes) are timed as a model runs them, through
 fastconv_ext.conv2d against torch.nn.functional.conv2d: the forward alone for a forward rule,
 forward and backward over each combination of the gradient rules (a gradient of fastconv's
 beside one of PyTorch's loses PyTorch's joint backward). The profile keeps, per rule, each
@@ -48,8 +49,10 @@ import fastconv_ext
 ops = torch.ops.fastconv
 KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads",
         "native_small", "native_dense", "native_call"]
-RULES = ["pointwise_forward", "pointwise_input", "pointwise_weight", "depthwise_rows", "depthwise_strided",
-         "depthwise_large", "depthwise_input", "depthwise_weight", "depthwise_small_strided_grads"]
+DEPTHWISE_RULES = ["depthwise_rows", "depthwise_strided", "depthwise_large", "depthwise_input", "depthwise_weight",
+                   "depthwise_small_strided_grads"]
+RULES = ["pointwise_forward", "pointwise_input", "pointwise_weight"] + DEPTHWISE_RULES + [
+    f"{rule}_bf16" for rule in DEPTHWISE_RULES]
 TINY = 1e-30
 RULE_SPEEDUP = 1.1  # csrc/fastconv/conv2d_rules.h: kRuleSpeedup
 
@@ -90,15 +93,18 @@ class Case:
 
 
 class Layer2d:
-    """A float32 conv2d layer with a bias, of a class some default rules cover: depthwise when
-    ``out`` is None, else a dense one of ``out`` channels; 'same' padding."""
+    """A conv2d layer with a bias (float32, or for depthwise layers bfloat16), of a class some
+    default rules cover: depthwise when ``out`` is None, else a dense one of ``out`` channels;
+    'same' padding."""
 
-    def __init__(self, batch, channels, size, kernel, stride=1, out=None, channels_last=False):
+    def __init__(self, batch, channels, size, kernel, stride=1, out=None, channels_last=False,
+                 dtype=torch.float32):
         g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(batch, channels, size, size, generator=g)
+        self.x = torch.randn(batch, channels, size, size, generator=g).to(dtype)
         self.groups = channels if out is None else 1
-        self.w = torch.randn(out or channels, channels // self.groups, kernel, kernel, generator=g)
-        self.b = torch.randn(out or channels, generator=g)
+        self.w = torch.randn(out or channels, channels // self.groups, kernel, kernel, generator=g).to(dtype)
+        self.b = torch.randn(out or channels, generator=g).to(dtype)
+        self.dtype = dtype
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.args = dict(stride=stride, padding=kernel // 2, groups=self.groups)
@@ -121,6 +127,9 @@ class Layer2d:
         gradients = ["depthwise_input", "depthwise_weight"]
         if self.stride > 1 and self.taps <= 9:
             gradients = ["depthwise_small_strided_grads"] + gradients
+        if self.dtype == torch.bfloat16:  # bfloat16 layers have tables of their own
+            forward = forward and f"{forward}_bf16"
+            gradients = [f"{rule}_bf16" for rule in gradients]
         return forward, gradients
 
     def speedup(self, holding: Sequence[str], train: bool, repeats: int) -> float:
@@ -147,7 +156,9 @@ class Layer2d:
         n, c, h, w = self.x.shape
         kind = "depthwise" if self.groups > 1 else f"-> {self.w.shape[0]}"
         k = self.w.shape[-1]
-        return f"{n}x{c}x{h}x{w} {kind} {k}x{k} stride {self.stride}{' channels-last' if self.channels_last else ''}"
+        dtype = " bfloat16" if self.dtype == torch.bfloat16 else ""
+        return f"{n}x{c}x{h}x{w}{dtype} {kind} {k}x{k} stride {self.stride}" \
+               f"{' channels-last' if self.channels_last else ''}"
 
     def rule_line(self, rule: str, speedup: float) -> str:
         """The line of `rule`'s table (csrc/fastconv/conv2d_rules.h) for this layer."""
@@ -173,7 +184,7 @@ def rule_layers() -> List[Layer2d]:
     """The layers calibration measures the conv2d rules on: MobileNetV2 / EfficientNet / ResNet
     pointwise layers (squeeze-and-excitation ones on one pixel, of one image and of a batch, to
     112x112 maps) and depthwise layers of ConvNeXt, MobileNet, EfficientNet and RepLKNet, in
-    both layouts."""
+    both layouts, in float32 and (the bfloat16 rules' tables) bfloat16."""
     squeeze = [(1, 32, 1, 8), (1, 480, 1, 20), (1, 672, 1, 28), (1, 10, 1, 240), (1, 48, 1, 1152), (8, 32, 1, 8),
                (8, 672, 1, 28), (8, 28, 1, 672), (32, 1152, 1, 48), (32, 48, 1, 1152)]
     pointwise = [(1, 576, 7, 160), (1, 160, 7, 960),
@@ -189,7 +200,8 @@ def rule_layers() -> List[Layer2d]:
                  (1, 256, 28, 29, 1)]
     return [Layer2d(n, c, size, 1, out=out) for n, c, size, out in squeeze] + [
         Layer2d(n, c, size, 1, out=out, channels_last=cl) for n, c, size, out in pointwise for cl in (False, True)] + [
-        Layer2d(n, c, size, k, stride=s, channels_last=cl) for n, c, size, k, s in depthwise for cl in (False, True)]
+        Layer2d(n, c, size, k, stride=s, channels_last=cl, dtype=dtype)
+        for dtype in (torch.float32, torch.bfloat16) for n, c, size, k, s in depthwise for cl in (False, True)]
 
 
 def layer_verdicts(layer: Layer2d, repeats: int) -> Dict[str, float]:

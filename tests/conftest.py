@@ -149,6 +149,10 @@ def conv2d_rules(**tables):
 
 
 # Every depthwise rule holding but the one that gives strided <= 3x3 float gradients to
-# fastconv's kernels: tests of each rule's class of layers, whatever this machine's profile says.
+# fastconv's kernels (its bfloat16 table holds, as measured): tests of each rule's class of
+# layers, whatever this machine's profile says.
 DEPTHWISE_RULES_HOLD = dict(depthwise_rows=2.0, depthwise_strided=2.0, depthwise_large=2.0, depthwise_input=2.0,
-                            depthwise_weight=2.0, depthwise_small_strided_grads=0.5)
+                            depthwise_weight=2.0, depthwise_small_strided_grads=0.5,
+                            depthwise_rows_bf16=2.0, depthwise_strided_bf16=2.0, depthwise_large_bf16=2.0,
+                            depthwise_input_bf16=2.0, depthwise_weight_bf16=2.0,
+                            depthwise_small_strided_grads_bf16=2.0)

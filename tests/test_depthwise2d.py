@@ -267,6 +267,28 @@ def test_strided_small_kernel_gradients_follow_their_rule():
         assert paths(cl, w3, 2, 1) == {"forward": "depthwise", "input": "depthwise", "weight": "depthwise"}
 
 
+@pytest.mark.parametrize("rule", ["depthwise_input", "depthwise_weight", "depthwise_small_strided_grads"])
+def test_bfloat16_layers_follow_their_own_tables(rule):
+    """bfloat16 depthwise layers ask the rules' bfloat16 tables (measured in bfloat16: PyTorch's
+    bfloat16 depthwise backward is not its float one scaled), float32 and float16 layers the float
+    ones (float16 layers never take PyTorch's joint backward): a rule failing in one dtype's table
+    leaves the other dtype's paths alone."""
+    x, w = torch.randn(2, 96, 28, 28), torch.randn(96, 1, 3, 3)
+    layers = {dtype: (x.to(dtype), w.to(dtype), 2, 1) for dtype in (torch.float32, torch.float16, torch.bfloat16)}
+    both = dict(DEPTHWISE_RULES_HOLD, depthwise_small_strided_grads=2.0)
+    with conv2d_rules(**both):
+        holding = {dtype: paths(*layer) for dtype, layer in layers.items()}
+    assert all(holding[dtype] == {"forward": "native", "input": "depthwise", "weight": "depthwise"} for dtype in layers)
+    failed = {"depthwise_input": {"input": "native"}, "depthwise_weight": {"weight": "native"},
+              "depthwise_small_strided_grads": {"input": "native", "weight": "native"}}[rule]
+    floats = (torch.float32,) if rule == "depthwise_small_strided_grads" else (torch.float32, torch.float16)
+    for table, moved in ((rule, floats), (f"{rule}_bf16", (torch.bfloat16,))):
+        with conv2d_rules(**dict(both, **{table: 1.09})):
+            for dtype, layer in layers.items():
+                assert paths(*layer) == (dict(holding[dtype], **failed) if dtype in moved else holding[dtype]), \
+                    (table, dtype)
+
+
 def test_bfloat16_channels_last_wide_kernels_never_reach_pytorch():
     """PyTorch 2.13's bfloat16 channels-last depthwise forward of up to 16 channels with a kernel 15
     or more wide never finishes compiling its oneDNN kernel on CPUs with AVX512-BF16 (images from
@@ -296,5 +318,21 @@ def test_built_in_rules_keep_the_largest_kernels_on_fastconv():
         for channels, size, kernel in [(128, 56, 31), (256, 28, 29)]:
             x, w = torch.randn(1, channels, size, size), torch.randn(channels, 1, kernel, kernel)
             assert paths(x, w, 1, kernel // 2) == {"forward": "direct", "input": "direct", "weight": "direct"}
+    finally:
+        torch.ops.fastconv._conv2d_rules(saved)
+
+
+def test_built_in_rules_give_bfloat16_strided_gradients_to_fastconv():
+    """MobileNetV2's bfloat16 3x3 stride-2 layer (144 channels, 57x57 input as Hugging Face pads it):
+    PyTorch's bfloat16 depthwise backward is many times its float one, and the built-in bfloat16
+    tables (2.7x measured) give both gradients to fastconv, where the float tables kept grad_input
+    native beside fastconv's grad_weight (0.84x in the model). Float32 keeps PyTorch's joint backward."""
+    saved = torch.ops.fastconv._conv2d_rules(None)
+    torch.ops.fastconv._conv2d_rules([])  # the built-in tables
+    try:
+        x, w = torch.randn(1, 144, 57, 57), torch.randn(144, 1, 3, 3)
+        assert paths(x.bfloat16(), w.bfloat16(), 2, 0) == {"forward": "native", "input": "depthwise",
+                                                          "weight": "depthwise"}
+        assert paths(x, w, 2, 0) == {"forward": "native", "input": "native", "weight": "native"}
     finally:
         torch.ops.fastconv._conv2d_rules(saved)

@@ -39,9 +39,21 @@ Measured measured(const Probe& p) {
 }
 using Tables = std::array<std::vector<Measured>, kNumRules>;
 
-const char* kRuleNames[kNumRules] = {"pointwise_forward", "pointwise_input",   "pointwise_weight",
-                                     "depthwise_rows",    "depthwise_strided", "depthwise_large",
-                                     "depthwise_input",   "depthwise_weight",  "depthwise_small_strided_grads"};
+const char* kRuleNames[kNumRules] = {"pointwise_forward",
+                                     "pointwise_input",
+                                     "pointwise_weight",
+                                     "depthwise_rows",
+                                     "depthwise_strided",
+                                     "depthwise_large",
+                                     "depthwise_input",
+                                     "depthwise_weight",
+                                     "depthwise_small_strided_grads",
+                                     "depthwise_rows_bf16",
+                                     "depthwise_strided_bf16",
+                                     "depthwise_large_bf16",
+                                     "depthwise_input_bf16",
+                                     "depthwise_weight_bf16",
+                                     "depthwise_small_strided_grads_bf16"};
 
 // The built-in tables (conv2d_rules_table.h); a profile file replaces them.
 struct DefaultProbe {

@@ -31,10 +31,20 @@ enum class Rule : uint8_t {
   kDepthwiseLarge,    // channels-last depthwise forward of 10x10 to 19x19 taps, the same
   kDepthwiseInput,    // depthwise grad_input by direct rows (NCHW, stride 1) or depthwise kernels
   kDepthwiseWeight,   // depthwise grad_weight, the same
-  kDepthwiseSmallStridedGrads,  // both gradients of strided <= 3x3 float depthwise layers, against
+  kDepthwiseSmallStridedGrads,  // both gradients of strided <= 3x3 depthwise layers, against
                                 // PyTorch's one convolution_backward
+  // The depthwise rules for bfloat16 layers, measured in bfloat16: PyTorch's
+  // bfloat16 kernels are not its float ones scaled (its bfloat16 depthwise
+  // backward is many times slower, its forward about as fast), so float
+  // measurements do not speak for them.
+  kDepthwiseRowsBf16,
+  kDepthwiseStridedBf16,
+  kDepthwiseLargeBf16,
+  kDepthwiseInputBf16,
+  kDepthwiseWeightBf16,
+  kDepthwiseSmallStridedGradsBf16,
 };
-inline constexpr size_t kNumRules = 9;
+inline constexpr size_t kNumRules = 15;
 
 // A rule's path is taken where the nearest measured layer was at least this
 // much faster with it: the margin keeps noise from making a layer slower.

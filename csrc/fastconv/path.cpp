@@ -158,8 +158,9 @@ Path conv1d_default(const ConvCall& c) {
 // (a layout copy each way) run the gradients elsewhere. Float gradients of
 // strided layers of up to 3x3 taps, which PyTorch computes in one call
 // (convolution_backward), stay native unless kDepthwiseSmallStridedGrads
-// holds, and the forward with them. The measurements behind each rule:
-// docs/depthwise2d.md.
+// holds, and the forward with them. bfloat16 layers ask the same rules'
+// bfloat16 tables (kDepthwise*Bf16), float16 layers the float ones. The
+// measurements behind each rule: docs/depthwise2d.md.
 constexpr int64_t kLargeTaps = 100, kLargeTapsEnd = 400;  // channels-last forward, 10x10 to 19x19 taps
 constexpr int64_t kRowsFrom = 14;
 constexpr double kRowLanes = 0.75;
@@ -175,30 +176,42 @@ Path pointwise_default(const ConvCall& c) {
   return rule_holds(rule, c.d, c.layout) ? Path::kIm2col : Path::kNative;
 }
 
+// Whether the depthwise rule `rule` (a float one) holds for the call, in the
+// table of its dtype.
+static_assert(size_t(Rule::kDepthwiseSmallStridedGradsBf16) - size_t(Rule::kDepthwiseRowsBf16) ==
+                  size_t(Rule::kDepthwiseSmallStridedGrads) - size_t(Rule::kDepthwiseRows),
+              "the bfloat16 depthwise rules follow the float ones' order");
+bool depthwise_rule(Rule rule, const ConvCall& c) {
+  if (c.dtype == at::kBFloat16) {
+    rule = Rule(size_t(rule) - size_t(Rule::kDepthwiseRows) + size_t(Rule::kDepthwiseRowsBf16));
+  }
+  return rule_holds(rule, c.d, c.layout);
+}
+
 Path depthwise_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   const bool channels_last = c.layout == 1, strided = !stride_one(d);
   const int64_t taps = d.kernel_size[0] * d.kernel_size[1], OW = d.out_size[1];
   const bool rows = OW >= kRowsFrom && !why_not_direct_rows(d);
   const bool full_rows = rows && is_float(c) && double(OW) >= kRowLanes * double(OW + d.dilation[1] * (d.kernel_size[1] - 1));
-  const bool joint_native =
-      strided && taps <= kJointNativeTaps && is_float(c) && !rule_holds(Rule::kDepthwiseSmallStridedGrads, d, c.layout);
+  const bool joint_native = strided && taps <= kJointNativeTaps && (is_float(c) || c.dtype == at::kBFloat16) &&
+      !depthwise_rule(Rule::kDepthwiseSmallStridedGrads, c);
   switch (c.op) {
     case ConvOp::kForward:
       if (channels_last) {
-        const bool own = (strided && !joint_native && rule_holds(Rule::kDepthwiseStrided, d, c.layout)) ||
-            (taps >= kLargeTaps && taps < kLargeTapsEnd && rule_holds(Rule::kDepthwiseLarge, d, c.layout));
+        const bool own = (strided && !joint_native && depthwise_rule(Rule::kDepthwiseStrided, c)) ||
+            (taps >= kLargeTaps && taps < kLargeTapsEnd && depthwise_rule(Rule::kDepthwiseLarge, c));
         return own || native_does_not_finish(c) ? Path::kDepthwise : Path::kNative;
       }
-      return !strided && (full_rows || (rows && taps >= kLargeTaps)) && rule_holds(Rule::kDepthwiseRows, d, c.layout)
+      return !strided && (full_rows || (rows && taps >= kLargeTaps)) && depthwise_rule(Rule::kDepthwiseRows, c)
           ? Path::kDirect
           : Path::kNative;
     case ConvOp::kInput:
-      if (joint_native || !rule_holds(Rule::kDepthwiseInput, d, c.layout)) return Path::kNative;
+      if (joint_native || !depthwise_rule(Rule::kDepthwiseInput, c)) return Path::kNative;
       return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
                                                                                       : Path::kDepthwise;
     case ConvOp::kWeight:
-      if (joint_native || !rule_holds(Rule::kDepthwiseWeight, d, c.layout)) return Path::kNative;
+      if (joint_native || !depthwise_rule(Rule::kDepthwiseWeight, c)) return Path::kNative;
       return !channels_last && !strided && rows ? Path::kDirect : Path::kDepthwise;
   }
   return Path::kNative;
