@@ -27,8 +27,8 @@ nearest to it (the three nearest, weighted by nearness) were at least 1.1x faste
 (csrc/fastconv/conv2d_rules.h).
 
 The profile goes to $FASTCONV_PROFILE, or ~/.cache/fastconv/cpu_profile.txt, and is read once
-per process (at the first call that consults it); without one, built-in defaults measured on the
-development machine apply.
+per process (at the first call that consults it); without one, the built-in measurements of the
+CPU's kind apply (one calibration of a CPU with AVX-512, one of a CPU with AVX2 only).
 """
 
 import argparse
@@ -167,17 +167,30 @@ class Layer2d:
                f"{int(self.channels_last)} {speedup:.4g}"
 
 
+# A comparison that has run this long stops repeating once its ratio is beyond FAR either way:
+# where one side is many times the other (PyTorch's bfloat16 depthwise layers on CPUs without
+# AVX512-BF16 run 30-90x fastconv's time, seconds per call), more repeats decide nothing.
+BUDGET_SECONDS, FAR = 1.0, 3.0
+
+
 def _interleaved(reference, candidate, repeats: int) -> float:
-    """reference's median time over candidate's, timed in turn after a warm-up."""
-    times: Dict[str, List[float]] = {"reference": [], "candidate": []}
-    for fn in (reference, candidate, reference, candidate):
+    """reference's median time over candidate's, timed in turn after a warm-up (a second
+    warm-up round and the later repeats only while within BUDGET_SECONDS or undecided)."""
+    start = time.perf_counter()
+    for fn in (reference, candidate):
         fn()
+    if time.perf_counter() - start < BUDGET_SECONDS:
+        reference(), candidate()
+    times: Dict[str, List[float]] = {"reference": [], "candidate": []}
     for _ in range(repeats):
         for key, fn in (("reference", reference), ("candidate", candidate)):
             t0 = time.perf_counter()
             fn()
             times[key].append(time.perf_counter() - t0)
-    return statistics.median(times["reference"]) / statistics.median(times["candidate"])
+        ratio = statistics.median(times["reference"]) / statistics.median(times["candidate"])
+        if time.perf_counter() - start > BUDGET_SECONDS and not 1 / FAR < ratio < FAR:
+            break
+    return ratio
 
 
 def rule_layers() -> List[Layer2d]:

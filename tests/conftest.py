@@ -148,6 +148,24 @@ def conv2d_rules(**tables):
         torch.ops.fastconv._conv2d_rules(saved)
 
 
+@contextlib.contextmanager
+def built_in_profile(kind):
+    """The built-in cost constants and conv2d rule tables of a CPU kind ("avx512" or "avx2"), in
+    place of this CPU's."""
+    _, costs, lines = torch.ops.fastconv._built_in_profile(kind)
+    saved_costs, saved_lines = torch.ops.fastconv._cost_profile(), torch.ops.fastconv._conv2d_rules()
+    torch.ops.fastconv._cost_profile(costs)
+    torch.ops.fastconv._conv2d_rules(lines)
+    try:
+        yield
+    finally:
+        torch.ops.fastconv._cost_profile(saved_costs)
+        torch.ops.fastconv._conv2d_rules(saved_lines)
+
+
+CPU_KINDS = ["avx512", "avx2"]
+
+
 # Every depthwise rule holding but the one that gives strided <= 3x3 float gradients to
 # fastconv's kernels (its bfloat16 table holds, as measured): tests of each rule's class of
 # layers, whatever this machine's profile says.

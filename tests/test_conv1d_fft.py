@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -219,6 +220,27 @@ def test_calibrate_writes_a_profile(tmp_path, restore_profile):
         assert sorted(eval(read)) == sorted(ops._conv2d_rules(rules))
     finally:
         ops._conv2d_rules(saved)
+
+
+def test_calibration_stops_repeating_a_comparison_far_from_deciding():
+    """A layer where PyTorch takes many times fastconv's time (seconds per call for some bfloat16
+    layers on CPUs without AVX512-BF16) is not timed `repeats` times over: past the budget a ratio
+    beyond 3x either way ends the comparison, and an undecided one repeats in full."""
+    from fastconv_ext import calibrate
+
+    calls = {"slow": 0, "fast": 0}
+
+    def timed(name, seconds):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+        return fn
+
+    ratio = calibrate._interleaved(timed("slow", calibrate.BUDGET_SECONDS / 2), timed("fast", 0.001), repeats=7)
+    assert ratio > calibrate.FAR and calls["slow"] <= 4  # warm-up, one more round, one or two repeats
+    calls.update(slow=0, fast=0)
+    ratio = calibrate._interleaved(timed("slow", 0.02), timed("fast", 0.02), repeats=7)
+    assert 1 / calibrate.FAR < ratio < calibrate.FAR and calls == {"slow": 9, "fast": 9}
 
 
 def test_bad_algorithm_raises():

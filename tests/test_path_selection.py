@@ -381,6 +381,23 @@ def test_pointwise_float_layers_follow_the_nearest_measured_layers():
         assert path(x.contiguous(memory_format=torch.channels_last), w) == "im2col"
 
 
+def test_built_in_measurements_follow_the_cpu_kind():
+    """Without a profile file (conftest) a CPU uses the built-in measurements of its kind: the
+    AVX-512 ones where the avx512 kernel tables can run, the AVX2 ones elsewhere; the two kinds'
+    measurements differ, and every table has lines for every rule."""
+    kind, costs, lines = ops._built_in_profile()
+    assert kind == ("avx512" if "avx512" in ops._cpu_capabilities() else "avx2")
+    assert ops._cost_profile() == pytest.approx(costs)
+    assert sorted(ops._conv2d_rules()) == sorted(lines)
+    tables = {k: ops._built_in_profile(k) for k in ("avx512", "avx2")}
+    assert tables[kind] == (kind, costs, lines)
+    assert tables["avx512"][1] != tables["avx2"][1] and sorted(tables["avx512"][2]) != sorted(tables["avx2"][2])
+    for _, _, table in tables.values():
+        assert {line.split()[0] for line in table} == {line.split()[0] for line in lines}
+    with pytest.raises(RuntimeError, match=r"CPU kinds 'avx512' and 'avx2', but got 'neon'"):
+        ops._built_in_profile("neon")
+
+
 def test_rule_tables_round_trip_and_bad_lines_raise():
     saved = ops._conv2d_rules()
     assert saved and all(len(line.split()) == 9 for line in saved)

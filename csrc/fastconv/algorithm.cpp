@@ -11,18 +11,24 @@
 #include <optional>
 #include <sstream>
 
+#include "fastconv/cpu/tile_kernels.h"
 #include "fastconv/fft/fft_conv1d.h"
 
 namespace fastconv {
 namespace {
 
-// Defaults from one run of python -m fastconv_ext.calibrate (fp32, 2 threads,
-// an AVX-512 x86 CPU), all constants from the same run so that their ratios,
-// which decide, are consistent. A calibrated profile file replaces them.
-constexpr CostProfile kDefaultCpuProfile{
+// One run of python -m fastconv_ext.calibrate (fp32, 2 threads) per CPU kind
+// (an AVX-512 and an AVX2-only AMD EPYC VM), all constants from the same run
+// so that their ratios, which decide, are consistent. A calibrated profile
+// file replaces them.
+constexpr CostProfile kAvx512Profile{
     /*direct_small=*/7.90e-12, /*direct_dense=*/3.97e-12, /*direct_call=*/4.03e-6,
     /*fft_nlogn=*/5.90e-11,    /*fft_cmac=*/4.06e-12,   /*fft_byte=*/1e-15, /*fft_call=*/3.01e-5,
     /*threads=*/2, /*native_small=*/1.55e-11, /*native_dense=*/4.21e-12, /*native_call=*/2.76e-5};
+constexpr CostProfile kAvx2Profile{
+    /*direct_small=*/4.37e-11, /*direct_dense=*/2.00e-11, /*direct_call=*/1.75e-5,
+    /*fft_nlogn=*/2.02e-10,    /*fft_cmac=*/1.51e-10,   /*fft_byte=*/1e-15, /*fft_call=*/1.68e-4,
+    /*threads=*/2, /*native_small=*/6.26e-11, /*native_dense=*/1.65e-11, /*native_call=*/9.61e-5};
 
 // No GPU has measured these: cuFFT against the tiled direct kernels,
 // as rough rates of an H100-class device.
@@ -40,9 +46,9 @@ std::mutex profile_mutex;
 std::optional<CostProfile> active_profile;
 
 // "key value" lines; unknown keys and comments (#) are ignored, missing keys
-// keep their defaults.
+// keep the built-in values.
 CostProfile read_profile_file(const std::string& path) {
-  std::vector<double> values = kDefaultCpuProfile.to_vector();
+  std::vector<double> values = built_in_cost_profile(this_cpu_kind()).to_vector();
   std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
@@ -65,6 +71,22 @@ double interpolate_direct_rate(const CostProfile& p, int64_t pairs) {
 }
 
 }  // namespace
+
+CpuKind this_cpu_kind() {
+  static const CpuKind kind = cpu::has_avx512() ? CpuKind::kAvx512 : CpuKind::kAvx2;
+  return kind;
+}
+
+CpuKind cpu_kind_named(const std::string& name) {
+  for (CpuKind kind : {CpuKind::kAvx512, CpuKind::kAvx2}) {
+    if (name == cpu_kind_name(kind)) return kind;
+  }
+  TORCH_CHECK(false, "fastconv: the built-in measurements are for CPU kinds 'avx512' and 'avx2', but got '", name, "'");
+}
+
+const char* cpu_kind_name(CpuKind kind) { return kind == CpuKind::kAvx512 ? "avx512" : "avx2"; }
+
+CostProfile built_in_cost_profile(CpuKind kind) { return kind == CpuKind::kAvx512 ? kAvx512Profile : kAvx2Profile; }
 
 std::vector<double> CostProfile::to_vector() const {
   return {direct_small, direct_dense, direct_call, fft_nlogn, fft_cmac,     fft_byte,
@@ -99,7 +121,7 @@ CostProfile cpu_cost_profile() {
   std::lock_guard<std::mutex> lock(profile_mutex);
   if (!active_profile) {
     const std::string path = cpu_profile_path();
-    active_profile = path.empty() ? kDefaultCpuProfile : read_profile_file(path);
+    active_profile = path.empty() ? built_in_cost_profile(this_cpu_kind()) : read_profile_file(path);
   }
   return *active_profile;
 }

@@ -6,6 +6,8 @@
 #include <c10/core/DeviceType.h>
 #include <c10/util/string_view.h>
 
+#include <cstdint>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,8 +35,20 @@ struct CostProfile {
   static CostProfile from_vector(const std::vector<double>& v);
 };
 
+// The kinds of CPU the built-in measurements come from (this file's cost
+// constants and conv2d's rule tables, conv2d_rules.cpp): python -m
+// fastconv_ext.calibrate on one with AVX-512 and on one with AVX2 only. How
+// fastconv's kernels compare with PyTorch's follows the vector width both
+// get; a CPU uses its kind's measurements until it is calibrated.
+enum class CpuKind : uint8_t { kAvx512, kAvx2 };
+CpuKind this_cpu_kind();
+CpuKind cpu_kind_named(const std::string& name);  // "avx512" or "avx2"
+const char* cpu_kind_name(CpuKind kind);
+CostProfile built_in_cost_profile(CpuKind kind);
+
 // The CPU profile in use: set_cost_profile's, else the profile file
-// ($FASTCONV_PROFILE, default ~/.cache/fastconv/cpu_profile.txt), else defaults.
+// ($FASTCONV_PROFILE, default ~/.cache/fastconv/cpu_profile.txt), else this
+// CPU kind's built-in constants.
 CostProfile cpu_cost_profile();
 void set_cpu_cost_profile(const CostProfile& profile);
 std::string cpu_profile_path();

@@ -55,12 +55,14 @@ const char* kRuleNames[kNumRules] = {"pointwise_forward",
                                      "depthwise_weight_bf16",
                                      "depthwise_small_strided_grads_bf16"};
 
-// The built-in tables (conv2d_rules_table.h); a profile file replaces them.
+// The built-in tables of each CPU kind (algorithm.h); a profile file
+// replaces them.
 struct DefaultProbe {
   Rule rule;
   Probe probe;
 };
-#include "fastconv/conv2d_rules_table.h"
+#include "fastconv/conv2d_rules_avx2.h"
+#include "fastconv/conv2d_rules_avx512.h"
 
 std::optional<std::pair<size_t, Probe>> parse_line(const std::string& line) {
   std::istringstream fields(line);
@@ -82,10 +84,31 @@ std::optional<std::pair<size_t, Probe>> parse_line(const std::string& line) {
   return std::nullopt;
 }
 
-Tables built_in() {
+Tables built_in(CpuKind kind = this_cpu_kind()) {
   Tables t;
-  for (const DefaultProbe& d : kDefaultProbes) t[size_t(d.rule)].push_back(measured(d.probe));
+  auto add = [&t](const auto& probes) {
+    for (const DefaultProbe& d : probes) t[size_t(d.rule)].push_back(measured(d.probe));
+  };
+  if (kind == CpuKind::kAvx512) {
+    add(kAvx512Probes);
+  } else {
+    add(kAvx2Probes);
+  }
   return t;
+}
+
+std::vector<std::string> as_lines(const Tables& t) {
+  std::vector<std::string> out;
+  for (size_t r = 0; r < kNumRules; ++r) {
+    for (const Measured& m : t[r]) {
+      const Probe& p = m.probe;
+      std::ostringstream line;
+      line << kRuleNames[r] << ' ' << p.batch << ' ' << p.in_channels << ' ' << p.out_channels << ' ' << p.pixels
+           << ' ' << p.taps << ' ' << p.stride << ' ' << p.layout << ' ' << p.speedup;
+      out.push_back(line.str());
+    }
+  }
+  return out;
 }
 
 // The built-in tables with every rule the profile file measured replaced.
@@ -165,18 +188,9 @@ std::vector<std::string> rule_tables(const std::optional<std::vector<std::string
     std::lock_guard<std::mutex> lock(tables_mutex);
     active = std::make_shared<const Tables>(std::move(t));
   }
-  std::vector<std::string> out;
-  const auto t = tables();
-  for (size_t r = 0; r < kNumRules; ++r) {
-    for (const Measured& m : (*t)[r]) {
-      const Probe& p = m.probe;
-      std::ostringstream line;
-      line << kRuleNames[r] << ' ' << p.batch << ' ' << p.in_channels << ' ' << p.out_channels << ' ' << p.pixels
-           << ' ' << p.taps << ' ' << p.stride << ' ' << p.layout << ' ' << p.speedup;
-      out.push_back(line.str());
-    }
-  }
-  return out;
+  return as_lines(*tables());
 }
+
+std::vector<std::string> built_in_rule_tables(CpuKind kind) { return as_lines(built_in(kind)); }
 
 }  // namespace fastconv

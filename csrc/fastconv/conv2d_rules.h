@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "fastconv/algorithm.h"
 #include "fastconv/shape.h"
 
 namespace fastconv {
@@ -61,5 +62,8 @@ bool rule_holds(Rule rule, const Conv2dIntDims& d, int layout);
 // (cpu_profile_path(), algorithm.h) holds them as the same lines after
 // "rule ".
 std::vector<std::string> rule_tables(const std::optional<std::vector<std::string>>& lines);
+
+// The built-in tables of a CPU kind (algorithm.h), as the same lines.
+std::vector<std::string> built_in_rule_tables(CpuKind kind);
 
 }  // namespace fastconv

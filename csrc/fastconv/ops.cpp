@@ -198,12 +198,20 @@ TORCH_LIBRARY(fastconv, m) {
     return cpu_cost_profile().to_vector();
   });
   // The conv2d rules' measured tables (conv2d_rules.h) as lines, after
-  // replacing the rules that `lines` names when given ([] restores the
-  // built-in tables). For calibration and tests.
+  // replacing the rules that `lines` names when given ([] restores this CPU
+  // kind's built-in tables). For calibration and tests.
   m.def("_conv2d_rules(str[]? lines=None) -> str[]", [](std::optional<std::vector<std::string>> lines) {
     auto out = rule_tables(lines);
     if (lines) settings_changed();
     return out;
+  });
+  // The built-in measurements of a CPU kind ("avx512" or "avx2"; None: this
+  // CPU's, algorithm.h): (kind, cost constants, conv2d rule lines), for
+  // _cost_profile and _conv2d_rules. For tests.
+  m.def("_built_in_profile(str? kind=None) -> (str, float[], str[])", [](std::optional<std::string> kind) {
+    const CpuKind k = kind ? cpu_kind_named(*kind) : this_cpu_kind();
+    return std::make_tuple(std::string(cpu_kind_name(k)), built_in_cost_profile(k).to_vector(),
+                           built_in_rule_tables(k));
   });
   // The CPU output cache (cpu/allocation.h): [limit, cached bytes, cached
   // buffers, hits, misses], after setting the limit when given.

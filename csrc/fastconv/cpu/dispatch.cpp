@@ -20,13 +20,6 @@ std::string supported_list() {
   return out;
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-bool has_avx512() {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("f16c");
-}
-#endif
-
 struct Candidate {
   const char* name;
   const KernelTable& (*table)();
@@ -89,6 +82,15 @@ std::vector<std::string> supported_capabilities() {
     }
   }
   return out;
+}
+
+bool has_avx512() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
 }
 
 bool has_bf16_dot_product() {

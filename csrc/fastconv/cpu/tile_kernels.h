@@ -360,6 +360,9 @@ inline void silu_grad(const double* pre, double* g, int64_t n) { kernels().silu_
 // Instruction sets this build can use on this CPU, best first ("avx512_bf16", "avx512", "avx2", "default").
 std::vector<std::string> supported_capabilities();
 
+// Whether the CPU has the AVX-512 subsets the avx512 tables use (F, VL, BW, DQ).
+bool has_avx512();
+
 // Whether the CPU has bfloat16 dot-product instructions (AVX512_BF16): oneDNN
 // multiplies bfloat16 with them, where the tile kernels widen to float.
 bool has_bf16_dot_product();

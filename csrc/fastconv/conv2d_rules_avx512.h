@@ -1,10 +1,11 @@
-// The built-in tables of conv2d_rules.cpp (included there only): python -m
-// fastconv_ext.calibrate on the development machine (2 threads, AVX-512 with
-// AVX512-BF16, no AMX). Columns: batch, C_in, C_out, output pixels, taps,
-// stride, layout, speedup of the layer with the rule (see calibrate.py).
+// The built-in tables of conv2d_rules.cpp for CPUs with AVX-512 (included
+// there only): python -m fastconv_ext.calibrate on the development machine
+// (2 threads, AVX-512 with AVX512-BF16, no AMX; 5-pass medians). Columns:
+// batch, C_in, C_out, output pixels, taps, stride, layout, speedup of the
+// layer with the rule (see calibrate.py).
 #pragma once
 
-constexpr DefaultProbe kDefaultProbes[] = {
+constexpr DefaultProbe kAvx512Probes[] = {
     {Rule::kPointwiseForward, {1, 32, 8, 1, 1, 1, 0, 0.4557}},
     {Rule::kPointwiseInput, {1, 32, 8, 1, 1, 1, 0, 0.6659}},
     {Rule::kPointwiseWeight, {1, 32, 8, 1, 1, 1, 0, 0.6736}},
