@@ -40,22 +40,30 @@ done
 
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
-includes=(-I"$root/csrc" -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include")
-defines=(-D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_API_INCLUDE_EXTENSION_H=0)
-objects=()
-cd "$root"
-for src in $(find csrc/fastconv -name '*.cpp' -o -name '*.cu' | sort); do
+# One source per core at a time (nvcc and g++ run one thread each).
+compile_one() {
+  local src=$1 obj
   obj=$build/$(echo "$src" | tr '/' '_').o
   echo "cuda_compile_check: compiling $src"
+  local includes=(-I"$root/csrc" -I"$torch_dir/include" -I"$torch_dir/include/torch/csrc/api/include")
+  local defines=(-D_GLIBCXX_USE_CXX11_ABI=1 -DTORCH_API_INCLUDE_EXTENSION_H=0)
   if [[ $src == *.cu ]]; then
+    local gencode
+    read -ra gencode <<<"$GENCODE"
     "$nvcc" -std=$std -O2 -Xcompiler -fPIC --expt-relaxed-constexpr "${gencode[@]}" \
       "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   else
     g++ -std=$std -O1 -fPIC -fopenmp -ffp-contract=fast "${includes[@]}" "${defines[@]}" -c "$src" -o "$obj"
   fi
-  objects+=("$obj")
-done
-# The toolkit's own library folder, as nvcc reports it (nvcc may be a wrapper script).
+}
+export -f compile_one
+export root torch_dir build nvcc std GENCODE="${gencode[*]}"
+cd "$root"
+sources=$(find csrc/fastconv -name '*.cpp' -o -name '*.cu' | sort)
+# xargs exits non-zero when any compile fails.
+echo "$sources" | xargs -P "$(nproc)" -I{} bash -c 'compile_one "$1"' _ {}
+objects=()
+for src in $sources; do objects+=("$build/$(echo "$src" | tr '/' '_').o"); done
 cuda_top=${CUDA_HOME:-$("$nvcc" -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')}
 cuda_lib=$cuda_top/lib64
 echo "cuda_compile_check: linking libfastconv_cuda_check.so"
