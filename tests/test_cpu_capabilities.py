@@ -152,13 +152,17 @@ def test_every_level_16_bit_is_float32_rounded_bit_for_bit(capability, case, dty
 def test_every_level_rounds_causal_bfloat16_as_torch(capability, layout, K, tie_weight):
     """The causal kernels' bfloat16 outputs and input gradients are their float32 computation on the same values,
     rounded to nearest even as torch rounds, to the bit: at every level (avx512_bf16 rounds with vcvtneps2bf16,
-    the others with integer arithmetic). A weight of 1 + 2^-7 makes many products exact ties between two
-    bfloat16 values."""
+    the others with integer arithmetic, the contiguous forward on even and odd positions apart). A weight of
+    1 + 2^-7 makes many products exact ties between two bfloat16 values. NaN and infinities in x reach the
+    same outputs (NaN whatever its payload)."""
     gen = torch.Generator().manual_seed(K)
     B, C, L = 2, 67, 333
     x = torch.randn(B, L, C, generator=gen).transpose(1, 2) if layout == "channels_last" else torch.randn(B, C, L, generator=gen)
     w = torch.full((C, K), 1 + 2 ** -7) if tie_weight else torch.randn(C, K, generator=gen)
     x, w = x.bfloat16(), w.bfloat16()
+    x[:, :, 40::97] = float("nan")
+    x[:, :, 61::89] = float("inf")
+    x[:, :, 75::101] = -float("inf")
     gy = torch.randn(B, C, L, generator=gen).bfloat16()
     got, wide = [], []
     for dtype, out in ((torch.bfloat16, got), (torch.float32, wide)):
@@ -168,8 +172,35 @@ def test_every_level_rounds_causal_bfloat16_as_torch(capability, layout, K, tie_
     if tie_weight:
         ties = (wide[0].view(torch.int32) & 0xFFFF) == 0x8000
         assert ties.sum() > 100  # the case exercises rounding ties
+    assert bool(got[0].isnan().any()) and bool(got[0].isinf().any())
     for name, g, r in zip(("output", "grad_x"), got, wide):
-        assert torch.equal(g.view(torch.int16), r.bfloat16().view(torch.int16)), f"{capability} {name}"
+        r = r.bfloat16()
+        assert torch.equal(g.isnan(), r.isnan()), f"{capability} {name}"
+        number = ~g.isnan()
+        assert torch.equal(g[number].view(torch.int16), r[number].view(torch.int16)), f"{capability} {name}"
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_level_computes_silu_accurately(capability, dtype, layout):
+    """The causal kernels' fused SiLU (a polynomial exponential and a reciprocal estimate refined by a Newton
+    step) against float64's on values from -100 to 100, zeros, tiny ones and NaN: float32 within 1e-6
+    relative, bfloat16 within one rounding of the float64 value."""
+    gen = torch.Generator().manual_seed(11)
+    values = torch.cat([torch.linspace(-100, 100, 4001, dtype=torch.float64), torch.randn(3000, generator=gen, dtype=torch.float64) * 4,
+                        torch.tensor([0.0, -0.0, 1e-30, -1e-30, 87.5, -87.5, 88.5, -88.5, float("nan")], dtype=torch.float64)])
+    C = 8
+    x = values[: values.numel() // C * C].view(1, -1, C)  # (1, L, C)
+    x = x.transpose(1, 2) if layout == "channels_last" else x.transpose(1, 2).contiguous()
+    x = x.to(dtype)
+    y = ops.causal_conv1d(x, torch.ones(C, 1, dtype=dtype), None, None, None, "silu", 1)[0]
+    ref = F.silu(x.double())
+    assert torch.equal(y.isnan(), ref.isnan())
+    if dtype == torch.float32:
+        torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-35, equal_nan=True)
+    else:
+        # One bfloat16 step (2^-7 relative) covers a float32 error beside a rounding tie.
+        torch.testing.assert_close(y.double(), ref, rtol=2 ** -7, atol=1e-35, equal_nan=True)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

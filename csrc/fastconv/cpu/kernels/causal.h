@@ -32,10 +32,14 @@ struct Io {
 
   static V load(const Src* p) {
     if constexpr (Bf16) {
+      // One vpmovzxwd (GCC splits the generic conversion into two halves and
+      // joins them with shuffles).
 #if FASTCONV_X86_AVX512
-      // One vpmovzxwd (GCC splits the generic conversion into two halves).
       const U32Vec bits =
           (U32Vec)_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+#elif (defined(__x86_64__) || defined(_M_X64)) && FASTCONV_VEC_BYTES == 32
+      const U32Vec bits =
+          (U32Vec)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
 #else
       U16Vec h;
       std::memcpy(&h, p, sizeof(h));
@@ -89,76 +93,135 @@ struct Io {
   }
 };
 
-// 1 / (1 + exp(-x)). float: exp(-x) as 2^n * e^r, |r| <= ln2 / 2, with the
-// degree-6 Taylor polynomial (relative error below 3e-8) and x clamped to
-// [-88, 87] (infinities give 0 and 1, NaN stays NaN); double: std::exp per
-// lane. Coarse (for results rounded to bfloat16, whose own error is 2^-9): a
-// degree-4 polynomial and, with AVX-512, the 14-bit reciprocal estimate
-// without its Newton step, both below 1e-4. AVX-512 forms n with vrndscaleps
-// and 2^n * p with vscalefps (one instruction each where the generic form
-// takes an add, a subtract, a conversion, an add and a shift).
-// The Taylor polynomial of e^r on |r| <= ln2 / 2 (sigmoid's), degree 6 or, Coarse, 4.
-template <typename T, bool Coarse>
-__attribute__((always_inline)) inline typename Simd<T>::V exp_poly(typename Simd<T>::V r) {
-  typename Simd<T>::V p;
-  if constexpr (Coarse) {
-    p = Simd<T>::splat(1.0f / 24);
-  } else {
-    p = Simd<T>::splat(1.0f / 720);
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
+// p[i] = the Taylor polynomial of e^r[i] on |r| <= ln2 / 2 (sigmoid's),
+// degree 6 or, Coarse, 4; Horner's steps for all N before the next.
+template <typename T, bool Coarse, int N>
+__attribute__((always_inline)) inline void exp_poly_n(const typename Simd<T>::V (&r)[N], typename Simd<T>::V (&p)[N]) {
+  constexpr float kFine[] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+  constexpr float kCoarse[] = {1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+  const float* c = Coarse ? kCoarse : kFine;
+  constexpr int kTerms = Coarse ? 5 : 7;
+  for (int i = 0; i < N; ++i) p[i] = Simd<T>::splat(c[0]);
+  for (int k = 1; k < kTerms; ++k) {
+    for (int i = 0; i < N; ++i) p[i] = p[i] * r[i] + c[k];
   }
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  return p * r + 1.0f;
+}
+
+// min(hi, max(lo, v)) per lane, NaN kept: the x86 max and min return their
+// second operand when either is NaN (one instruction each; the generic
+// form is a compare and a blend).
+__attribute__((always_inline)) inline Simd<float>::V clamp(Simd<float>::V v, float lo, float hi) {
+  using V = Simd<float>::V;
+#if FASTCONV_X86_AVX512
+  return (V)_mm512_min_ps(_mm512_set1_ps(hi), _mm512_max_ps(_mm512_set1_ps(lo), (__m512)v));
+#elif (defined(__x86_64__) || defined(_M_X64)) && FASTCONV_VEC_BYTES == 32
+  return (V)_mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), (__m256)v));
+#elif defined(__x86_64__) || defined(_M_X64)
+  return (V)_mm_min_ps(_mm_set1_ps(hi), _mm_max_ps(_mm_set1_ps(lo), (__m128)v));
+#else
+  v = v < lo ? Simd<float>::splat(lo) : v;
+  return v > hi ? Simd<float>::splat(hi) : v;
+#endif
+}
+
+// 1 / d for sigmoid's denominator, 1 <= d < 2^127: on x86 the hardware
+// estimate (12 or 14 bits; the 12-bit one gives 0 in place of results below
+// 2^-126) and a Newton step (about 2^-22), several times the throughput of a
+// division.
+template <bool Coarse>
+__attribute__((always_inline)) inline Simd<float>::V reciprocal(Simd<float>::V d) {
+  using V = Simd<float>::V;
+#if FASTCONV_X86_AVX512
+  const V e = (V)_mm512_rcp14_ps((__m512)d);
+  if constexpr (Coarse) return e;
+#elif (defined(__x86_64__) || defined(_M_X64)) && FASTCONV_VEC_BYTES == 32
+  const V e = (V)_mm256_rcp_ps((__m256)d);
+#elif defined(__x86_64__) || defined(_M_X64)
+  const V e = (V)_mm_rcp_ps((__m128)d);
+#else
+  return 1.0f / d;
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+  return e * (2.0f - d * e);
+#endif
+}
+
+// x[i] = 1 / (1 + exp(-x[i])) for N vectors. float: exp(-x) as 2^n * e^r,
+// |r| <= ln2 / 2, with the degree-6 Taylor polynomial (relative error below
+// 3e-8) and x clamped to [-88, 87] (infinities give 0 and 1, NaN stays NaN),
+// then reciprocal() (SiLU's relative error measured below 4e-7); double:
+// std::exp per lane. Coarse (for results rounded to bfloat16, whose own
+// error is 2^-9): a degree-4 polynomial and, with AVX-512, the 14-bit
+// estimate without its Newton step, both below 1e-4. AVX-512 forms n with
+// vrndscaleps and 2^n * p with vscalefps (one instruction each where the
+// generic form takes an add, a subtract, a conversion, an add and a shift).
+// Each step runs for all N vectors before the next: N independent chains
+// side by side in program order. One vector's chain is some 20 dependent
+// operations; issued one chain after another, the waiting ones filled the
+// scheduler and the activation ran at its latency, not its throughput.
+template <typename T, bool Coarse, int N>
+__attribute__((always_inline)) inline void sigmoid_n(typename Simd<T>::V (&x)[N]) {
+  using V = typename Simd<T>::V;
+  if constexpr (sizeof(T) == 4) {
+    constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+    V d[N];
+#if FASTCONV_X86_AVX512
+    __m512 n[N];
+    V r[N];
+    for (int i = 0; i < N; ++i) x[i] = clamp(x[i], -88.0f, 87.0f);
+    for (int i = 0; i < N; ++i) {
+      n[i] = _mm512_roundscale_ps(_mm512_mul_ps((__m512)x[i], _mm512_set1_ps(-kLog2e)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    }
+    // r = -x - n ln2, ln2 in two parts.
+    for (int i = 0; i < N; ++i) r[i] = (V)_mm512_fnmsub_ps(n[i], _mm512_set1_ps(kLn2Hi), (__m512)x[i]);
+    for (int i = 0; i < N; ++i) r[i] = (V)_mm512_fnmadd_ps(n[i], _mm512_set1_ps(kLn2Lo), (__m512)r[i]);
+    exp_poly_n<T, Coarse>(r, d);
+    for (int i = 0; i < N; ++i) d[i] = (V)_mm512_scalef_ps((__m512)d[i], n[i]) + 1.0f;
+#else
+    const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+    V z[N], n[N], scale[N];
+    for (int i = 0; i < N; ++i) z[i] = -clamp(x[i], -88.0f, 87.0f);
+    for (int i = 0; i < N; ++i) n[i] = (z[i] * kLog2e + magic) - magic;
+    for (int i = 0; i < N; ++i) z[i] = (z[i] - n[i] * kLn2Hi) - n[i] * kLn2Lo;
+    for (int i = 0; i < N; ++i) {
+      const I32Vec bits = (__builtin_convertvector(n[i], I32Vec) + 127) << 23;
+      std::memcpy(&scale[i], &bits, sizeof(V));
+    }
+    exp_poly_n<T, Coarse>(z, d);
+    for (int i = 0; i < N; ++i) d[i] = 1.0f + d[i] * scale[i];
+#endif
+    for (int i = 0; i < N; ++i) x[i] = reciprocal<Coarse>(d[i]);
+  } else {
+    for (int i = 0; i < N; ++i) {
+      for (int l = 0; l < Simd<T>::kLanes; ++l) x[i][l] = T(1) / (T(1) + std::exp(-x[i][l]));
+    }
+  }
 }
 
 template <typename T, bool Coarse = false>
 __attribute__((always_inline)) inline typename Simd<T>::V sigmoid(typename Simd<T>::V x) {
-  using V = typename Simd<T>::V;
-  if constexpr (sizeof(T) == 4) {
-    constexpr float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-#if FASTCONV_X86_AVX512
-    // max/min return their second operand when either is NaN: x's NaN stays.
-    const __m512 xc = _mm512_min_ps(_mm512_set1_ps(87.0f), _mm512_max_ps(_mm512_set1_ps(-88.0f), (__m512)x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(-kLog2e)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // r = -x - n ln2, ln2 in two parts.
-    const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), _mm512_fnmsub_ps(n, _mm512_set1_ps(kLn2Hi), xc));
-    const V d = (V)_mm512_scalef_ps((__m512)exp_poly<T, Coarse>((V)r), n) + 1.0f;
-    // 1 / d: the 14-bit reciprocal estimate and a Newton step (about 2^-27),
-    // several times the throughput of a division.
-    const V e = (V)_mm512_rcp14_ps((__m512)d);
-    if constexpr (Coarse) return e;
-    return e * (2.0f - d * e);
-#else
-    using I = I32Vec;
-    V z = -x;
-    z = z < Simd<T>::splat(-87.0f) ? Simd<T>::splat(-87.0f) : z;
-    z = z > Simd<T>::splat(88.0f) ? Simd<T>::splat(88.0f) : z;
-    const V magic = Simd<T>::splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-    const V n = (z * kLog2e + magic) - magic;
-    const V r = (z - n * kLn2Hi) - n * kLn2Lo;
-    const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-    V scale;
-    std::memcpy(&scale, &bits, sizeof(V));
-    return 1.0f / (1.0f + exp_poly<T, Coarse>(r) * scale);
-#endif
-  } else {
-    V out;
-    for (int i = 0; i < Simd<T>::kLanes; ++i) out[i] = T(1) / (T(1) + std::exp(-x[i]));
-    return out;
+  typename Simd<T>::V v[1] = {x};
+  sigmoid_n<T, Coarse>(v);
+  return v[0];
+}
+
+// x[i] = act(x[i]) for N vectors (SiLU: x sigmoid(x), as sigmoid_n).
+template <typename T, bool Silu, bool Coarse, int N>
+__attribute__((always_inline)) inline void activate_n(typename Simd<T>::V (&x)[N]) {
+  if constexpr (Silu) {
+    typename Simd<T>::V s[N];
+    for (int i = 0; i < N; ++i) s[i] = x[i];
+    sigmoid_n<T, Coarse>(s);
+    for (int i = 0; i < N; ++i) x[i] *= s[i];
   }
 }
 
 template <typename T, bool Silu, bool Coarse = false>
 __attribute__((always_inline)) inline typename Simd<T>::V activate(typename Simd<T>::V x) {
-  if constexpr (Silu) {
-    return x * sigmoid<T, Coarse>(x);
-  } else {
-    return x;
-  }
+  typename Simd<T>::V v[1] = {x};
+  activate_n<T, Silu, Coarse>(v);
+  return v[0];
 }
 
 // f(std::bool_constant<act is SiLU>()): kernels with the activation fixed at
@@ -201,7 +264,7 @@ constexpr int64_t kCausalPrefetchRows = 8;
 
 // V vectors of outputs from j; Full: all V * kLanes of them (no partial loads).
 template <typename T, bool In16, bool Out16, bool Silu, int V, bool Full>
-void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
+__attribute__((always_inline)) inline void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
   using In = Io<T, In16>;
   using Out = Io<T, Out16>;
   constexpr int64_t W = Simd<T>::kLanes;
@@ -216,16 +279,56 @@ void causal_time_block(const CausalTimeTile<T>& a, int64_t j, int64_t n) {
     const auto* x = win + j + k * a.dilation;
     for (int v = 0; v < V; ++v) acc[v] += wk * (Full ? In::load(x + v * W) : In::load(x + v * W, n - v * W));
   }
+  activate_n<T, Silu, Out16>(acc);
   for (int v = 0; v < V; ++v) {
     const int64_t left = Full ? W : n - v * W;
-    if (left > 0) Out::store(out + j + v * W, activate<T, Silu, Out16>(acc[v]), left, a.streaming);
+    if (left > 0) Out::store(out + j + v * W, acc[v], left, a.streaming);
   }
+}
+
+// bfloat16 in and out where no single instruction widens or rounds a
+// vector of them: 2W bfloat16 values read as W 32-bit lanes hold the even
+// positions in their low halves and the odd ones in their high halves
+// (bf16_pairs). A tap's offset is the same for both halves, so each is a
+// float vector of outputs on its own, and bf16_interleave puts the two back
+// in place: shifts, masks and an OR instead of the shuffles of widening and
+// narrowing (which, on AVX2, took most of the time). Blocks of V pairs, as
+// long as they fit; returns where they stopped.
+template <bool Silu, int V>
+int64_t causal_time_pairs(const CausalTimeTile<float>& a) {
+  using S = Simd<float>;
+  constexpr int64_t kPair = 2 * S::kLanes;
+  int64_t j = 0;
+  for (; j + V * kPair <= a.n; j += V * kPair) {
+    S::V acc[2 * V];  // even and odd positions of pair v at 2v and 2v + 1
+    for (int i = 0; i < 2 * V; ++i) acc[i] = S::splat(a.bias);
+    for (int64_t k = 0; k < a.taps; ++k) {
+      const auto wk = S::splat(a.w[k]);
+      const uint16_t* x = a.win_bf16 + j + k * a.dilation;
+      for (int v = 0; v < V; ++v) {
+        S::V e, o;
+        bf16_pairs(x + v * kPair, e, o);
+        acc[2 * v] += wk * e;
+        acc[2 * v + 1] += wk * o;
+      }
+    }
+    activate_n<float, Silu, true>(acc);
+    for (int v = 0; v < V; ++v) {
+      const U32Vec h = bf16_interleave(acc[2 * v], acc[2 * v + 1]);
+      uint16_t* p = a.out_bf16 + j + v * kPair;
+      S::V f;
+      std::memcpy(&f, &h, sizeof(f));
+      if (!(a.streaming && S::stream(reinterpret_cast<float*>(p), f))) std::memcpy(p, &h, sizeof(h));
+    }
+  }
+  return j;
 }
 
 template <typename T, bool In16, bool Out16, bool Silu>
 void causal_time_act(const CausalTimeTile<T>& a) {
   constexpr int64_t W = Simd<T>::kLanes;
   int64_t j = 0;
+  if constexpr (In16 && Out16 && !FASTCONV_HAS_AVX512_BF16) j = causal_time_pairs<Silu, 2>(a);
   for (; j + 4 * W <= a.n; j += 4 * W) causal_time_block<T, In16, Out16, Silu, 4, true>(a, j, 4 * W);
   for (; j + W <= a.n; j += W) causal_time_block<T, In16, Out16, Silu, 1, true>(a, j, W);
   if (j < a.n) causal_time_block<T, In16, Out16, Silu, 1, false>(a, j, a.n - j);
@@ -247,6 +350,12 @@ void causal_time(const CausalTimeTile<T>& a) {
 
 // ---- forward, vectors along channels
 
+// Channels-last outputs go around the caches only with 64-byte vectors (the
+// AVX-512 kernels): a block stores one vector to each of P rows in turn, and
+// narrower non-temporal stores leave P partial lines waiting to combine. On
+// an AVX2 CPU (Zen 3) that ran 1.4-2x slower than plain stores.
+constexpr bool kStreamChannelRows = FASTCONV_VEC_BYTES == 64;
+
 // The pointers a block of P positions from j uses, resolved once for all its
 // channel vectors (per vector, loading row pointers and computing output
 // addresses cost as much as the convolution): with KT > 0 and dilation 1
@@ -262,7 +371,8 @@ struct ChannelBlock {
   Out* out[P];
   bool window, streaming;
 
-  ChannelBlock(const CausalChannelTile<T>& a, int64_t j) : window(KT > 0 && a.dilation == 1), streaming(a.streaming) {
+  ChannelBlock(const CausalChannelTile<T>& a, int64_t j)
+      : window(KT > 0 && a.dilation == 1), streaming(a.streaming && kStreamChannelRows) {
     const In* const* rows;
     Out* o;
     if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
@@ -324,9 +434,8 @@ __attribute__((always_inline)) inline void causal_channel_block(const CausalChan
       for (int p = 0; p < P; ++p) acc[p] += wk * load(rows[j + p + k * a.dilation] + c);
     }
   }
-  for (int p = 0; p < P; ++p) {
-    X::store(blk.out[p] + c, activate<T, Silu, Out16>(acc[p]), Full ? S::kLanes : m, blk.streaming);
-  }
+  activate_n<T, Silu, Out16>(acc);
+  for (int p = 0; p < P; ++p) X::store(blk.out[p] + c, acc[p], Full ? S::kLanes : m, blk.streaming);
 }
 
 // Each cache line of the rows ahead is requested next to the vectors that
@@ -475,11 +584,13 @@ __attribute__((always_inline)) inline void causal_time_silu_grad_block(const Cau
     pre[v] = S::splat(a.bias);
     for (int k = 0; k < KT; ++k) pre[v] += w[k] * x_at(v, k);
   }
+  Vec s[V];
+  for (int v = 0; v < V; ++v) s[v] = pre[v];
+  sigmoid_n<T, false>(s);
   for (int v = 0; v < V; ++v) {
-    const Vec s = sigmoid<T>(pre[v]);
     T* gp = a.g + j + v * W;
     const Vec gy = Full ? S::load(gp) : load_partial(gp, m - v * W);
-    g[v] = gy * s * (T(1) + pre[v] * (T(1) - s));
+    g[v] = gy * s[v] * (T(1) + pre[v] * (T(1) - s[v]));
     S::store(gp, g[v], Full ? W : m - v * W);
   }
   for (int v = 0; v < V; ++v) {
@@ -573,14 +684,17 @@ __attribute__((always_inline)) inline void causal_silu_grad_block(const CausalCh
   const Vec bias = a.bias == nullptr ? Vec{} : load(a.bias + c);
   // x_at(p, k): x at position j + p + k * dilation; w_at(k): tap k's weights.
   const auto terms = [&](auto taps, const auto& x_at, const auto& w_at) {
-    Vec g[P];
+    Vec g[P], pre[P], s[P];
     for (int p = 0; p < P; ++p) {
-      Vec pre = bias;
-      for (int64_t k = 0; k < taps; ++k) pre += w_at(k) * x_at(p, k);
-      const Vec s = sigmoid<T>(pre);
+      pre[p] = bias;
+      for (int64_t k = 0; k < taps; ++k) pre[p] += w_at(k) * x_at(p, k);
+      s[p] = pre[p];
+    }
+    sigmoid_n<T, false>(s);
+    for (int p = 0; p < P; ++p) {
       Vec gy;
       if constexpr (In16) gy = load(blk.gy[p] + c); else gy = load(blk.g[p] + c);
-      g[p] = gy * s * (T(1) + pre * (T(1) - s));
+      g[p] = gy * s[p] * (T(1) + pre[p] * (T(1) - s[p]));
       S::store(blk.g[p] + c, g[p], len);
     }
     if constexpr (Weight) {

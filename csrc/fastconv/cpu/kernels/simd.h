@@ -105,21 +105,42 @@ typedef uint32_t U32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
 typedef int32_t I32Vec __attribute__((vector_size(FASTCONV_VEC_BYTES)));
 typedef uint16_t U16Vec __attribute__((vector_size(FASTCONV_VEC_BYTES / 2)));
 
+// float lanes rounded to nearest even at bit 16: the bfloat16 bits in the
+// high half of each lane (c10::BFloat16's conversion bit for bit, NaN to
+// 0x7FC0), the low half not cleared.
+inline U32Vec bf16_rounded(Simd<float>::V v) {
+  U32Vec bits;
+  std::memcpy(&bits, &v, sizeof(bits));
+  const U32Vec rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
+  const I32Vec nan = v != v;
+  return nan ? U32Vec{} + 0x7FC00000u : rounded;
+}
+
 // float lanes rounded to bfloat16 bits, to nearest even. With AVX512-BF16 one
 // vcvtneps2bf16 (NaN stays NaN; results below 2^-126 in magnitude flush to
 // zero, as in oneDNN's bfloat16 kernels on those CPUs); otherwise
-// c10::BFloat16's conversion bit for bit (NaN to 0x7FC0).
+// bf16_rounded's high halves.
 inline U16Vec to_bf16(Simd<float>::V v) {
 #if FASTCONV_HAS_AVX512_BF16
   return (U16Vec)_mm512_cvtneps_pbh((__m512)v);
 #else
-  U32Vec bits;
-  std::memcpy(&bits, &v, sizeof(bits));
-  U32Vec rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const I32Vec nan = v != v;
-  rounded = nan ? U32Vec{} + 0x7FC0u : rounded;
-  return __builtin_convertvector(rounded, U16Vec);
+  return __builtin_convertvector(bf16_rounded(v) >> 16, U16Vec);
 #endif
+}
+
+// 2W bfloat16 values read as W 32-bit lanes, as floats without a lane
+// crossing: the even positions (the low halves) and the odd ones (the high).
+inline void bf16_pairs(const uint16_t* p, Simd<float>::V& even, Simd<float>::V& odd) {
+  U32Vec bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  const U32Vec lo = bits << 16, hi = bits & 0xFFFF0000u;
+  std::memcpy(&even, &lo, sizeof(even));
+  std::memcpy(&odd, &hi, sizeof(odd));
+}
+
+// The inverse of bf16_pairs: even and odd rounded to bfloat16, interleaved.
+inline U32Vec bf16_interleave(Simd<float>::V even, Simd<float>::V odd) {
+  return (bf16_rounded(even) >> 16) | (bf16_rounded(odd) & 0xFFFF0000u);
 }
 
 // The vector K lanes into the pair (lo, hi): valignd/valignq with AVX-512.
