@@ -914,7 +914,7 @@ void causal_update(const CausalUpdateRows<E>& a) {
     const bool fast = packed && m == W;
     Vec w[kCausalUpdateWindow];
     if (fast) {
-      Vec flat[4];
+      Vec flat[4] = {};
       load_rows(a.w + c * a.w_stride, static_cast<int>(a.taps), flat);
       for (int64_t k = 0; k < a.taps; ++k) w[k] = pick(flat, static_cast<int>(a.taps), tw.out[k]);
     } else {
@@ -926,7 +926,7 @@ void causal_update(const CausalUpdateRows<E>& a) {
       const E* x = a.x[r] + c;
       Vec win[kCausalUpdateWindow];
       if (fast) {
-        Vec flat[4];
+        Vec flat[4] = {};
         load_rows(state, static_cast<int>(a.S), flat);
         for (int64_t i = 0; i < a.S; ++i) win[i] = pick(flat, static_cast<int>(a.S), ts.out[i]);
       } else {
