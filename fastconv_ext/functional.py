@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv_ext.routing import native_call, traced_as_native
+from fastconv_ext.routing import eager_call, native_call, traced_as_native
 
 __all__ = ["conv1d", "conv2d", "convolve"]
 
@@ -54,11 +54,10 @@ def _conv(
     """The fastconv operator of `dims` spatial dimensions, or PyTorch's convolution where every
     operator of the call would run PyTorch's kernel anyway (routing.py)."""
     if not torch.jit.is_scripting():
-        if torch.compiler.is_compiling():
-            native = traced_as_native(input, weight, bias, stride, padding, dilation, groups, algorithm)
-        else:
+        if not torch.compiler.is_compiling():
             native = native_call(input, weight, bias, stride, padding, dilation, groups, algorithm)
-        if native:
+            return eager_call(dims, input, weight, bias, stride, padding, dilation, groups, algorithm, native)
+        if traced_as_native(input, weight, bias, stride, padding, dilation, groups, algorithm):
             if dims == 1:
                 return F.conv1d(input, weight, bias, stride, padding, dilation, groups)
             return F.conv2d(input, weight, bias, stride, padding, dilation, groups)

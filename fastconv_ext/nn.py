@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fastconv_ext.causal import causal_conv1d_update, conv1d_stream
 from fastconv_ext.functional import _conv, conv1d, conv2d
-from fastconv_ext.routing import module_route
+from fastconv_ext.routing import eager_call, module_route
 
 __all__ = ["Conv1d", "Conv2d", "CausalConv1d"]
 
@@ -32,12 +32,8 @@ def _eager_conv(module, dims: int, input: Tensor, weight: Tensor, bias: Optional
     if route is None:
         return None
     native, padding = route
-    if native:
-        conv = F.conv1d if dims == 1 else F.conv2d
-        return conv(input, weight, bias, module.stride, padding, module.dilation, module.groups)
-    op = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
-    return op(input, weight, bias, list(module.stride), padding, list(module.dilation), module.groups,
-              module.algorithm)
+    return eager_call(dims, input, weight, bias, module.stride, padding, module.dilation, module.groups,
+                      module.algorithm, native)
 
 
 class Conv1d(nn.Conv1d):

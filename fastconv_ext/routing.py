@@ -31,10 +31,13 @@ import ctypes
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-__all__ = ["module_route", "native_call", "traced_as_native"]
+from fastconv_ext import _C
+
+__all__ = ["eager_call", "module_route", "native_call", "traced_as_native"]
 
 # Incremented by the C++ library whenever a settled choice may change.
 _generation = ctypes.c_int64.from_address(torch.ops.fastconv._settings_generation_address())
@@ -73,6 +76,29 @@ def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: S
                 padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str) -> bool:
     """Whether this eager call runs PyTorch's convolution in place of the fastconv operator."""
     return _answer(input, weight, bias, stride, padding, dilation, groups, algorithm)[0]
+
+
+def eager_call(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+               padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str, native: bool) -> Tensor:
+    """An eager call whose route is decided: PyTorch's convolution where ``native``, else the
+    fastconv operator of ``dims`` spatial dimensions.
+
+    Both go through the dispatcher from C++ (``fastconv_ext._C._eager_conv``): a custom
+    operator's call from Python spends about 10 us parsing its arguments against the schema,
+    as long as a small layer takes. Tensors with ``__torch_function__`` (subclasses, modes)
+    and arguments of types the C++ function does not take go through the Python functions,
+    which honour the one and name the other."""
+    if not torch._C._has_torch_function_variadic(input, weight, bias):
+        try:
+            return _C._eager_conv(dims, input, weight, bias, stride, padding, dilation, groups, algorithm, native)
+        except TypeError as err:
+            if not str(err).startswith("_eager_conv(): incompatible function arguments"):
+                raise
+    if native:
+        conv = F.conv1d if dims == 1 else F.conv2d
+        return conv(input, weight, bias, stride, padding, dilation, groups)
+    op = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
+    return op(input, weight, bias, list(stride), list(padding), list(dilation), groups, algorithm)
 
 
 def module_route(module, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tuple[bool, List[int]]]:

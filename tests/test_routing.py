@@ -201,6 +201,32 @@ def test_eager_calls_route_like_the_settled_paths():
     assert ran_fastconv(lambda: fastconv_ext.conv2d(x, dense.weight, padding=1, algorithm="im2col"))[1]
 
 
+class Tagged(torch.Tensor):
+    """A tensor subclass with the default __torch_function__: results come back Tagged."""
+
+
+@pytest.mark.parametrize("algorithm", ["native", "im2col"])
+def test_eager_calls_honour_torch_function(algorithm):
+    """Eager calls go to C++ (fastconv_ext._C) only for plain tensors: a subclass's
+    __torch_function__ sees the call, on both routes, as it does for F.conv2d."""
+    layer = fastconv_ext.Conv2d(4, 6, 3, padding=1, algorithm=algorithm)
+    x = torch.randn(2, 4, 8, 8)
+    want = F.conv2d(x, layer.weight, layer.bias, padding=1)
+    for out in (layer(x.as_subclass(Tagged)),
+                fastconv_ext.conv2d(x.as_subclass(Tagged), layer.weight, layer.bias, padding=1, algorithm=algorithm)):
+        assert type(out) is Tagged
+        torch.testing.assert_close(out.as_subclass(torch.Tensor), want)
+    out, fast = ran_fastconv(lambda: layer(x))
+    assert type(out) is torch.Tensor and fast == (algorithm != "native")
+
+
+def test_eager_call_with_an_argument_of_the_wrong_type_names_it():
+    """An argument the C++ entry point cannot take goes to the operator, whose check names it."""
+    x, w = torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3)
+    with pytest.raises(RuntimeError, match="algorithm"):
+        fastconv_ext.conv2d(x, w, padding=1, groups=4, algorithm=3)
+
+
 def test_eager_routing_follows_autotuning_switched_on_and_off():
     w = torch.randn(32, 16, 3, 3)
     x = torch.randn(2, 16, 12, 12)
