@@ -243,6 +243,23 @@ TUNE_AND_REPORT = textwrap.dedent("""
 """)
 
 
+def test_autotune_does_not_time_paths_predicted_hopeless(tmp_path):
+    """A fastconv path the cost model predicts several times slower than the best is not run
+    (one call of the FFT path on a 3-tap strided kernel took 0.3-3.8 s on an AVX2 CPU, the
+    whole call 2-60 ms); PyTorch's kernel is always timed."""
+    x, w = torch.randn(1, 64, 4000), torch.randn(64, 64, 3)
+    assert "fft" in ops._conv_candidates(x, w, [2], [1], [1], 1)
+    direct, fft, native = ops._conv1d_cost(x, w, [2], [1], [1], 1)
+    assert fft > 4.5 * min(direct, native)  # hopeless: about 8x with either built-in profile
+    run_python("""
+        import torch, fastconv_ext
+        fastconv_ext.conv1d(torch.randn(1, 64, 4000), torch.randn(64, 64, 3), stride=2, padding=1)
+    """, tmp_path)
+    [line] = [line for line in open(next(tmp_path.glob("autotune-*.txt"))) if line.startswith("conv1d")]
+    timed = line.split("#")[1].split()
+    assert "fft" not in line and any(t.startswith("native=") for t in timed), line
+
+
 def test_autotune_cache_round_trip_and_edits(tmp_path):
     first = json.loads(run_python(TUNE_AND_REPORT, tmp_path).stdout)
     assert first["misses"] == 1 and first["file"].startswith(str(tmp_path))

@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <mutex>
 #include <shared_mutex>
 #include <sstream>
@@ -28,7 +27,7 @@ namespace fastconv::autotune {
 namespace {
 
 // Tuning stops starting new rounds once this much time has gone on one
-// signature (every candidate is still timed at least once).
+// signature (every candidate still runs at least once).
 constexpr double kBudgetSeconds = 0.3;
 constexpr int kMaxRounds = 5;
 // A candidate this much slower than the best so far is not timed again.
@@ -371,8 +370,7 @@ std::optional<double> native_speedup(const ConvCall& call) {
   const auto winner = time_of(entry.path);
   if (!winner || *winner <= 0) return std::nullopt;
   if (const auto native = time_of(Path::kNative)) return *native / *winner;
-  if (why_not(Path::kNative, call)) return std::nullopt;
-  return std::numeric_limits<double>::infinity();
+  return std::nullopt;
 }
 
 Path tune(const ConvCall& call, const std::vector<Path>& paths, const std::function<void(Path)>& run) {
@@ -383,37 +381,53 @@ Path tune(const ConvCall& call, const std::vector<Path>& paths, const std::funct
   const auto t_start = std::chrono::steady_clock::now();
   const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(); };
   std::vector<std::vector<double>> samples(paths.size());
-  std::vector<bool> alive(paths.size(), true);
+  std::vector<double> warm(paths.size(), 0);
+  std::vector<bool> alive(paths.size(), false), ran(paths.size(), false);
   double best = 1e300;
   for (size_t i = 0; i < paths.size(); ++i) {  // warm-up, which also drops the hopeless
     try {
-      const double t = seconds(call.device, [&] { run(paths[i]); });
-      alive[i] = t <= 3 * kDropRatio * best;
-      best = std::min(best, t);
+      warm[i] = seconds(call.device, [&] { run(paths[i]); });
+      ran[i] = true;
+      alive[i] = warm[i] <= kHopelessRatio * best;
+      best = std::min(best, warm[i]);
     } catch (const std::exception&) {
       alive[i] = false;  // e.g. out of memory: not a candidate for this call
     }
   }
+  const auto drop_slower = [&](const std::function<double(size_t)>& time_of) {
+    best = 1e300;
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (alive[i]) best = std::min(best, time_of(i));
+    }
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (alive[i] && time_of(i) > kDropRatio * best) alive[i] = false;
+    }
+  };
+  // Where a round of repeats would end past the budget, the warm-up times
+  // decide which paths are clearly slower: calls that long carry little
+  // one-time cost.
+  double round_seconds = 0;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (alive[i]) round_seconds += warm[i];
+  }
+  if (elapsed() + round_seconds > kBudgetSeconds) drop_slower([&](size_t i) { return warm[i]; });
   for (int round = 0; round < kMaxRounds; ++round) {
+    if (std::count(alive.begin(), alive.end(), true) < 2) break;  // nothing left to compare
     for (size_t i = 0; i < paths.size(); ++i) {
       if (!alive[i]) continue;
       samples[i].push_back(seconds(call.device, [&] { run(paths[i]); }));
     }
-    best = 1e300;
-    for (size_t i = 0; i < paths.size(); ++i) {
-      if (alive[i]) best = std::min(best, *std::min_element(samples[i].begin(), samples[i].end()));
-    }
-    for (size_t i = 0; i < paths.size(); ++i) {
-      if (alive[i] && *std::min_element(samples[i].begin(), samples[i].end()) > kDropRatio * best) alive[i] = false;
-    }
-    if (elapsed() > kBudgetSeconds && round >= 1) break;
+    drop_slower([&](size_t i) { return *std::min_element(samples[i].begin(), samples[i].end()); });
+    if (elapsed() > kBudgetSeconds) break;
   }
-  // The winner by median (the minimum where a path has fewer than 3 samples).
+  // The winner by median (the minimum where a path has fewer than 3 samples,
+  // the warm-up where it has none).
   size_t winner = paths.size();
   double winner_time = 1e300;
   std::ostringstream timings;
   for (size_t i = 0; i < paths.size(); ++i) {
     auto& v = samples[i];
+    if (v.empty() && ran[i]) v.push_back(warm[i]);
     if (v.empty()) continue;
     std::sort(v.begin(), v.end());
     const double t = v.size() >= 3 ? v[v.size() / 2] : v[0];

@@ -35,9 +35,13 @@ void set_enabled(bool on);
 std::optional<Path> lookup(const ConvCall& call);
 
 // For a tuned `call`: PyTorch's kernel's time over the winner's (1 where
-// native won; infinity where native was dropped as hopeless before it was
-// timed), nullopt where `call` is not tuned or native was not a candidate.
+// native won), nullopt where `call` is not tuned or native was not a candidate.
 std::optional<double> native_speedup(const ConvCall& call);
+
+// A path this many times slower than the best is hopeless: after its warm-up
+// call it is not timed again (path.h: tuning_candidates does not time one the
+// cost model predicts so).
+constexpr double kHopelessRatio = 4.5;
 
 // Times `run(path)` for every path in `paths` (at least one) on `call`'s
 // device: one warm-up, then repeats until the budget is spent; a path

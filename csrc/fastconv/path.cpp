@@ -110,8 +110,12 @@ bool has_work(const Conv2dIntDims& d) {
 
 // ---- conv1d rules: the cost model (algorithm.h) for direct, FFT and native.
 
-Path conv1d_default(const ConvCall& c) {
-  if (!c.device.is_cpu()) return Path::kNative;  // the CUDA kernels are not tuned yet: cuDNN
+// The cost model's predicted seconds of conv1d's paths for `c` on CPU.
+struct Conv1dPrediction {
+  double direct, fft, native;
+};
+
+Conv1dPrediction conv1d_prediction(const ConvCall& c) {
   const Conv1dIntDims d = c.conv1d();
   const auto [profile, threads] = cost_profile_for(c.device.type());
   // The FFT of the weight gradient correlates other sizes (fft_conv1d.h).
@@ -119,14 +123,20 @@ Path conv1d_default(const ConvCall& c) {
       c.op == ConvOp::kWeight && d.out_size[0] > 0 && d.batch > 0 && fft::weight_gradient_by_whole_correlation(d)
       ? fft::weight_gradient_correlation(d)
       : d;
-  const double direct = direct_seconds(d, profile, threads);
-  const double fft = fft_seconds(fft_dims, profile, threads);
-  const Path own = fft < direct ? Path::kFft : Path::kDirect;
+  return {direct_seconds(d, profile, threads), fft_seconds(fft_dims, profile, threads),
+          native_seconds(d, profile, threads)};
+}
+
+Path conv1d_default(const ConvCall& c) {
+  if (!c.device.is_cpu()) return Path::kNative;  // the CUDA kernels are not tuned yet: cuDNN
+  const Conv1dPrediction t = conv1d_prediction(c);
+  const Path own = t.fft < t.direct ? Path::kFft : Path::kDirect;
   // oneDNN multiplies bfloat16 with the CPU's bfloat16 dot products (and
   // AMX tiles where there are some); fastconv widens to float.
+  const Conv1dIntDims d = c.conv1d();
   const int64_t pairs = d.in_channels_per_group() * d.out_channels_per_group();
   if (c.dtype == at::kBFloat16 && cpu::has_bf16_dot_product() && pairs >= 256) return Path::kNative;
-  return std::min(direct, fft) < kNativeMargin * native_seconds(d, profile, threads) ? own : Path::kNative;
+  return std::min(t.direct, t.fft) < kNativeMargin * t.native ? own : Path::kNative;
 }
 
 // ---- conv2d rules.
@@ -326,6 +336,19 @@ std::vector<Path> candidates(const ConvCall& call) {
   return out;
 }
 
+std::vector<Path> tuning_candidates(const ConvCall& call) {
+  std::vector<Path> paths = candidates(call);
+  if (call.dims != 1 || !call.device.is_cpu() || !has_work(call.d) || paths.size() < 2) return paths;
+  const Conv1dPrediction t = conv1d_prediction(call);
+  const auto predicted = [&](Path p) { return p == Path::kFft ? t.fft : p == Path::kDirect ? t.direct : t.native; };
+  const double best = std::min({t.direct, t.fft, t.native});
+  paths.erase(std::remove_if(paths.begin(), paths.end(),
+                             [&](Path p) { return p != Path::kNative && predicted(p) > autotune::kHopelessRatio * best; }),
+              paths.end());
+  std::stable_sort(paths.begin(), paths.end(), [&](Path a, Path b) { return predicted(a) < predicted(b); });
+  return paths;
+}
+
 Path default_path(const ConvCall& call) {
   // Empty calls: fastconv's own paths return them without a kernel launch.
   if (!has_work(call.d) && call.device.is_cpu()) return call.dims == 1 ? Path::kDirect : Path::kIm2col;
@@ -361,14 +384,14 @@ std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorith
   if (const auto p = forced(call, algorithm)) return *p;
   if (!autotune::enabled() || !has_work(call.d)) return default_path(call);
   if (const auto p = autotune::lookup(call)) return *p;
-  const auto paths = candidates(call);
+  const auto paths = tuning_candidates(call);
   if (paths.size() == 1) return paths[0];
   return std::nullopt;
 }
 
 Path select_path(const ConvCall& call, c10::string_view algorithm, const std::function<void(Path)>& run) {
   if (const auto p = settled_path(call, algorithm)) return *p;
-  return autotune::tune(call, candidates(call), run);
+  return autotune::tune(call, tuning_candidates(call), run);
 }
 
 std::string conv2d_derivative_algorithm(ConvOp op, const Conv2dSymDims& d, const at::Tensor& activation,

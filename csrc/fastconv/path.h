@@ -72,6 +72,12 @@ void check_algorithm(const char* op, c10::string_view algorithm, int dims);
 std::optional<std::string> why_not(Path path, const ConvCall& call);
 // The paths that can run `call`, native first.
 std::vector<Path> candidates(const ConvCall& call);
+// The paths autotuning times for `call`: the candidates, less fastconv's own
+// that the cost model predicts autotune::kHopelessRatio times slower than its
+// best prediction (on CPU, conv1d's: one call of the FFT path on a 3-tap
+// kernel can take several times a tuning budget), the predicted fastest
+// first. PyTorch's kernel is always timed.
+std::vector<Path> tuning_candidates(const ConvCall& call);
 // The path the rules choose (no autotuning).
 Path default_path(const ConvCall& call);
 
