@@ -174,3 +174,14 @@ DEPTHWISE_RULES_HOLD = dict(depthwise_rows=2.0, depthwise_strided=2.0, depthwise
                             depthwise_rows_bf16=2.0, depthwise_strided_bf16=2.0, depthwise_large_bf16=2.0,
                             depthwise_input_bf16=2.0, depthwise_weight_bf16=2.0,
                             depthwise_small_strided_grads_bf16=2.0)
+
+
+def pytorch_generic_16bit(dtype) -> bool:
+    """Whether PyTorch convolves `dtype` on CPU with its generic kernel (no oneDNN for it here):
+    then fastconv's default for every 16-bit layer of the dtype is its own path, whatever the
+    rules' tables say (docs/path-selection.md, "16-bit layers without oneDNN")."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False
+    supported = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16
+                 else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    return not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and supported)

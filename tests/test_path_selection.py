@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv_ext
-from conftest import conv2d_rules
+from conftest import conv2d_rules, pytorch_generic_16bit
 
 ops = torch.ops.fastconv
 
@@ -102,6 +102,35 @@ def test_candidates_and_forced_paths_that_cannot_run():
         ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "shifted")
     torch.testing.assert_close(ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "direct"),
                                ops.conv2d_input_backward(gy, w, [10, 10], [2, 2], [1, 1], [1, 1], 4, "native"))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16bit_layers_leave_pytorchs_generic_kernel(dtype):
+    """Where PyTorch's oneDNN does not take the dtype on this CPU, PyTorch convolves 16-bit
+    tensors with its generic kernel (10-40x fastconv's paths on an AVX2 CPU): every operator's
+    default path is then fastconv's. Where oneDNN takes it, a dense 3x3 layer (no rule of
+    fastconv's class) stays PyTorch's."""
+    generic = pytorch_generic_16bit(dtype)
+    x = torch.randn(1, 16, 20, 20, dtype=dtype)
+    layers = {  # weight, stride, padding, groups, input
+        "dense": (torch.randn(16, 16, 3, 3, dtype=dtype), 1, 1, 1, x),
+        "pointwise": (torch.randn(8, 16, 1, 1, dtype=dtype), 1, 0, 1, x),
+        "depthwise": (torch.randn(16, 1, 3, 3, dtype=dtype), 1, 1, 16, x),
+        "depthwise strided channels-last": (torch.randn(16, 1, 5, 5, dtype=dtype), 2, 2, 16,
+                                            x.contiguous(memory_format=torch.channels_last)),
+        "conv1d": (torch.randn(16, 16, 3, dtype=dtype), 2, 1, 1, x[:, :, 0]),
+    }
+    for name, (w, stride, padding, groups, inp) in layers.items():
+        n = w.dim() - 2
+        for op in ("forward", "input", "weight"):
+            path = ops._conv_path(inp, w, [stride] * n, [padding] * n, [1] * n, groups, "auto", op)
+            assert (path != "native") if generic else (name != "dense" or path == "native"), (name, op, path)
+        if generic:
+            out = fastconv_ext.conv1d if n == 1 else fastconv_ext.conv2d
+            conv = F.conv1d if n == 1 else F.conv2d
+            torch.testing.assert_close(out(inp, w, None, stride, padding, 1, groups).float(),
+                                       conv(inp.float(), w.float(), None, stride, padding, 1, groups),
+                                       rtol=2e-2, atol=2e-2)
 
 
 def test_unknown_algorithm_names_the_allowed_values():
@@ -373,8 +402,8 @@ def test_conv2d_channels_last_in_channels_last_out(algorithm):
 
 def test_pointwise_float_layers_follow_the_nearest_measured_layers():
     """A 1x1 float layer runs im2col's GEMM for an operator where the layers calibration
-    measured nearest to it (in its layout) were at least 1.1x faster so; 16-bit, grouped and
-    padded ones stay native."""
+    measured nearest to it (in its layout) were at least 1.1x faster so; grouped and padded ones
+    stay native, and 16-bit ones where oneDNN takes them."""
     x, w = torch.randn(1, 32, 28, 28), torch.randn(16, 32, 1, 1)
     se, w_se = torch.randn(1, 32, 1, 1), torch.randn(8, 32, 1, 1)
     # Wins on a map in NCHW, loses on it channels-last and on a pixel.
@@ -389,7 +418,7 @@ def test_pointwise_float_layers_follow_the_nearest_measured_layers():
         assert path(torch.randn(2, 32, 20, 20), w) == "im2col"  # nearer the map
         assert path(x.double(), w.double()) == "im2col"
         assert path(x.contiguous(memory_format=torch.channels_last), w) == "native"
-        assert path(x.bfloat16(), w.bfloat16()) == "native"
+        assert path(x.bfloat16(), w.bfloat16()) == ("im2col" if pytorch_generic_16bit(torch.bfloat16) else "native")
         assert path(x, torch.randn(16, 16, 1, 1), groups=2) == "native"
         assert path(x, w, padding=1) == "native"
         # Whichever runs, the result is the same.

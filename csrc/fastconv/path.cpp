@@ -1,6 +1,8 @@
 #include "fastconv/path.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -47,6 +49,29 @@ bool native_does_not_finish(const ConvCall& c) {
   return c.dims == 2 && c.op == ConvOp::kForward && c.device.is_cpu() && c.dtype == at::kBFloat16 && c.layout == 1 &&
       c.d.in_channels_per_group() == 1 && c.d.out_channels_per_group() == 1 &&
       c.d.in_channels <= kNativeHangChannels && c.d.kernel_size[1] >= kNativeHangWidth && cpu::has_bf16_dot_product();
+}
+
+// Whether PyTorch's oneDNN build takes convolutions of `dtype` on this CPU,
+// as PyTorch itself asks (torch.ops.mkldnn._is_mkldnn_bf16_supported and
+// _fp16_: the instruction sets oneDNN needs for them).
+bool onednn_takes(at::ScalarType dtype) {
+  const auto ask = [](const char* name) {
+    if (!at::hasMKLDNN()) return false;
+    const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+    return !op || op->typed<bool()>().call();  // a torch without the query: as before
+  };
+  static const bool bf16 = ask("mkldnn::_is_mkldnn_bf16_supported");
+  static const bool fp16 = ask("mkldnn::_is_mkldnn_fp16_supported");
+  return dtype == at::kBFloat16 ? bf16 : dtype == at::kHalf ? fp16 : true;
+}
+
+// Without oneDNN for a 16-bit dtype (an AVX2-only CPU, or oneDNN switched
+// off), PyTorch's CPU convolution runs its generic kernel: an unfolded copy
+// and a GEMM in that dtype, which took 10-40x fastconv's paths (which compute
+// in float) on every layer measured (docs/path-selection.md).
+bool native_is_generic(const ConvCall& c) {
+  return c.device.is_cpu() && (c.dtype == at::kBFloat16 || c.dtype == at::kHalf) &&
+      (!at::globalContext().userEnabledMkldnn() || !onednn_takes(c.dtype));
 }
 
 int threads_on(const c10::Device& device) { return device.is_cpu() ? at::get_num_threads() : 1; }
@@ -131,6 +156,7 @@ Path conv1d_default(const ConvCall& c) {
   if (!c.device.is_cpu()) return Path::kNative;  // the CUDA kernels are not tuned yet: cuDNN
   const Conv1dPrediction t = conv1d_prediction(c);
   const Path own = t.fft < t.direct ? Path::kFft : Path::kDirect;
+  if (native_is_generic(c)) return own;
   // oneDNN multiplies bfloat16 with the CPU's bfloat16 dot products (and
   // AMX tiles where there are some); fastconv widens to float.
   const Conv1dIntDims d = c.conv1d();
@@ -198,6 +224,17 @@ bool depthwise_rule(Rule rule, const ConvCall& c) {
   return rule_holds(rule, c.d, c.layout);
 }
 
+// A depthwise layer's own path for a forward or a gradient: the direct rows
+// where they run it (NCHW, stride 1; `rows`: the forward's rows can be
+// staged), else the depthwise kernels (vectors across channels).
+Path depthwise_own(const ConvCall& c, bool rows) {
+  const bool nchw_unit = c.layout != 1 && stride_one(c.d);
+  if (c.op == ConvOp::kInput) {
+    return nchw_unit && !why_not_transposed(c.d, why_not_direct_rows) ? Path::kDirect : Path::kDepthwise;
+  }
+  return nchw_unit && rows ? Path::kDirect : Path::kDepthwise;
+}
+
 Path depthwise_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   const bool channels_last = c.layout == 1, strided = !stride_one(d);
@@ -217,19 +254,25 @@ Path depthwise_default(const ConvCall& c) {
           ? Path::kDirect
           : Path::kNative;
     case ConvOp::kInput:
-      if (joint_native || !depthwise_rule(Rule::kDepthwiseInput, c)) return Path::kNative;
-      return !channels_last && !strided && !why_not_transposed(d, why_not_direct_rows) ? Path::kDirect
-                                                                                      : Path::kDepthwise;
+      return joint_native || !depthwise_rule(Rule::kDepthwiseInput, c) ? Path::kNative : depthwise_own(c, rows);
     case ConvOp::kWeight:
-      if (joint_native || !depthwise_rule(Rule::kDepthwiseWeight, c)) return Path::kNative;
-      return !channels_last && !strided && rows ? Path::kDirect : Path::kDepthwise;
+      return joint_native || !depthwise_rule(Rule::kDepthwiseWeight, c) ? Path::kNative : depthwise_own(c, rows);
   }
   return Path::kNative;
+}
+
+// fastconv's path for a call PyTorch would run with its generic kernel:
+// depthwise_own for depthwise layers, else im2col.
+Path own_conv2d_path(const ConvCall& c) {
+  const Conv2dIntDims& d = c.d;
+  if (d.in_channels_per_group() != 1 || d.out_channels_per_group() != 1) return Path::kIm2col;
+  return depthwise_own(c, d.out_size[1] >= kRowsFrom && !why_not_direct_rows(d));
 }
 
 Path conv2d_default(const ConvCall& c) {
   const Conv2dIntDims& d = c.d;
   if (!c.device.is_cpu()) return Path::kNative;
+  if (native_is_generic(c)) return own_conv2d_path(c);
   if (d.in_channels_per_group() == 1 && d.out_channels_per_group() == 1) return depthwise_default(c);
   if (conv2d_is_pointwise(d)) return pointwise_default(c);
   return Path::kNative;
