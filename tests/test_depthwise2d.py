@@ -224,7 +224,7 @@ def test_default_choices():
     assert paths(small, w7, 1, 3) == {"forward": "native", "input": "direct", "weight": "depthwise"}
     assert paths(mid, w7, 1, 3)["forward"] == "native"  # 14 of 20 lanes
     assert paths(mid, w3, 1, 1)["forward"] == "direct"  # 14 of 16
-    # 16-bit: large kernels only
+    # 16-bit where oneDNN takes it: large kernels only
     assert paths(mid.bfloat16(), w3.bfloat16(), 1, 1)["forward"] == ("direct" if bf16_generic else "native")
     assert paths(nchw.bfloat16(), w31.bfloat16(), 1, 15)["forward"] == "direct"
     assert paths(nchw, w31, 1, 15)["forward"] == "direct"  # a large kernel
