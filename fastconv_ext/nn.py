@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fastconv_ext.causal import causal_conv1d_update, conv1d_stream
 from fastconv_ext.functional import _conv, conv1d, conv2d
-from fastconv_ext.routing import eager_call, module_route
+from fastconv_ext.routing import HYPERPARAMETERS, ROUTE_ATTRIBUTE, module_call
 
 __all__ = ["Conv1d", "Conv2d", "CausalConv1d"]
 
@@ -25,18 +25,18 @@ def check_algorithm(name: str, algorithm: str, dims: int) -> str:
     return algorithm
 
 
-def _eager_conv(module, dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
-    """A zero-padded module's eager call: PyTorch's convolution or the fastconv operator, as
-    routing.module_route decides (the module remembers its answer); None for another padding."""
-    route = module_route(module, input, weight, bias)
-    if route is None:
-        return None
-    native, padding = route
-    return eager_call(dims, input, weight, bias, module.stride, padding, module.dilation, module.groups,
-                      module.algorithm, native)
+class _RemembersRoute:
+    """fastconv's Conv1d and Conv2d remember the route of their last eager call
+    (:func:`fastconv_ext.routing.module_call`), decided with their hyper-parameters:
+    assigning one of those forgets it."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in HYPERPARAMETERS:
+            self.__dict__.pop(ROUTE_ATTRIBUTE, None)
+        super().__setattr__(name, value)
 
 
-class Conv1d(nn.Conv1d):
+class Conv1d(_RemembersRoute, nn.Conv1d):
     r"""Drop-in replacement for :class:`torch.nn.Conv1d` that runs ``torch.ops.fastconv.conv1d``.
 
     Same constructor, parameters, initialisation and ``state_dict`` as
@@ -89,7 +89,7 @@ class Conv1d(nn.Conv1d):
         # the common case: the functional wrapper's conversions cost microseconds).
         if not torch.jit.is_scripting():
             if not torch.compiler.is_compiling():
-                out = _eager_conv(self, 1, input, weight, bias)
+                out = module_call(self, 1, input, weight, bias)
                 if out is not None:
                     return out
         if self.padding_mode != "zeros":
@@ -102,7 +102,7 @@ class Conv1d(nn.Conv1d):
                      self.algorithm)
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(_RemembersRoute, nn.Conv2d):
     r"""Drop-in replacement for :class:`torch.nn.Conv2d` that runs ``torch.ops.fastconv.conv2d``.
 
     Same constructor, parameters, initialisation and ``state_dict`` as
@@ -124,7 +124,7 @@ class Conv2d(nn.Conv2d):
         # the common case: the functional wrapper's conversions cost microseconds).
         if not torch.jit.is_scripting():
             if not torch.compiler.is_compiling():
-                out = _eager_conv(self, 2, input, weight, bias)
+                out = module_call(self, 2, input, weight, bias)
                 if out is not None:
                     return out
         if self.padding_mode != "zeros":

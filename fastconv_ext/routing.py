@@ -37,7 +37,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from fastconv_ext import _C
 
-__all__ = ["eager_call", "module_route", "native_call", "traced_as_native"]
+__all__ = ["eager_call", "module_call", "native_call", "traced_as_native"]
 
 # Incremented by the C++ library whenever a settled choice may change.
 _generation = ctypes.c_int64.from_address(torch.ops.fastconv._settings_generation_address())
@@ -101,32 +101,37 @@ def eager_call(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor],
     return op(input, weight, bias, list(stride), list(padding), list(dilation), groups, algorithm)
 
 
-def module_route(module, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tuple[bool, List[int]]]:
-    """For an eager call of fastconv's ``module``: ``(native, padding)`` -- :func:`native_call`'s
-    answer and the module's zero padding as numbers ('same' and 'valid' resolved) -- or None
-    where the padding is not that (another padding mode, 'causal', 'same' with an odd total).
+def module_call(module, dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
+    """An eager call of fastconv's ``module`` with zero padding (numbers, 'valid', or 'same'
+    with an even total): PyTorch's convolution or the fastconv operator, as
+    :func:`native_call` decides; None for another padding (the module's forward then takes
+    the functional form).
 
-    The module keeps the answer for the last signature it was called with -- a model's layers
-    see the same one call after call -- and a repeated call costs a comparison with it (a few
-    hundred nanoseconds: layers of a few microseconds are decided by it). The signature leaves
-    out the module's hyperparameters but its padding and the weight's shape (were they
-    changed, the call is still a correct convolution, only perhaps not the faster one)."""
-    grad = torch.is_grad_enabled()
-    key = (input.shape, input.stride(), input.dtype, input.device, weight.dtype, grad and input.requires_grad,
-           grad and weight.requires_grad, bias is None, module.padding, module.padding_mode, module.algorithm,
-           torch.get_num_threads(), _generation.value)
-    last = module.__dict__.get(ROUTE_ATTRIBUTE)
-    if last is not None and last[0] == key:
-        return last[1]
+    The module keeps the route of its last call (``fastconv_ext._C.Route``: that call's
+    signature and the convolution it runs), and a model's layers see the same signature call
+    after call: a repeated call costs a comparison in C++, not a key built in Python --
+    squeeze-and-excitation layers take a few microseconds in all. A call with another
+    signature (sizes, layout, dtypes, devices, the gradients wanted, thread count, settings)
+    or with ``__torch_function__`` decides here again. The module's hyper-parameters are not
+    compared: assigning one forgets the route (:data:`HYPERPARAMETERS`)."""
+    route = module.__dict__.get(ROUTE_ATTRIBUTE)
+    if route is not None:
+        out = route(input, weight, bias)
+        if out is not None:
+            return out
     padding = _zero_padding(module)
-    route, settled = None, True
-    if padding is not None:
-        native, settled = _answer(input, weight, bias, module.stride, padding, module.dilation, module.groups,
-                                  module.algorithm)
-        route = (native, padding)
-    if settled:
-        module.__dict__[ROUTE_ATTRIBUTE] = (key, route)
-    return route
+    if padding is None:
+        return None
+    native, settled = _answer(input, weight, bias, module.stride, padding, module.dilation, module.groups,
+                              module.algorithm)
+    if settled and not torch._C._has_torch_function_variadic(input, weight, bias):
+        try:
+            module.__dict__[ROUTE_ATTRIBUTE] = _C.Route(dims, input, weight, bias, module.stride, padding,
+                                                        module.dilation, module.groups, module.algorithm, native)
+        except TypeError:  # an argument of a type the route does not take: eager_call's operator names it
+            pass
+    return eager_call(dims, input, weight, bias, module.stride, padding, module.dilation, module.groups,
+                      module.algorithm, native)
 
 
 def _zero_padding(module) -> Optional[List[int]]:
@@ -137,14 +142,18 @@ def _zero_padding(module) -> Optional[List[int]]:
         return list(module.padding)
     if module.padding == "valid":
         return [0] * len(module.kernel_size)
+    if module.padding != "same":
+        return None  # 'causal'
     totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
-    if module.padding == "same" and all(t % 2 == 0 for t in totals):
+    if all(t % 2 == 0 for t in totals):
         return [t // 2 for t in totals]
-    return None  # 'causal', or 'same' padding one more on the right (the functional form's)
+    return None  # 'same' padding one more on the right (the functional form's)
 
 
-# Where a module keeps module_route's last answer.
+# Where a module keeps the route of its last eager call, and the attributes whose assignment
+# makes the module forget it (fastconv_ext.nn).
 ROUTE_ATTRIBUTE = "_fastconv_route"
+HYPERPARAMETERS = frozenset({"stride", "padding", "dilation", "groups", "padding_mode", "kernel_size", "algorithm"})
 
 
 def _answer(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],

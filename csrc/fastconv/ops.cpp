@@ -4,7 +4,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <optional>
 #include <string>
 
@@ -35,15 +34,6 @@ ConvCall introspected_call(const at::Tensor& input, const at::Tensor& weight, c1
   return make_call(
       kind, concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm)), input);
 }
-
-// Counts the changes of what settles a path without timing (autotuning on or
-// off, its cache cleared, the cost profile, the CPU kernels): Python's memo of
-// settled choices (fastconv_ext/routing.py) reads it in place.
-std::atomic<int64_t> settings_generation{0};
-static_assert(std::atomic<int64_t>::is_always_lock_free && sizeof(std::atomic<int64_t>) == sizeof(int64_t),
-              "read in place as a plain int64");
-
-void settings_changed() { settings_generation.fetch_add(1); }
 
 }  // namespace
 
@@ -190,7 +180,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("_autotune_clear(bool file=False) -> ()", [](bool file) { autotune::clear(file), settings_changed(); });
   // The address of the settings' change count (an int64 that lives as long as the process).
   m.def("_settings_generation_address() -> int",
-        [] { return int64_t(reinterpret_cast<intptr_t>(&settings_generation)); });
+        [] { return int64_t(reinterpret_cast<intptr_t>(&settings_generation())); });
   // The CPU cost model's constants (see algorithm.h), after replacing them
   // with `values` when given. For calibration and tests.
   m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {

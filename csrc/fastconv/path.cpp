@@ -432,6 +432,16 @@ std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorith
   return std::nullopt;
 }
 
+namespace {
+std::atomic<int64_t> generation{0};
+static_assert(std::atomic<int64_t>::is_always_lock_free && sizeof(std::atomic<int64_t>) == sizeof(int64_t),
+              "read in place as a plain int64");
+}  // namespace
+
+const std::atomic<int64_t>& settings_generation() { return generation; }
+
+void settings_changed() { generation.fetch_add(1); }
+
 Path select_path(const ConvCall& call, c10::string_view algorithm, const std::function<void(Path)>& run) {
   if (const auto p = settled_path(call, algorithm)) return *p;
   return autotune::tune(call, tuning_candidates(call), run);

@@ -19,6 +19,7 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/string_view.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -98,6 +99,14 @@ Path peek_path(const ConvCall& call, c10::string_view algorithm);
 // The path select_path will take, where that is settled without timing: nullopt
 // for a signature autotuning has still to time.
 std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorithm);
+
+// Counts the changes of what settles a path without timing (autotuning on or
+// off, its cache cleared, the cost profile, the conv2d tables, the CPU
+// kernels): eager routes remembered outside the library (fastconv_ext's
+// modules, and its memo, which reads the count in place) hold the count they
+// were decided at; settings_changed() makes them stale.
+const std::atomic<int64_t>& settings_generation();
+void settings_changed();
 
 // The algorithm a conv2d gradient operator gets from a forward call that
 // forced `algorithm`: the same path where it can run the gradient, else
