@@ -6,7 +6,7 @@ For each layer (a few microseconds of arithmetic), microseconds per call of:
 - ``fastconv``: fastconv's module and ``fastconv_ext.convNd``, as routed (``native`` where every
   operator of the call is PyTorch's kernel, then ``at::convNd`` from C++);
 - ``operator``: ``torch.ops.fastconv.convNd`` called from Python on the same path: the call an
-  eager call routed to fastconv made before ``fastconv_ext._C._eager_conv``.
+  eager call routed to fastconv made before it entered C++ once (``fastconv_ext._C``).
 
 Without and with gradients (weights that require them, as in training). Usage:
 ``python benchmarks/bench_call.py [--calls N] [--repeats N]``.

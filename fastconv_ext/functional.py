@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastconv_ext.routing import eager_call, native_call, traced_as_native
+from fastconv_ext.routing import eager_call, traced_as_native
 
 __all__ = ["conv1d", "conv2d", "convolve"]
 
@@ -55,8 +55,7 @@ def _conv(
     operator of the call would run PyTorch's kernel anyway (routing.py)."""
     if not torch.jit.is_scripting():
         if not torch.compiler.is_compiling():
-            native = native_call(input, weight, bias, stride, padding, dilation, groups, algorithm)
-            return eager_call(dims, input, weight, bias, stride, padding, dilation, groups, algorithm, native)
+            return eager_call(dims, input, weight, bias, stride, padding, dilation, groups, algorithm)
         if traced_as_native(input, weight, bias, stride, padding, dilation, groups, algorithm):
             if dims == 1:
                 return F.conv1d(input, weight, bias, stride, padding, dilation, groups)

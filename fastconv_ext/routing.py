@@ -15,20 +15,19 @@ computation without fastconv's costs:
 
 Every other call runs the fastconv operator, which chooses its path in its kernel.
 
-The decision asks the path-selection code itself (``torch.ops.fastconv._conv_settled_path``)
-and takes PyTorch's convolution only where the answer is settled: the default rules with
-autotuning off, or a signature autotuning has already timed. Eagerly, a signature still to be
-tuned runs the operator, which tunes it on the call's tensors. While dynamo traces, the choice
-is made for the graph, so a signature still to be tuned is tuned then, on random tensors of its
-sizes, in both layouts that count. Eagerly the answer is
-remembered per signature until autotuning, its cache, the cost profile or the CPU kernels
-change. While dynamo traces, sizes must be known (not symbolic); the choice is part of the
+The decision asks the path-selection code itself (eagerly ``fastconv_ext._C._settled_native``,
+while tracing ``torch.ops.fastconv._conv_settled_path``) and takes PyTorch's convolution only
+where the answer is settled: the default rules with autotuning off, or a signature autotuning
+has already timed. Eagerly, a signature still to be tuned runs the operator, which tunes it on
+the call's tensors. While dynamo traces, the choice is made for the graph, so a signature still
+to be tuned is tuned then, on random tensors of its sizes, in both layouts that count. Eagerly
+the answer is remembered per signature (in C++) until autotuning, its cache, the cost profile or
+the CPU kernels change. While dynamo traces, sizes must be known (not symbolic); the choice is part of the
 traced graph, so compiler caches key on it, and a graph keeps it when the settings change
 later (``torch._dynamo.reset()`` retraces).
 """
 
-import ctypes
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +37,6 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from fastconv_ext import _C
 
 __all__ = ["eager_call", "module_call", "native_call", "traced_as_native"]
-
-# Incremented by the C++ library whenever a settled choice may change.
-_generation = ctypes.c_int64.from_address(torch.ops.fastconv._settings_generation_address())
-_memo: Dict[tuple, bool] = {}
-_MEMO_LIMIT = 4096
 
 
 def _ops(input: Tensor, weight: Tensor) -> Tuple[str, ...]:
@@ -78,23 +72,29 @@ def native_call(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: S
     return _answer(input, weight, bias, stride, padding, dilation, groups, algorithm)[0]
 
 
-def eager_call(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-               padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str, native: bool) -> Tensor:
-    """An eager call whose route is decided: PyTorch's convolution where ``native``, else the
-    fastconv operator of ``dims`` spatial dimensions.
+def _incompatible(err: TypeError) -> bool:
+    """Whether pybind11 refused an argument's type (the operator's checks then name it)."""
+    return "incompatible function arguments" in str(err) or "incompatible constructor arguments" in str(err)
 
-    Both go through the dispatcher from C++ (``fastconv_ext._C._eager_conv``): a custom
+
+def eager_call(dims: int, input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+               padding: Sequence[int], dilation: Sequence[int], groups: int, algorithm: str) -> Tensor:
+    """An eager call: PyTorch's convolution where :func:`native_call`, else the fastconv
+    operator of ``dims`` spatial dimensions.
+
+    Plain tensors are routed and called from C++ (``fastconv_ext._C._auto_conv``): a custom
     operator's call from Python spends about 10 us parsing its arguments against the schema,
-    as long as a small layer takes. Tensors with ``__torch_function__`` (subclasses, modes)
-    and arguments of types the C++ function does not take go through the Python functions,
-    which honour the one and name the other."""
+    and building a key for the routing's memo a few more, as long as a small layer takes.
+    Tensors with ``__torch_function__`` (subclasses, modes) and arguments of types the C++
+    function does not take go through the Python functions, which honour the one and name the
+    other."""
     if not torch._C._has_torch_function_variadic(input, weight, bias):
         try:
-            return _C._eager_conv(dims, input, weight, bias, stride, padding, dilation, groups, algorithm, native)
+            return _C._auto_conv(dims, input, weight, bias, stride, padding, dilation, groups, algorithm)
         except TypeError as err:
-            if not str(err).startswith("_eager_conv(): incompatible function arguments"):
+            if not _incompatible(err):
                 raise
-    if native:
+    if native_call(input, weight, bias, stride, padding, dilation, groups, algorithm):
         conv = F.conv1d if dims == 1 else F.conv2d
         return conv(input, weight, bias, stride, padding, dilation, groups)
     op = torch.ops.fastconv.conv1d if dims == 1 else torch.ops.fastconv.conv2d
@@ -126,12 +126,18 @@ def module_call(module, dims: int, input: Tensor, weight: Tensor, bias: Optional
                               module.algorithm)
     if settled and not torch._C._has_torch_function_variadic(input, weight, bias):
         try:
-            module.__dict__[ROUTE_ATTRIBUTE] = _C.Route(dims, input, weight, bias, module.stride, padding,
-                                                        module.dilation, module.groups, module.algorithm, native)
-        except TypeError:  # an argument of a type the route does not take: eager_call's operator names it
-            pass
+            route = _C.Route(dims, input, weight, bias, module.stride, padding, module.dilation, module.groups,
+                             module.algorithm, native)
+        except TypeError as err:  # eager_call's operator names the argument
+            if not _incompatible(err):
+                raise
+        else:
+            module.__dict__[ROUTE_ATTRIBUTE] = route
+            out = route(input, weight, bias)
+            if out is not None:
+                return out
     return eager_call(dims, input, weight, bias, module.stride, padding, module.dilation, module.groups,
-                      module.algorithm, native)
+                      module.algorithm)
 
 
 def _zero_padding(module) -> Optional[List[int]]:
@@ -158,28 +164,15 @@ HYPERPARAMETERS = frozenset({"stride", "padding", "dilation", "groups", "padding
 
 def _answer(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
             dilation: Sequence[int], groups: int, algorithm: str) -> Tuple[bool, bool]:
-    """native_call's answer, and whether it is settled (not a signature still to be tuned)."""
-    if algorithm != "auto":
-        return algorithm == "native" and _plain(input, weight, bias), True
-    # The key holds everything the answer depends on, so that a repeated call costs one lookup.
-    grad = torch.is_grad_enabled()
-    key = (input.shape, input.stride(), input.dtype, input.device, weight.shape, weight.dtype, weight.device,
-           None if bias is None else (bias.shape, bias.dtype, bias.device), grad and input.requires_grad,
-           grad and weight.requires_grad, tuple(stride), tuple(padding), tuple(dilation), groups,
-           torch.get_num_threads(), _generation.value)
-    native = _memo.get(key)
-    if native is not None:
-        return native, True
-    if not _plain(input, weight, bias):
-        return False, True
-    paths = _settled_paths(input, weight, stride, padding, dilation, groups, _ops(input, weight))
-    native = all(p == "native" for p in paths)
-    if None in paths:  # a signature still to be tuned is asked again
-        return native, False
-    if len(_memo) >= _MEMO_LIMIT:
-        _memo.clear()
-    _memo[key] = native
-    return native, True
+    """native_call's answer, and whether it is settled (not a signature still to be tuned):
+    the path selection's, remembered per signature in C++ (``fastconv_ext._C._settled_native``)."""
+    try:
+        native = _C._settled_native(input, weight, bias, stride, padding, dilation, groups, algorithm)
+    except TypeError as err:
+        if not _incompatible(err):
+            raise
+        return False, True  # the operator runs, and its checks name the argument
+    return bool(native), native is not None
 
 
 def _inductor_channels_last() -> bool:

@@ -221,8 +221,9 @@ def test_eager_calls_honour_torch_function(algorithm):
 
 
 def test_a_remembered_route_honours_torch_function_modes():
-    """A module's remembered route runs only plain tensors outside __torch_function__ modes;
-    under a mode the call goes through Python, where the mode sees it."""
+    """A module's remembered route, and the functions' routing in C++, run only plain tensors
+    outside __torch_function__ modes; under a mode the call goes through Python, where the mode
+    sees it."""
     from torch.overrides import TorchFunctionMode
 
     class Counting(TorchFunctionMode):
@@ -237,10 +238,14 @@ def test_a_remembered_route_honours_torch_function_modes():
     for algorithm in ("native", "im2col"):
         layer, x = fastconv_ext.Conv2d(4, 6, 3, padding=1, algorithm=algorithm), torch.randn(2, 4, 8, 8)
         layer(x), layer(x)  # the route is remembered
-        with Counting() as mode:
-            out = layer(x)
-        assert mode.convolutions == 1, algorithm
-        torch.testing.assert_close(out, F.conv2d(x, layer.weight, layer.bias, padding=1))
+        call = lambda: fastconv_ext.conv2d(x, layer.weight, layer.bias, padding=1, algorithm=algorithm)  # noqa: E731
+        call()
+        for fn in (lambda: layer(x), call):
+            with Counting() as mode:
+                out = fn()
+            assert mode.convolutions == 1, algorithm
+            torch.testing.assert_close(out.double(), F.conv2d(x.double(), layer.weight.double(),
+                                                              layer.bias.double(), padding=1), rtol=1e-5, atol=1e-5)
 
 
 def test_a_module_with_a_remembered_route_copies_and_pickles():

@@ -18,21 +18,15 @@
 namespace fastconv {
 namespace {
 
-// The ConvCall of one operator of the family of `weight`'s dimensions, for a
-// forward call with these arguments.
+// The ConvCall of operator `op` ("forward", "input", "weight") of the
+// family of `weight`'s dimensions, for a forward call with these arguments.
 ConvCall introspected_call(const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
                            c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, const c10::SymInt& groups,
                            c10::string_view algorithm, c10::string_view op) {
   TORCH_CHECK(op == "forward" || op == "input" || op == "weight",
               "fastconv._conv_path: op must be 'forward', 'input' or 'weight', but got '", std::string(op), "'");
   const ConvOp kind = op == "forward" ? ConvOp::kForward : op == "input" ? ConvOp::kInput : ConvOp::kWeight;
-  if (weight.dim() == 3) {
-    return make_call(kind, concrete(check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups,
-                                                 algorithm)),
-                     input);
-  }
-  return make_call(
-      kind, concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm)), input);
+  return family_call(kind, input, weight, stride, padding, dilation, groups, algorithm);
 }
 
 }  // namespace
@@ -178,9 +172,6 @@ TORCH_LIBRARY(fastconv, m) {
                            i.tuning_seconds);
   });
   m.def("_autotune_clear(bool file=False) -> ()", [](bool file) { autotune::clear(file), settings_changed(); });
-  // The address of the settings' change count (an int64 that lives as long as the process).
-  m.def("_settings_generation_address() -> int",
-        [] { return int64_t(reinterpret_cast<intptr_t>(&settings_generation())); });
   // The CPU cost model's constants (see algorithm.h), after replacing them
   // with `values` when given. For calibration and tests.
   m.def("_cost_profile(float[]? values=None) -> float[]", [](std::optional<std::vector<double>> values) {

@@ -6,6 +6,9 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <unordered_map>
 
 #include "fastconv/algorithm.h"
 #include "fastconv/autotune.h"
@@ -432,13 +435,102 @@ std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorith
   return std::nullopt;
 }
 
+ConvCall family_call(ConvOp op, const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+                     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, const c10::SymInt& groups,
+                     c10::string_view algorithm) {
+  if (weight.dim() == 3) {
+    return make_call(op, concrete(check_conv1d(input, weight, std::nullopt, stride, padding, dilation, groups,
+                                               algorithm)),
+                     input);
+  }
+  return make_call(op, concrete(check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups,
+                                             algorithm)),
+                   input);
+}
+
 namespace {
+
 std::atomic<int64_t> generation{0};
+
+// eager_native's memo: the signature as integers, and its answer.
+struct EagerMemo {
+  struct Hash {
+    size_t operator()(const std::vector<int64_t>& key) const {
+      size_t h = key.size();
+      for (int64_t v : key) h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+      return h;
+    }
+  };
+  static constexpr size_t kLimit = 4096;
+  std::mutex mutex;
+  std::unordered_map<std::vector<int64_t>, bool, Hash> answers;
+};
+
+EagerMemo& eager_memo() {
+  static EagerMemo memo;
+  return memo;
+}
+
+std::vector<int64_t> eager_key(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                               c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, bool input_grad,
+                               bool weight_grad) {
+  std::vector<int64_t> key;
+  key.reserve(8 + 3 * input.dim() + weight.dim() + stride.size() + padding.size() + dilation.size());
+  const auto add = [&](c10::IntArrayRef values) {
+    key.push_back(int64_t(values.size()));
+    key.insert(key.end(), values.begin(), values.end());
+  };
+  add(input.sizes());
+  add(input.strides());
+  add(weight.sizes());
+  add(stride);
+  add(padding);
+  add(dilation);
+  key.push_back(groups);
+  key.push_back(int64_t(input.scalar_type()));
+  key.push_back(int64_t(input.device().type()) << 16 | int64_t(input.device().index() + 1));
+  key.push_back(int64_t(input_grad) | int64_t(weight_grad) << 1);
+  key.push_back(at::get_num_threads());
+  key.push_back(settings_generation());
+  return key;
+}
+
+}  // namespace
+
+std::optional<bool> eager_native(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                 c10::string_view algorithm, bool input_grad, bool weight_grad) {
+  if (algorithm != "auto") return algorithm == "native";
+  auto key = eager_key(input, weight, stride, padding, dilation, groups, input_grad, weight_grad);
+  auto& memo = eager_memo();
+  {
+    std::lock_guard<std::mutex> lock(memo.mutex);
+    const auto it = memo.answers.find(key);
+    if (it != memo.answers.end()) return it->second;
+  }
+  const auto sym = [](c10::IntArrayRef values) { return c10::fromIntArrayRefSlow(values); };
+  bool native = true, settled = true;
+  for (ConvOp op : {ConvOp::kForward, ConvOp::kInput, ConvOp::kWeight}) {
+    if ((op == ConvOp::kInput && !input_grad) || (op == ConvOp::kWeight && !weight_grad)) continue;
+    const auto p =
+        settled_path(family_call(op, input, weight, sym(stride), sym(padding), sym(dilation), groups, algorithm),
+                     algorithm);
+    settled = settled && p.has_value();
+    native = native && p == Path::kNative;
+  }
+  if (!settled) return std::nullopt;  // a signature still to be tuned is asked again
+  std::lock_guard<std::mutex> lock(memo.mutex);
+  if (memo.answers.size() >= EagerMemo::kLimit) memo.answers.clear();
+  memo.answers.emplace(std::move(key), native);
+  return native;
+}
+
+namespace {
 static_assert(std::atomic<int64_t>::is_always_lock_free && sizeof(std::atomic<int64_t>) == sizeof(int64_t),
               "read in place as a plain int64");
 }  // namespace
 
-const std::atomic<int64_t>& settings_generation() { return generation; }
+int64_t settings_generation() { return generation.load(std::memory_order_relaxed); }
 
 void settings_changed() { generation.fetch_add(1); }
 

@@ -19,7 +19,6 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/string_view.h>
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -63,6 +62,12 @@ struct ConvCall {
 
 ConvCall make_call(ConvOp op, const Conv1dIntDims& d, const at::Tensor& activation);
 ConvCall make_call(ConvOp op, const Conv2dIntDims& d, const at::Tensor& activation);
+// The ConvCall of operator `op` of the family of `weight`'s dimensions
+// (conv1d for 3-D weights, else conv2d) for a forward call with these
+// arguments, which the family's checks validate (naming a bad one).
+ConvCall family_call(ConvOp op, const at::Tensor& input, const at::Tensor& weight, c10::SymIntArrayRef stride,
+                     c10::SymIntArrayRef padding, c10::SymIntArrayRef dilation, const c10::SymInt& groups,
+                     c10::string_view algorithm);
 
 // The names `algorithm` accepts for an N-d operator, "auto" first.
 const std::vector<std::string>& algorithm_names(int dims);
@@ -100,12 +105,25 @@ Path peek_path(const ConvCall& call, c10::string_view algorithm);
 // for a signature autotuning has still to time.
 std::optional<Path> settled_path(const ConvCall& call, c10::string_view algorithm);
 
+// For an eager forward call with these arguments: whether every operator
+// it runs -- the forward, and the gradients autograd will want
+// (`input_grad`, `weight_grad`) -- takes PyTorch's kernel, as far as that is
+// settled without timing; nullopt where autotuning has still to time one.
+// Remembered per signature (sizes, layout, dtype, device, hyper-parameters,
+// gradients, threads, settings_generation()): a model's calls repeat, and
+// an eager call of a small layer lasts a few microseconds. `algorithm` other
+// than "auto": whether it is "native". Arguments the operators' checks
+// reject raise their error.
+std::optional<bool> eager_native(const at::Tensor& input, const at::Tensor& weight, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                 c10::string_view algorithm, bool input_grad, bool weight_grad);
+
 // Counts the changes of what settles a path without timing (autotuning on or
 // off, its cache cleared, the cost profile, the conv2d tables, the CPU
-// kernels): eager routes remembered outside the library (fastconv_ext's
-// modules, and its memo, which reads the count in place) hold the count they
-// were decided at; settings_changed() makes them stale.
-const std::atomic<int64_t>& settings_generation();
+// kernels): eager routes remembered (eager_native's memo, fastconv_ext's
+// modules) hold the count they were decided at; settings_changed() makes
+// them stale.
+int64_t settings_generation();
 void settings_changed();
 
 // The algorithm a conv2d gradient operator gets from a forward call that

@@ -1,8 +1,8 @@
 // Entry point of fastconv_ext._C for the setup.py build. Importing it loads the
 // shared library, whose static initializers register the fastconv operators
-// with the PyTorch dispatcher. It holds the eager call of a routed
-// convolution and the route a module remembers for it; the operator sources
-// stay free of Python.
+// with the PyTorch dispatcher. It holds the eager calls of fastconv's
+// functions and modules: their routing, their call through the dispatcher,
+// and the route a module remembers; the operator sources stay free of Python.
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/extension.h>
@@ -18,17 +18,17 @@ namespace {
 
 using Ints = std::vector<int64_t>;
 
-// An eager conv1d (dims 1) or conv2d (dims 2) whose route Python has decided
-// (fastconv_ext/routing.py): PyTorch's convolution where `native`, else
-// fastconv's operator, each through the dispatcher as F.convNd and
-// torch.ops.fastconv.convNd go (autograd, profiling and dispatch modes as
-// there), without the Python argument parsing of a custom operator's call:
-// about 10 us, the length of a small layer. Python sends no tensor with
-// __torch_function__ here, nor arguments the operators' checks must name.
+// An eager conv1d (dims 1) or conv2d (dims 2): PyTorch's convolution where
+// `native`, else fastconv's operator, each through the dispatcher as
+// F.convNd and torch.ops.fastconv.convNd go (autograd, profiling and
+// dispatch modes as there), without the Python argument parsing of a custom
+// operator's call: about 10 us, the length of a small layer. Python sends
+// no tensor with __torch_function__ here, nor arguments the operators'
+// checks must name.
 at::Tensor eager_conv(int64_t dims, const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, const Ints& stride, const Ints& padding,
                       const Ints& dilation, int64_t groups, const std::string& algorithm, bool native) {
-  TORCH_CHECK(dims == 1 || dims == 2, "fastconv_ext._C._eager_conv: dims must be 1 or 2, but got ", dims);
+  TORCH_CHECK(dims == 1 || dims == 2, "fastconv_ext._C: dims must be 1 or 2, but got ", dims);
   if (native) {
     return dims == 1 ? at::conv1d(input, weight, bias, stride, padding, dilation, groups)
                      : at::conv2d(input, weight, bias, stride, padding, dilation, groups);
@@ -36,6 +36,33 @@ at::Tensor eager_conv(int64_t dims, const at::Tensor& input, const at::Tensor& w
   const auto sym = [](const Ints& values) { return c10::fromIntArrayRefSlow(values); };
   return dims == 1 ? fastconv::conv1d(input, weight, bias, sym(stride), sym(padding), sym(dilation), groups, algorithm)
                    : fastconv::conv2d(input, weight, bias, sym(stride), sym(padding), sym(dilation), groups, algorithm);
+}
+
+// Whether an eager call runs PyTorch's convolution in place of the fastconv
+// operator (fastconv_ext/routing.py): where every operator it runs is
+// settled on PyTorch's kernel (fastconv::eager_native), the arguments
+// batched and a bias the operator accepts. None where autotuning has still
+// to time one (the operator runs, and tunes); False for arguments the
+// operator's checks must name.
+std::optional<bool> settled_native(const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, const Ints& stride, const Ints& padding,
+                                   const Ints& dilation, int64_t groups, const std::string& algorithm) {
+  const bool plain = input.dim() == weight.dim() && weight.scalar_type() == input.scalar_type() &&
+                     weight.device() == input.device() &&
+                     (!bias || (weight.dim() > 0 && bias->dim() == 1 && bias->size(0) == weight.size(0) &&
+                                bias->scalar_type() == input.scalar_type() && bias->device() == input.device()));
+  if (!plain) return false;
+  const bool grad = at::GradMode::is_enabled();
+  return fastconv::eager_native(input, weight, stride, padding, dilation, groups, algorithm,
+                                grad && input.requires_grad(), grad && weight.requires_grad());
+}
+
+// An eager call as settled_native routes it.
+at::Tensor auto_conv(int64_t dims, const at::Tensor& input, const at::Tensor& weight,
+                     const std::optional<at::Tensor>& bias, const Ints& stride, const Ints& padding,
+                     const Ints& dilation, int64_t groups, const std::string& algorithm) {
+  const bool native = settled_native(input, weight, bias, stride, padding, dilation, groups, algorithm).value_or(false);
+  return eager_conv(dims, input, weight, bias, stride, padding, dilation, groups, algorithm, native);
 }
 
 // What a module's route depends on in the tensors of a call and in the
@@ -61,7 +88,7 @@ struct Signature {
         input_grad(at::GradMode::is_enabled() && input.requires_grad()),
         weight_grad(at::GradMode::is_enabled() && weight.requires_grad()),
         threads(at::get_num_threads()),
-        generation(fastconv::settings_generation().load(std::memory_order_relaxed)) {
+        generation(fastconv::settings_generation()) {
     if (bias) this->bias.emplace(bias->numel(), bias->scalar_type(), bias->device());
   }
 
@@ -74,7 +101,7 @@ struct Signature {
            weight.device() == weight_device && (grad && input.requires_grad()) == input_grad &&
            (grad && weight.requires_grad()) == weight_grad && bias_matches(bias) &&
            at::get_num_threads() == threads &&
-           fastconv::settings_generation().load(std::memory_order_relaxed) == generation;
+           fastconv::settings_generation() == generation;
   }
 
  private:
@@ -145,9 +172,13 @@ class Route {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fastconv operator library; the operators live in torch.ops.fastconv";
-  m.def("_eager_conv", &eager_conv, "An eager convolution routed by fastconv_ext.routing (internal).",
+  m.def("_settled_native", &settled_native,
+        "Whether an eager call runs PyTorch's convolution; None: still to be tuned (internal).", py::arg("input"),
+        py::arg("weight"), py::arg("bias"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("algorithm"));
+  m.def("_auto_conv", &auto_conv, "An eager convolution, routed as _settled_native decides (internal).",
         py::arg("dims"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
-        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("algorithm"), py::arg("native"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("algorithm"),
         py::call_guard<py::gil_scoped_release>());
   py::class_<Route>(m, "Route", "A module's remembered eager route (fastconv_ext.routing.module_call; internal).")
       .def(py::init<int64_t, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, Ints, Ints,
