@@ -22,9 +22,9 @@ has already timed. Eagerly, a signature still to be tuned runs the operator, whi
 the call's tensors. While dynamo traces, the choice is made for the graph, so a signature still
 to be tuned is tuned then, on random tensors of its sizes, in both layouts that count. Eagerly
 the answer is remembered per signature (in C++) until autotuning, its cache, the cost profile or
-the CPU kernels change. While dynamo traces, sizes must be known (not symbolic); the choice is part of the
-traced graph, so compiler caches key on it, and a graph keeps it when the settings change
-later (``torch._dynamo.reset()`` retraces).
+the CPU kernels change. While dynamo traces, sizes must be known (not symbolic); the choice is
+part of the traced graph, so compiler caches key on it, and a graph keeps it when the settings
+change later (``torch._dynamo.reset()`` retraces).
 """
 
 from typing import List, Optional, Sequence, Tuple

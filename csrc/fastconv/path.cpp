@@ -525,11 +525,6 @@ std::optional<bool> eager_native(const at::Tensor& input, const at::Tensor& weig
   return native;
 }
 
-namespace {
-static_assert(std::atomic<int64_t>::is_always_lock_free && sizeof(std::atomic<int64_t>) == sizeof(int64_t),
-              "read in place as a plain int64");
-}  // namespace
-
 int64_t settings_generation() { return generation.load(std::memory_order_relaxed); }
 
 void settings_changed() { generation.fetch_add(1); }

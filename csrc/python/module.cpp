@@ -157,8 +157,6 @@ class Route {
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(out)));
   }
 
-  bool native() const { return native_; }
-
  private:
   Signature signature_;
   int64_t dims_;
@@ -186,7 +184,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("dims"), py::arg("input"), py::arg("weight"), py::arg("bias"), py::arg("stride"),
            py::arg("padding"), py::arg("dilation"), py::arg("groups"), py::arg("algorithm"), py::arg("native"))
       .def("__call__", &Route::operator(), py::arg("input"), py::arg("weight"), py::arg("bias"))
-      .def_property_readonly("native", &Route::native, "Whether the route is PyTorch's convolution.")
       // A copied or pickled module decides its route again on its first call.
       .def("__reduce__", [](const Route&) { return py::make_tuple(py::type::of(py::none()), py::tuple()); });
 }
