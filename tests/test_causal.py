@@ -210,9 +210,12 @@ def test_opcheck_every_operator(device):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K,S", [(4, 3), (4, 6), (1, 0), (2, 1), (7, 9)])
-def test_update_step_by_step_equals_the_whole_sequence(K, S, dtype, device):
+# 83 channels: groups of four vectors, single vectors and a partial one for
+# every vector width.
+@pytest.mark.parametrize("C", [33, 83])
+def test_update_step_by_step_equals_the_whole_sequence(K, S, C, dtype, device):
     gen = torch.Generator().manual_seed(K * 100 + S)
-    B, C, L = 3, 33, 23
+    B, L = 3, 23
     x = torch.randn(B, C, L, generator=gen, dtype=torch.float64).to(device, dtype)
     w = torch.randn(C, K, generator=gen, dtype=torch.float64).to(device, dtype)
     b = torch.randn(C, generator=gen, dtype=torch.float64).to(device, dtype)

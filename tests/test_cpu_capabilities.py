@@ -204,6 +204,26 @@ def test_every_level_computes_silu_accurately(capability, dtype, layout):
         torch.testing.assert_close(y.double(), ref, rtol=2 ** -7, atol=1e-35, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K,S,T", [(2, 1, 1), (3, 2, 1), (4, 3, 1), (4, 3, 3), (3, 4, 1)])
+def test_every_level_decodes_as_the_reference(capability, dtype, K, S, T):
+    """causal_conv1d_update at every level, against float64's F.conv1d over the state and the new steps then
+    SiLU: the one-step kernel (S = K - 1, T = 1; 83 channels: groups of four vectors, single ones and a partial
+    one at every vector width) and the general loop (several steps, a longer state)."""
+    gen = torch.Generator().manual_seed(K * 10 + S + T)
+    B, C = 3, 83
+    x = torch.randn(B, C, T, generator=gen).to(dtype)
+    state = torch.randn(B, C, S, generator=gen).to(dtype)
+    w = torch.randn(C, K, generator=gen).to(dtype)
+    b = torch.randn(C, generator=gen).to(dtype)
+    window = torch.cat([state, x], 2).double()
+    ref = F.silu(F.conv1d(window, w.double().unsqueeze(1), b.double(), groups=C)[:, :, -T:])
+    y = ops.causal_conv1d_update(x if T > 1 else x[:, :, 0], state, w, b, "silu", None, None)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2 ** -7, atol=2 ** -7)
+    torch.testing.assert_close(y.reshape(B, C, T).double(), ref, **tol, msg=lambda m: f"{capability}: {m}")
+    assert torch.equal(state, window[:, :, -S:].to(dtype)), capability
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_every_level_rounds_depthwise2d_bfloat16_as_torch(capability, channels_last):
     """The depthwise conv2d kernels' bfloat16 output: their float32 computation on the same values, rounded as

@@ -807,85 +807,125 @@ Simd<float>::V strided(const E* p, int64_t stride, int64_t m) {
   return v;
 }
 
-// Lane shuffles across up to four vectors: lane l of the result is lane
-// idx[l] of the pair (src[0], src[1]), or of (src[2], src[3]) where hi[l].
-struct Pick {
-  I32Vec idx, hi;
-};
-
-Simd<float>::V pick(const Simd<float>::V* src, int n, const Pick& p) {
-  const Simd<float>::V lo = __builtin_shuffle(src[0], n > 1 ? src[1] : src[0], p.idx);
-  if (n <= 2) return lo;
-  const Simd<float>::V high = __builtin_shuffle(src[2], n > 3 ? src[3] : src[2], p.idx);
-  return p.hi ? high : lo;
+// f(std::integral_constant<int, i>()) for i = 0 .. N-1, unrolled.
+template <int N, typename F, int... I>
+__attribute__((always_inline)) inline void each_index(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>()), ...);
 }
-
-// Pick for lane l taking flat element f(l) of the concatenated sources.
-template <typename F>
-Pick make_pick(F f) {
-  constexpr int W = Simd<float>::kLanes;
-  Pick p;
-  for (int l = 0; l < W; ++l) {
-    const int at = f(l);
-    p.idx[l] = at % (2 * W);
-    p.hi[l] = at >= 2 * W ? -1 : 0;
-  }
-  return p;
+template <int N, typename F>
+__attribute__((always_inline)) inline void each_index(F&& f) {
+  each_index<N>(std::forward<F>(f), std::make_integer_sequence<int, N>());
 }
-
-// Rows of `stride` <= 4 values per channel (the state, the weights), W
-// channels of them: `stride` vectors loaded as they lie and transposed in
-// registers (component i of channel l is flat element l * stride + i), and
-// back. Lane by lane, the transposition was most of a decoding step.
-struct Transposer {
-  static constexpr int W = Simd<float>::kLanes;
-  int stride;
-  Pick out[4];  // component i: lanes l * stride + i
-  Pick back[4];  // flat vector q: lane l is component (q W + l) % stride of channel (q W + l) / stride
-  explicit Transposer(int s) : stride(s) {
-    for (int i = 0; i < s; ++i) out[i] = make_pick([&](int l) { return l * s + i; });
-    for (int q = 0; q < s; ++q) {
-      back[q] = make_pick([&](int l) { return (q * W + l) % s * W + (q * W + l) / s; });
-    }
-  }
-};
 
 template <typename E>
-void load_rows(const E* p, int n, Simd<float>::V* v) {
+__attribute__((always_inline)) inline void load_rows(const E* p, int n, Simd<float>::V* v) {
   using X = Io<float, std::is_same_v<E, uint16_t>>;
   for (int q = 0; q < n; ++q) v[q] = X::load(p + q * Simd<float>::kLanes);
+}
+
+// Rows of Stride <= 4 values per channel (the state, the weights), W
+// channels of them: Stride vectors loaded as they lie and transposed in
+// registers (component i of channel l is flat element l * Stride + i), and
+// back. Lane by lane, the transposition was most of a decoding step. The
+// lane maps are compile-time constants: a two-source shuffle by a constant
+// map is two permutes and a blend on AVX2, which has no two-source permute
+// instruction; by a map held in registers it compiled to three times as
+// many operations, and was most of the step there.
+template <int Stride>
+struct Transpose {
+  using V = Simd<float>::V;
+  static constexpr int W = Simd<float>::kLanes;
+
+  // Lane l of the result: flat element At::at(l) of the Stride sources
+  // concatenated (pairs of sources shuffled, then a blend between the pairs).
+  template <typename At, std::size_t... L>
+  __attribute__((always_inline)) static V pick(const V* src, std::index_sequence<L...>) {
+    const V lo = __builtin_shuffle(src[0], src[Stride > 1 ? 1 : 0], I32Vec{(At::at(L) % (2 * W))...});
+    if constexpr (Stride <= 2) {
+      return lo;
+    } else {
+      const V hi = __builtin_shuffle(src[2], src[Stride > 3 ? 3 : 2], I32Vec{(At::at(L) % (2 * W))...});
+      return I32Vec{(At::at(L) >= 2 * W ? -1 : 0)...} ? hi : lo;
+    }
+  }
+  template <int I>
+  struct Component {  // lanes l * Stride + I
+    static constexpr int at(int l) { return l * Stride + I; }
+  };
+  template <int Q>
+  struct Flat {  // flat vector Q: lane l is component (Q W + l) % Stride of channel (Q W + l) / Stride
+    static constexpr int at(int l) { return (Q * W + l) % Stride * W + (Q * W + l) / Stride; }
+  };
+
+  // v[i] = component i of the W channels whose rows start at p.
+  template <typename E>
+  __attribute__((always_inline)) static void load(const E* p, V* v) {
+    V flat[Stride];
+    load_rows(p, Stride, flat);
+    each_index<Stride>([&](auto i) {
+      v[i] = pick<Component<decltype(i)::value>>(flat, std::make_index_sequence<W>());
+    });
+  }
+  // The rows at p, from the components v[0 .. Stride).
+  template <typename E>
+  __attribute__((always_inline)) static void store(E* p, const V* v) {
+    using X = Io<float, std::is_same_v<E, uint16_t>>;
+    each_index<Stride>([&](auto q) {
+      X::store(p + q * W, pick<Flat<decltype(q)::value>>(v, std::make_index_sequence<W>()), W);
+    });
+  }
+};
+
+// Transpose<stride> for a stride known at run time, 1 to 4.
+template <typename F>
+void with_stride(int64_t stride, F&& f) {
+  with_taps<1, 4>(stride, [&](auto s) {
+    if constexpr (decltype(s)::value > 0) f(Transpose<decltype(s)::value>());
+  });
 }
 
 // One step (T = 1) of Mamba's layout: contiguous state rows of S = K - 1 and
 // weight rows of K <= 4 per channel, K and the activation known at compile
 // time, so the window, weights and lane maps stay in registers (the general
-// loop below keeps them on the stack and branches on every count). Whole
-// vectors of channels [0, full).
-template <typename E, int K, bool Silu>
-void causal_update_step(const CausalUpdateRows<E>& a, int64_t full) {
+// loop below keeps them on the stack and branches on every count). G vectors
+// of channels from c: their activations run side by side (one vector's SiLU
+// is a chain of some 20 dependent operations, and with one at a time the
+// step ran at its latency).
+template <typename E, int K, bool Silu, int G>
+__attribute__((always_inline)) inline void causal_update_group(const CausalUpdateRows<E>& a, int64_t c) {
   using Vec = Simd<float>::V;
   constexpr bool kBf16 = std::is_same_v<E, uint16_t>;
   using X = Io<float, kBf16>;
   constexpr int S = K - 1;
   constexpr int64_t W = Simd<float>::kLanes;
-  const Transposer ts(S), tw(K);
-  for (int64_t c = 0; c < full; c += W) {
-    Vec w[K], flat[K] = {};
-    load_rows(a.w + c * K, K, flat);
-    for (int k = 0; k < K; ++k) w[k] = pick(flat, K, tw.out[k]);
-    const Vec bias = a.bias == nullptr ? Vec{} : X::load(a.bias + c);
-    for (int64_t r = 0; r < a.rows; ++r) {
-      E* state = a.state[r] + c * S;
-      Vec win[K];
-      load_rows(state, S, flat);
-      for (int i = 0; i < S; ++i) win[i] = pick(flat, S, ts.out[i]);
-      win[S] = X::load(a.x[r] + c);
-      Vec acc = bias;
-      for (int k = 0; k < K; ++k) acc += w[k] * win[k];
-      X::store(a.out[r] + c, activate<float, Silu, kBf16>(acc), W);
-      for (int q = 0; q < S; ++q) X::store(state + q * W, pick(win + 1, S, ts.back[q]), W);
+  Vec w[G][K], bias[G];
+  for (int g = 0; g < G; ++g) {
+    Transpose<K>::load(a.w + (c + g * W) * K, w[g]);
+    bias[g] = a.bias == nullptr ? Vec{} : X::load(a.bias + c + g * W);
+  }
+  for (int64_t r = 0; r < a.rows; ++r) {
+    Vec win[G][K], acc[G];
+    for (int g = 0; g < G; ++g) {
+      Transpose<S>::load(a.state[r] + (c + g * W) * S, win[g]);
+      win[g][S] = X::load(a.x[r] + c + g * W);
+      acc[g] = bias[g];
+      for (int k = 0; k < K; ++k) acc[g] += w[g][k] * win[g][k];
+    }
+    activate_n<float, Silu, kBf16>(acc);
+    for (int g = 0; g < G; ++g) {
+      X::store(a.out[r] + c + g * W, acc[g], W);
+      Transpose<S>::store(a.state[r] + (c + g * W) * S, win[g] + 1);
     }
   }
+}
+
+// Whole vectors of channels [0, full), four at a time while they last.
+template <typename E, int K, bool Silu>
+void causal_update_step(const CausalUpdateRows<E>& a, int64_t full) {
+  constexpr int64_t W = Simd<float>::kLanes;
+  int64_t c = 0;
+  for (; c + 4 * W <= full; c += 4 * W) causal_update_group<E, K, Silu, 4>(a, c);
+  for (; c < full; c += W) causal_update_group<E, K, Silu, 1>(a, c);
 }
 
 // Channels outer, rows inner: the weights of a vector of channels are
@@ -908,15 +948,12 @@ void causal_update(const CausalUpdateRows<E>& a) {
       });
     });
   }
-  const Transposer ts(packed ? static_cast<int>(a.S) : 1), tw(packed ? static_cast<int>(a.taps) : 1);
   for (; c < a.channels; c += W) {
     const int64_t m = std::min<int64_t>(W, a.channels - c);
     const bool fast = packed && m == W;
     Vec w[kCausalUpdateWindow];
     if (fast) {
-      Vec flat[4] = {};
-      load_rows(a.w + c * a.w_stride, static_cast<int>(a.taps), flat);
-      for (int64_t k = 0; k < a.taps; ++k) w[k] = pick(flat, static_cast<int>(a.taps), tw.out[k]);
+      with_stride(a.taps, [&](auto t) { t.load(a.w + c * a.w_stride, w); });
     } else {
       for (int64_t k = 0; k < a.taps; ++k) w[k] = strided(a.w + c * a.w_stride + k, a.w_stride, m);
     }
@@ -926,9 +963,7 @@ void causal_update(const CausalUpdateRows<E>& a) {
       const E* x = a.x[r] + c;
       Vec win[kCausalUpdateWindow];
       if (fast) {
-        Vec flat[4] = {};
-        load_rows(state, static_cast<int>(a.S), flat);
-        for (int64_t i = 0; i < a.S; ++i) win[i] = pick(flat, static_cast<int>(a.S), ts.out[i]);
+        with_stride(a.S, [&](auto t) { t.load(state, win); });
       } else {
         for (int64_t i = 0; i < a.S; ++i) win[i] = strided(state + i, a.state_stride, m);
       }
@@ -939,7 +974,7 @@ void causal_update(const CausalUpdateRows<E>& a) {
         X::store(a.out[r] + c + t * a.out_stride, a.act == Activation::kSilu ? acc * sigmoid<float>(acc) : acc, m);
       }
       if (fast) {
-        for (int q = 0; q < a.S; ++q) X::store(state + q * W, pick(win + a.T, static_cast<int>(a.S), ts.back[q]), W);
+        with_stride(a.S, [&](auto t) { t.store(state, win + a.T); });
         continue;
       }
       for (int64_t i = 0; i < a.S; ++i) {
