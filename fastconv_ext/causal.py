@@ -9,6 +9,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from fastconv_ext import _C
+from fastconv_ext.routing import _incompatible
+
 __all__ = ["causal_conv1d", "causal_conv1d_update", "conv1d_stream"]
 
 
@@ -89,6 +92,25 @@ def causal_conv1d_update(
     Returns:
         ``(B, C)`` or ``(B, C, T)``, like ``x``.
     """
+    if not torch.jit.is_scripting():
+        if not torch.compiler.is_compiling():
+            return _eager_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
+    return torch.ops.fastconv.causal_conv1d_update(
+        x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices
+    )
+
+
+def _eager_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices):
+    """An eager decoding step: plain tensors call the operator from C++ (the Python call of a
+    custom operator parses its arguments against the schema, a few microseconds of a step);
+    tensors with ``__torch_function__``, and arguments of types the C++ function does not take,
+    go through ``torch.ops``, which honours the one and names the other."""
+    if not torch._C._has_torch_function_variadic(x, conv_state, weight, bias, cache_seqlens, conv_state_indices):
+        try:
+            return _C._causal_update(x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices)
+        except TypeError as err:
+            if not _incompatible(err):
+                raise
     return torch.ops.fastconv.causal_conv1d_update(
         x, conv_state, weight, bias, activation, cache_seqlens, conv_state_indices
     )

@@ -396,6 +396,41 @@ def test_torchscript_calls_the_operators(device):
     assert torch.jit.load(buf)(x).shape == x.shape
 
 
+def test_update_function_routes_eager_scripted_and_under_modes(device):
+    """causal_conv1d_update calls its operator from C++ in eager mode; under a __torch_function__
+    mode it goes through torch.ops, where the mode sees it once; it scripts; arguments of the
+    wrong type are named by the operator's parsing, whichever way the call went."""
+    from torch.overrides import TorchFunctionMode
+
+    class Counting(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls += func in (ops.causal_conv1d_update, ops.causal_conv1d_update.default)
+            return func(*args, **(kwargs or {}))
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, generator=gen).to(device)
+    w, b = torch.randn(6, 4, generator=gen).to(device), torch.randn(6, generator=gen).to(device)
+    state = torch.randn(2, 6, 3, generator=gen).to(device)
+    want = reference(x[:, :, None], w, b, state, "silu")[0][:, :, 0]
+    states = [state.clone() for _ in range(3)]
+    with Counting() as mode:
+        moded = fastconv_ext.causal_conv1d_update(x, states[0], w, b, "silu")
+    assert mode.calls == 1
+    scripted = torch.jit.script(fastconv_ext.causal_conv1d_update)
+    for y, s in ((moded, states[0]), (fastconv_ext.causal_conv1d_update(x, states[1], w, b, "silu"), states[1]),
+                 (scripted(x, states[2], w, b, "silu"), states[2])):
+        torch.testing.assert_close(y.double(), want, **TOL[torch.float32])
+        torch.testing.assert_close(s, torch.cat([state[:, :, 1:], x[:, :, None]], 2), atol=0, rtol=0)
+    for args, name in (((x, state, w, None, 1), "activation"), (([1.0], state, w), "argument 'x'"),
+                       ((x, state, w, "bias"), "bias")):
+        with pytest.raises(RuntimeError, match=name):
+            fastconv_ext.causal_conv1d_update(*args)
+
+
 def test_empty_inputs(device):
     w = torch.randn(4, 3, device=device)
     for shape in [(0, 4, 10), (2, 4, 0)]:

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -676,8 +677,9 @@ void update_steps(const at::Tensor& x3, const at::Tensor& conv_state, const at::
     using P = std::remove_pointer_t<decltype(p)>;
     return reinterpret_cast<std::conditional_t<std::is_const_v<P>, const E*, E*>>(p);
   };
-  std::vector<E*> states(B), outs(B);
-  std::vector<const E*> xs(B);
+  // Row pointers on the stack for the batches of decoding (a step is microseconds).
+  c10::SmallVector<E*, 8> states(B), outs(B);
+  c10::SmallVector<const E*, 8> xs(B);
   for (int64_t b = 0; b < B; ++b) {
     states[b] = e(conv_state.data_ptr<T>() + (idx ? idx[b] : b) * conv_state.stride(0));
     xs[b] = e(x3.const_data_ptr<T>() + b * x3.stride(0));
@@ -685,8 +687,8 @@ void update_steps(const at::Tensor& x3, const at::Tensor& conv_state, const at::
   }
   // About 2 us of work (B = 1, C = 4096) per task: a single row stays on one thread.
   at::parallel_for(0, blocks, std::max<int64_t>(1, 8 / B), [&](int64_t begin, int64_t end) {
-    std::vector<E*> st(B), out(B);
-    std::vector<const E*> xr(B);
+    c10::SmallVector<E*, 8> st(B), out(B);
+    c10::SmallVector<const E*, 8> xr(B);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t c0 = blk * kBlock;
       for (int64_t b = 0; b < B; ++b) {
