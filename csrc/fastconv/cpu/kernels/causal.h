@@ -808,13 +808,13 @@ Simd<float>::V strided(const E* p, int64_t stride, int64_t m) {
 }
 
 // f(std::integral_constant<int, i>()) for i = 0 .. N-1, unrolled.
-template <int N, typename F, int... I>
+template <typename F, int... I>
 __attribute__((always_inline)) inline void each_index(F&& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>()), ...);
 }
 template <int N, typename F>
 __attribute__((always_inline)) inline void each_index(F&& f) {
-  each_index<N>(std::forward<F>(f), std::make_integer_sequence<int, N>());
+  each_index(std::forward<F>(f), std::make_integer_sequence<int, N>());
 }
 
 template <typename E>
