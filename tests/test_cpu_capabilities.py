@@ -209,7 +209,7 @@ def test_every_level_computes_silu_accurately(capability, dtype, layout):
 def test_every_level_decodes_as_the_reference(capability, dtype, K, S, T):
     """causal_conv1d_update at every level, against float64's F.conv1d over the state and the new steps then
     SiLU: the one-step kernel (S = K - 1, T = 1; 83 channels: groups of four vectors, single ones and a partial
-    one at every vector width) and the general loop (several steps, a longer state)."""
+    one at every vector width), the general vector loop (a longer state) and the scalar loop (several steps)."""
     gen = torch.Generator().manual_seed(K * 10 + S + T)
     B, C = 3, 83
     x = torch.randn(B, C, T, generator=gen).to(dtype)
