@@ -110,6 +110,10 @@ MODEL_LAYERS = [
     (1, 16, (20, 20), (13, 13), (1, 1), (6, 6), (1, 1), True),
     (1, 8, (31, 33), (31, 31), (1, 1), (15, 15), (1, 1), True),
     (4, 96, (7, 7), (7, 7), (1, 1), (3, 3), (1, 1), True),  # mostly border pixels
+    # Few border columns: grad_weight reads in place, its rows and columns in segments, channels in
+    # blocks of even width.
+    (1, 144, (40, 40), (3, 3), (2, 2), (1, 1), (1, 1), False),
+    (1, 80, (36, 36), (7, 7), (1, 1), (3, 3), (1, 1), True),
 ]
 
 

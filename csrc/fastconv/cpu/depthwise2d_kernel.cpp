@@ -9,9 +9,11 @@
 //                rows kh with (ih + ph - kh * dh) % sh == 0; its pixels of
 //                one phase iw % sw take the same kernel columns and read
 //                consecutive grad_output pixels, so each phase is a run.
-//   grad_weight  the forward's runs, with grad_output as the second operand,
-//                summed into per-thread partial weights (added in thread order:
-//                deterministic).
+//   grad_weight  a band of output rows is cut into segments of rows and of
+//                columns that read the same taps; each pair is one run over
+//                all its pixels, with grad_output as the second operand,
+//                summed into per-thread partial weights (added in thread
+//                order: deterministic).
 // Work items are rows; weights are transposed to (KH * KW, C) in the
 // accumulation type. bfloat16 is read and written as its bits and computed in
 // float; float16 goes through float copies.
@@ -121,8 +123,12 @@ StagePlan plan_stage(const Conv2dIntDims& d, bool staged, int64_t out_rows, int6
     rows = 1;
     while (rows < out_rows && in_rows(rows + 1) * pixels * cb * elem_size <= kStageBytes) ++rows;
   }
+  // Blocks of even width (a multiple of 16 channels): a narrow last block
+  // left its thread idle at the end.
+  const int64_t blocks = (C + cb - 1) / cb;
+  cb = std::min(cb, ((C + blocks - 1) / blocks + 15) / 16 * 16);
   // Enough items to keep every thread busy, when the image allows it.
-  const int64_t blocks = (C + cb - 1) / cb, per_band = std::max<int64_t>(1, d.batch * blocks);
+  const int64_t per_band = std::max<int64_t>(1, d.batch * blocks);
   const int64_t want_bands = (4 * at::get_num_threads() + per_band - 1) / per_band;
   rows = std::max<int64_t>(1, std::min(rows, (out_rows + want_bands - 1) / want_bands));
   return StagePlan{staged, cb, blocks, rows, (out_rows + rows - 1) / rows};
@@ -221,46 +227,87 @@ void forward(const Conv2dIntDims& d, const E* x, const T* w, const T* bias, E* y
   });
 }
 
-// Per output row: the interior run with every tap, then for each kernel
-// column kw the pixels outside the interior where kw falls inside the image,
-// a run of their own with the column's taps (a border pixel alone would
-// read and write every tap's partial sums for one multiply-add each).
+// Outputs o in [lo, hi) whose kernel position k lies inside: o * s - p + k * dl in [0, size).
+TapRange outputs_inside(int64_t k, int64_t s, int64_t p, int64_t dl, int64_t size, int64_t out) {
+  const int64_t first = k * dl - p;  // input position of o = 0
+  const int64_t lo = first >= 0 ? 0 : (-first + s - 1) / s;
+  const int64_t hi = size - 1 - first < 0 ? 0 : std::min(out, (size - 1 - first) / s + 1);
+  return {std::min(lo, out), std::max(hi, std::min(lo, out))};
+}
+
+// A range of outputs [lo, hi) that reads kernel positions [k_lo, k_hi).
+struct Segment {
+  int64_t lo, hi, k_lo, k_hi;
+};
+
+// The outputs [from, to) along one axis as segments: where every kernel
+// position lies inside (`inner`), one segment with all K of them, when
+// `whole` (else none); around it, each position k over the outputs where it
+// alone reaches inside. With `whole` false every position runs over all its
+// outputs in [from, to).
+std::vector<Segment> segments(int64_t s, int64_t p, int64_t dl, int64_t K, int64_t size, int64_t out, int64_t from,
+                              int64_t to, bool whole) {
+  std::vector<Segment> out_segments;
+  TapRange inner = interior(s, p, dl, K, size, out);
+  inner = {std::max(inner.lo, from), std::min(inner.hi, to)};
+  if (!whole || inner.hi <= inner.lo) inner = {to, to};
+  if (inner.hi > inner.lo) out_segments.push_back({inner.lo, inner.hi, 0, K});
+  for (int64_t k = 0; k < K; ++k) {
+    const TapRange at = outputs_inside(k, s, p, dl, size, out);
+    const int64_t lo = std::max(at.lo, from), hi = std::min(at.hi, to);
+    if (std::min(hi, inner.lo) > lo) out_segments.push_back({lo, std::min(hi, inner.lo), k, k + 1});
+    if (hi > std::max(lo, inner.hi)) out_segments.push_back({std::max(lo, inner.hi), hi, k, k + 1});
+  }
+  return out_segments;
+}
+
+// Bands of output rows over a block of channels. Each (row segment, column
+// segment) pair is one run of its taps over all its rows x pixels, so a tap's
+// sums stay in registers over a whole segment. The interior rows run all taps
+// together where they are at least half of the band; on small maps each
+// kernel row runs over all its rows (fewer, longer runs). Source rows are read
+// in place, the border columns then running one tap at a time, or staged with
+// the padding's zero columns (as the forward's) where more than
+// 1 / kBorderColumnsToStage of the output columns are border columns
+// (docs/depthwise2d.md).
+constexpr int64_t kBorderColumnsToStage = 4;
+
 template <typename E, typename T>
 void weight_backward(const Conv2dIntDims& d, const E* gy, const E* x, T* partial) {
   const int64_t C = d.in_channels, H = d.in_size[0], W = d.in_size[1], OH = d.out_size[0], OW = d.out_size[1];
   const int64_t KH = d.kernel_size[0], KW = d.kernel_size[1], taps_all = KH * KW;
-  const int64_t sw = d.stride[1], pw = d.padding[1], dw = d.dilation[1];
+  const int64_t sh = d.stride[0], sw = d.stride[1], ph = d.padding[0], pw = d.padding[1];
+  const int64_t dh = d.dilation[0], dw = d.dilation[1];
+  const int64_t reach = dh * (KH - 1) + 1, pixels = W + 2 * pw;
   const TapRange inner = interior(sw, pw, dw, KW, W, OW);
-  at::parallel_for(0, d.batch * OH, std::max<int64_t>(1, kGrainWork / std::max<int64_t>(1, OW * C * taps_all)),
-                   [&](int64_t begin, int64_t end) {
-    std::vector<const E*> in;
-    std::vector<T*> sums;
+  const bool staged = kBorderColumnsToStage * (OW - (inner.hi - inner.lo)) > OW;
+  // Bands sized to keep their source rows in L2 whether staged or not.
+  StagePlan plan = plan_stage(d, true, OH, pixels, sizeof(E), [&](int64_t r) { return (r - 1) * sh + reach; });
+  plan.staged = staged;
+  const std::vector<Segment> columns =
+      staged ? std::vector<Segment>{{0, OW, 0, KW}} : segments(sw, pw, dw, KW, W, OW, 0, OW, true);
+  const TapRange inner_rows = interior(sh, ph, dh, KH, H, OH);
+  for_each_band(d, plan, OH, OW * taps_all, [&](int64_t n, int64_t c0, int64_t cw, int64_t oh0, int64_t oh1) {
+    thread_local std::vector<E> stage;
+    thread_local std::vector<const E*> in;
+    thread_local std::vector<T*> sums;
     T* mine = partial + at::get_thread_num() * taps_all * C;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / OH, oh = item % OH;
-      const TapRange rows = taps_inside(oh, d.stride[0], d.padding[0], d.dilation[0], KH, H);
-      const auto run_pixels = [&](int64_t ow, int64_t count, int64_t kw_lo, int64_t kw_hi) {
-        if (count <= 0) return;
+    const int64_t lo = std::max<int64_t>(0, oh0 * sh - ph), hi = std::min(H, (oh1 - 1) * sh - ph + reach);
+    const SourceRows<E> src = source_rows(plan, x, H, W, C, n, lo, hi, c0, cw, pw, pixels, stage);
+    const int64_t band_inner = std::min(inner_rows.hi, oh1) - std::max(inner_rows.lo, oh0);
+    for (const Segment& r : segments(sh, ph, dh, KH, H, OH, oh0, oh1, 2 * band_inner >= oh1 - oh0)) {
+      for (const Segment& c : columns) {
         in.clear();
         sums.clear();
-        for (int64_t kh = rows.lo; kh < rows.hi; ++kh) {
-          const int64_t ih = oh * d.stride[0] - d.padding[0] + kh * d.dilation[0];
-          for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
-            in.push_back(x + ((n * H + ih) * W + ow * sw - pw + kw * dw) * C);
-            sums.push_back(mine + (kh * KW + kw) * C);
+        for (int64_t kh = r.k_lo; kh < r.k_hi; ++kh) {
+          for (int64_t kw = c.k_lo; kw < c.k_hi; ++kw) {
+            in.push_back(src.at(r.lo * sh - ph + kh * dh, c.lo * sw - pw + kw * dw));
+            sums.push_back(mine + (kh * KW + kw) * C + c0);
           }
         }
-        run(DepthwisePixelsWeight<E, T>{gy + ((n * OH + oh) * OW + ow) * C, C, in.data(), sw * C, sums.data(),
-                                        int64_t(in.size()), count, C});
-      };
-      run_pixels(inner.lo, inner.hi - inner.lo, 0, KW);
-      for (int64_t kw = 0; kw < KW; ++kw) {
-        // Outputs where column kw is inside: ow * sw - pw + kw * dw in [0, W).
-        const int64_t first = std::max<int64_t>(0, (pw - kw * dw + sw - 1) / sw);
-        const int64_t last = W - 1 + pw - kw * dw < 0 ? -1 : std::min(OW - 1, (W - 1 + pw - kw * dw) / sw);
-        run_pixels(first, std::min(last + 1, inner.lo) - first, kw, kw + 1);
-        const int64_t from = std::max(first, inner.hi);
-        run_pixels(from, last + 1 - from, kw, kw + 1);
+        run(DepthwisePixelsWeight<E, T>{gy + ((n * OH + r.lo) * OW + c.lo) * C + c0, C, OW * C, in.data(),
+                                        sw * src.pixel, sh * src.row_stride, sums.data(), int64_t(in.size()),
+                                        r.hi - r.lo, c.hi - c.lo, cw});
       }
     }
   });

@@ -245,16 +245,17 @@ struct DepthwisePixels {
   int64_t row_taps = 0;
 };
 
-// Its weight gradient, accumulated into:
-//   gw[t][c] += sum_{j < n} g[j * g_step + c] * in[t][j * in_step + c].
+// Its weight gradient over `rows` runs of n pixels, accumulated into:
+//   gw[t][c] += sum_{r < rows, j < n} g[r * g_row_step + j * g_step + c]
+//                                     * in[t][r * in_row_step + j * in_step + c].
 template <typename E, typename T>
 struct DepthwisePixelsWeight {
   const E* g;
-  int64_t g_step;
+  int64_t g_step, g_row_step;
   const E* const* in;
-  int64_t in_step;
+  int64_t in_step, in_row_step;
   T* const* gw;  // [taps]: rows of `channels` sums
-  int64_t taps, n, channels;
+  int64_t taps, rows, n, channels;
 };
 
 // Outputs from this size on are written with non-temporal stores, around the

@@ -195,7 +195,8 @@ void depthwise_pixels(const DepthwisePixels<E, T>& a) {
   }
 }
 
-// P taps from t0 x V vectors of channels from c0, over all n pixels.
+// P taps from t0 x V vectors of channels from c0, over all rows x n pixels:
+// the sums stay in registers for the whole run.
 template <typename E, typename T, int P, int V, bool Tail>
 void depthwise_weight_block(const DepthwisePixelsWeight<E, T>& a, int64_t t0, int64_t c0, int64_t last) {
   using S = Simd<T>;
@@ -204,14 +205,16 @@ void depthwise_weight_block(const DepthwisePixelsWeight<E, T>& a, int64_t t0, in
   constexpr int W = S::kLanes;
   const auto load = [&](const E* p, int v) { return Tail && v == V - 1 ? X::load(p, last) : X::load(p); };
   Vec acc[P][V] = {};
-  const E* x[P];
-  for (int p = 0; p < P; ++p) x[p] = a.in[t0 + p] + c0;
-  const E* g = a.g + c0;
-  for (int64_t j = 0; j < a.n; ++j) {
-    Vec gv[V];
-    for (int v = 0; v < V; ++v) gv[v] = load(g + j * a.g_step + v * W, v);
-    for (int p = 0; p < P; ++p) {
-      for (int v = 0; v < V; ++v) acc[p][v] += gv[v] * load(x[p] + j * a.in_step + v * W, v);
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const E* x[P];
+    for (int p = 0; p < P; ++p) x[p] = a.in[t0 + p] + r * a.in_row_step + c0;
+    const E* g = a.g + r * a.g_row_step + c0;
+    for (int64_t j = 0; j < a.n; ++j) {
+      Vec gv[V];
+      for (int v = 0; v < V; ++v) gv[v] = load(g + j * a.g_step + v * W, v);
+      for (int p = 0; p < P; ++p) {
+        for (int v = 0; v < V; ++v) acc[p][v] += gv[v] * load(x[p] + j * a.in_step + v * W, v);
+      }
     }
   }
   for (int p = 0; p < P; ++p) {
