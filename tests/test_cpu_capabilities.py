@@ -237,3 +237,25 @@ def test_every_level_rounds_depthwise2d_bfloat16_as_torch(capability, channels_l
     got = fastconv_ext.conv2d(x, w, **args)
     want = fastconv_ext.conv2d(x.float(), w.float(), **args).bfloat16()
     assert torch.equal(got.view(torch.int16), want.view(torch.int16)), capability
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("size, kernel, padding", [
+    ((40, 45), (7, 7), (3, 3)),  # in place: rows of 7 taps slide over blocks of pixels, border columns one tap each
+    ((9, 30), (5, 13), (2, 6)),  # a row of 13 taps in chunks of 7 and 6
+    ((7, 7), (7, 7), (3, 3)),  # staged: every column a border column
+    ((21, 18), (3, 3), (1, 1)),  # rows of 3 taps: the tap blocks
+])
+def test_every_level_sums_depthwise2d_weight_gradients_as_the_reference(capability, dtype, size, kernel, padding):
+    """The channels-last depthwise weight gradient at every level against a float64 reference, with 43 channels
+    (whole vectors and a partial one at every width) and the geometries that reach each of its loops."""
+    gen = torch.Generator().manual_seed(4)
+    C = 43
+    x = torch.randn(2, C, *size, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C, 1, *kernel, generator=gen, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x.double(), w, padding=padding, groups=C)
+    gy = torch.randn(y.shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    got = ops.conv2d_weight_backward(gy, x, list(kernel), [1, 1], list(padding), [1, 1], C, "depthwise")
+    want = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=padding, groups=C)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=0.5)
+    torch.testing.assert_close(got.double(), want, **tol, msg=lambda m: f"{capability}: {m}")

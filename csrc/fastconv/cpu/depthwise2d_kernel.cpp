@@ -307,7 +307,7 @@ void weight_backward(const Conv2dIntDims& d, const E* gy, const E* x, T* partial
         }
         run(DepthwisePixelsWeight<E, T>{gy + ((n * OH + r.lo) * OW + c.lo) * C + c0, C, OW * C, in.data(),
                                         sw * src.pixel, sh * src.row_stride, sums.data(), int64_t(in.size()),
-                                        r.hi - r.lo, c.hi - c.lo, cw});
+                                        r.hi - r.lo, c.hi - c.lo, cw, sw == 1 && dw == 1 ? c.k_hi - c.k_lo : 0});
       }
     }
   });

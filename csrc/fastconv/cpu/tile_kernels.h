@@ -256,6 +256,8 @@ struct DepthwisePixelsWeight {
   int64_t in_step, in_row_step;
   T* const* gw;  // [taps]: rows of `channels` sums
   int64_t taps, rows, n, channels;
+  // Taps in rows of row_taps on consecutive pixels, 0 if not (as DepthwisePixels').
+  int64_t row_taps = 0;
 };
 
 // Outputs from this size on are written with non-temporal stores, around the

@@ -3,6 +3,7 @@
 // share the causal kernels' Io (bfloat16 bits widened in registers).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -239,10 +240,75 @@ void depthwise_weight_taps(const DepthwisePixelsWeight<E, T>& a, int64_t c0, int
   for (; t < a.taps; ++t) depthwise_weight_block<E, T, 1, V, Tail>(a, t, c0, last);
 }
 
+// Rows of taps on consecutive pixels (row_taps): a block of P output pixels
+// holds its grad_output vectors in registers and reads the P + Q - 1 input
+// pixels of a chunk of Q taps once each, every one feeding the (up to) Q
+// sums that use it: about 2P + Q loads per P * Q multiply-adds, where the
+// tap blocks load once per multiply-add. Chunks take 4 to 7 taps: the Q sums
+// are the independent chains that cover the multiply-add latency.
+constexpr int kSlideWeightPixels = kRegs >= 32 ? 16 : 8;
+
+template <typename E, typename T, int Q>
+void slide_weight_chunk(const DepthwisePixelsWeight<E, T>& a, int64_t t0, int64_t c0) {
+  using S = Simd<T>;
+  using X = DepthwiseIo<E, T>;
+  using Vec = typename S::V;
+  constexpr int P = kSlideWeightPixels;
+  Vec acc[Q] = {};
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const E* x = a.in[t0] + r * a.in_row_step + c0;  // tap t0 + q reads x + (j + q) * in_step
+    const E* g = a.g + r * a.g_row_step + c0;
+    int64_t j = 0;
+    for (; j + P <= a.n; j += P) {
+      Vec gv[P];
+      for (int p = 0; p < P; ++p) gv[p] = X::load(g + (j + p) * a.g_step);
+#pragma GCC unroll 32
+      for (int i = 0; i < P + Q - 1; ++i) {
+        const Vec xv = X::load(x + (j + i) * a.in_step);
+#pragma GCC unroll 8
+        for (int q = 0; q < Q; ++q) {
+          if (i - q >= 0 && i - q < P) acc[q] += gv[i - q] * xv;
+        }
+      }
+    }
+    for (; j < a.n; ++j) {
+      const Vec gv = X::load(g + j * a.g_step);
+      for (int q = 0; q < Q; ++q) acc[q] += gv * X::load(x + (j + q) * a.in_step);
+    }
+  }
+  for (int q = 0; q < Q; ++q) {
+    T* out = a.gw[t0 + q] + c0;
+    S::store(out, S::load(out) + acc[q], S::kLanes);
+  }
+}
+
+// The full vectors of channels of a run whose rows of taps are 4 or more
+// wide, in chunks of 4 to 7 taps; returns the channels covered.
+template <typename E, typename T>
+int64_t slide_weight_run(const DepthwisePixelsWeight<E, T>& a) {
+  constexpr int W = Simd<T>::kLanes;
+  const int64_t full = a.channels / W * W;
+  for (int64_t c = 0; c < full; c += W) {
+    for (int64_t t = 0; t < a.taps; t += a.row_taps) {
+      for (int64_t k = 0; k < a.row_taps;) {
+        const int64_t r = a.row_taps - k, chunk = r > 7 && r < 11 ? r - 4 : std::min<int64_t>(r, 7);
+        switch (chunk) {
+          case 7: slide_weight_chunk<E, T, 7>(a, t + k, c); break;
+          case 6: slide_weight_chunk<E, T, 6>(a, t + k, c); break;
+          case 5: slide_weight_chunk<E, T, 5>(a, t + k, c); break;
+          default: slide_weight_chunk<E, T, 4>(a, t + k, c); break;
+        }
+        k += chunk;
+      }
+    }
+  }
+  return full;
+}
+
 template <typename E, typename T>
 void depthwise_weight(const DepthwisePixelsWeight<E, T>& a) {
   constexpr int W = Simd<T>::kLanes;
-  int64_t c = 0;
+  int64_t c = a.row_taps >= 4 && a.taps % a.row_taps == 0 ? slide_weight_run<E, T>(a) : 0;
   for (; c + 2 * W <= a.channels; c += 2 * W) depthwise_weight_taps<E, T, 2, false>(a, c, W);
   for (; c + W <= a.channels; c += W) depthwise_weight_taps<E, T, 1, false>(a, c, W);
   if (c < a.channels) depthwise_weight_taps<E, T, 1, true>(a, c, a.channels - c);
