@@ -138,6 +138,7 @@ def conv1d_stream(
         dilation, groups: as for :func:`fastconv_ext.conv1d`.
 
     Returns:
-        ``(y, state)``: ``y`` ``(B, C_out, L)``, and the state for the next chunk.
+        ``(y, state)``: ``y`` ``(B, C_out, L)``, and the state for the next chunk (memory of
+        its own, never a view of ``x``: the caller may refill ``x``'s buffer with the next chunk).
     """
     return torch.ops.fastconv.conv1d_stream(x, weight, bias, state, dilation, groups)

@@ -284,6 +284,25 @@ def test_stream_in_random_chunks_equals_the_whole_signal(groups, dilation, K, de
     torch.testing.assert_close(torch.cat(outs, 2), whole)
 
 
+@pytest.mark.parametrize("groups", [1, 8], ids=["dense", "depthwise"])
+def test_stream_state_survives_refilling_the_input_buffer(groups, device):
+    """A real-time caller copies each chunk into one reused buffer: the returned state is the layer's own
+    (it aliases no input), for chunks longer than the history (the state from x alone) and shorter."""
+    gen = torch.Generator().manual_seed(groups)
+    B, C, K, dilation = 2, 8, 3, 4
+    x = torch.randn(B, C, 120, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(C, C // groups, K, generator=gen, dtype=torch.float64).to(device)
+    whole = F.conv1d(F.pad(x, (dilation * (K - 1), 0)), w, None, dilation=dilation, groups=groups)
+    for n in (20, 5):
+        buf = torch.empty(B, C, n, dtype=torch.float64, device=device)
+        state, outs = None, []
+        for chunk in x.split(n, 2):
+            buf.copy_(chunk)
+            y, state = fastconv_ext.conv1d_stream(buf, w, None, state, dilation, groups)
+            outs.append(y)
+        torch.testing.assert_close(torch.cat(outs, 2), whole, msg=lambda m: f"chunks of {n}: {m}")
+
+
 def test_stream_gradients_flow_through_the_state(device):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(1, 4, 30, generator=gen, dtype=torch.float64).to(device).requires_grad_()

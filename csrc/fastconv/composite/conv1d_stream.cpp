@@ -29,7 +29,10 @@ std::tuple<at::Tensor, at::Tensor> conv1d_stream_composite(
     return {x.new_empty_symint({x.sym_size(0), weight.sym_size(0), 0}), prior};
   }
   at::Tensor y = conv1d(xs, weight, bias, {1}, {0}, {dilation}, groups, "auto");
-  return {y, xs.narrow_symint(2, xs.sym_size(2) - history, history).contiguous()};
+  // The next state is a view of xs's last columns, not a copy: xs is this
+  // call's own buffer, so the view aliases no input (a caller may refill x's
+  // buffer with the next chunk) and the next call's cat reads it as it lies.
+  return {y, xs.narrow_symint(2, xs.sym_size(2) - history, history)};
 }
 
 }  // namespace
