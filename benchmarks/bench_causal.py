@@ -127,9 +127,10 @@ def tcn_rows(blocks, repeats):
 
     def recompute():
         out = []
-        for i in range(blocks):
-            end = (i + 1) * block
-            out.append(whole(signal[:, :, max(0, end - field - block + 1): end])[:, :, -block:])
+        with torch.no_grad():
+            for i in range(blocks):
+                end = (i + 1) * block
+                out.append(whole(signal[:, :, max(0, end - field - block + 1): end])[:, :, -block:])
         return out
 
     def stream_fastconv():
@@ -147,13 +148,14 @@ def tcn_rows(blocks, repeats):
     def stream_torch():
         states = [torch.zeros(1, channels, p.dilation[0] * (K - 1)) for p in plain]
         out = []
-        for i in range(blocks):
-            x = signal[:, :, i * block: (i + 1) * block]
-            for j, p in enumerate(plain):
-                xs = torch.cat([states[j], x], 2)
-                states[j] = xs[:, :, -p.dilation[0] * (K - 1):]
-                x = torch.relu(p(xs))
-            out.append(x)
+        with torch.no_grad():
+            for i in range(blocks):
+                x = signal[:, :, i * block: (i + 1) * block]
+                for j, p in enumerate(plain):
+                    xs = torch.cat([states[j], x], 2)
+                    states[j] = xs[:, :, -p.dilation[0] * (K - 1):]
+                    x = torch.relu(p(xs))
+                out.append(x)
         return out
 
     with torch.no_grad():
