@@ -14,9 +14,9 @@
 //                all its pixels, with grad_output as the second operand,
 //                summed into per-thread partial weights (added in thread
 //                order: deterministic).
-// Work items are rows; weights are transposed to (KH * KW, C) in the
-// accumulation type. bfloat16 is read and written as its bits and computed in
-// float; float16 goes through float copies.
+// Work items are bands of rows of one channel block; weights are transposed
+// to (KH * KW, C) in the accumulation type. bfloat16 is read and written as
+// its bits and computed in float; float16 goes through float copies.
 #include "fastconv/depthwise2d.h"
 
 #include <ATen/Dispatch.h>
