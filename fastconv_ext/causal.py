@@ -139,6 +139,7 @@ def conv1d_stream(
 
     Returns:
         ``(y, state)``: ``y`` ``(B, C_out, L)``, and the state for the next chunk (memory of
-        its own, never a view of ``x``: the caller may refill ``x``'s buffer with the next chunk).
+        its own, never a view of ``x`` or of the given ``state``, an empty chunk's included: the
+        caller may refill either buffer).
     """
     return torch.ops.fastconv.conv1d_stream(x, weight, bias, state, dilation, groups)

@@ -206,6 +206,7 @@ def test_opcheck_every_operator(device):
                                                              "silu", None, None))
     dense = torch.randn(6, C, 3, generator=gen).to(device).requires_grad_()
     torch.library.opcheck(ops.conv1d_stream.default, (x, dense, None, torch.randn(B, C, 4).to(device), 2, 1))
+    torch.library.opcheck(ops.conv1d_stream.default, (x[:, :, :0], dense, None, s[:, :, :2].clone(), 1, 1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -302,6 +303,26 @@ def test_stream_state_survives_refilling_the_input_buffer(groups, device):
             outs.append(y)
         torch.testing.assert_close(torch.cat(outs, 2), whole, msg=lambda m: f"chunks of {n}: {m}")
 
+
+
+@pytest.mark.parametrize("groups", [1, 8], ids=["dense", "depthwise"])
+@pytest.mark.parametrize("n", [0, 3, 20])
+def test_stream_state_aliases_no_input(groups, n, device):
+    """The returned state shares no memory with x or the given state, an empty chunk's included (the
+    operator's schema returns new tensors; a caller may refill either buffer)."""
+    gen = torch.Generator().manual_seed(n + groups)
+    B, C, K, dilation = 2, 8, 3, 4
+    x = torch.randn(B, C, n, generator=gen, dtype=torch.float64).to(device)
+    w = torch.randn(C, C // groups, K, generator=gen, dtype=torch.float64).to(device)
+    state = torch.randn(B, C, dilation * (K - 1), generator=gen, dtype=torch.float64).to(device)
+    want = torch.cat([state, x], 2)[:, :, -dilation * (K - 1):].clone()
+    y, next_state = fastconv_ext.conv1d_stream(x, w, None, state, dilation, groups)
+    assert y.shape == (B, C, n)
+    for given in (x, state):
+        assert next_state.untyped_storage().data_ptr() != given.untyped_storage().data_ptr()
+    state.fill_(float("nan"))
+    x.fill_(float("nan"))
+    torch.testing.assert_close(next_state, want)
 
 def test_stream_gradients_flow_through_the_state(device):
     gen = torch.Generator().manual_seed(5)

@@ -25,14 +25,15 @@ std::tuple<at::Tensor, at::Tensor> conv1d_stream_composite(
   const at::Tensor prior = state && state->defined()
       ? *state : at::zeros_symint({x.sym_size(0), C, history}, x.options());
   const at::Tensor xs = at::cat({prior, x}, 2);
-  if (x.sym_size(2) == 0) {  // no output; conv1d takes no input shorter than its kernel
-    return {x.new_empty_symint({x.sym_size(0), weight.sym_size(0), 0}), prior};
-  }
-  at::Tensor y = conv1d(xs, weight, bias, {1}, {0}, {dilation}, groups, "auto");
   // The next state is a view of xs's last columns, not a copy: xs is this
   // call's own buffer, so the view aliases no input (a caller may refill x's
-  // buffer with the next chunk) and the next call's cat reads it as it lies.
-  return {y, xs.narrow_symint(2, xs.sym_size(2) - history, history)};
+  // buffer with the next chunk, or the state's) and the next call's cat reads
+  // it as it lies. An empty chunk's is xs whole, the given state's copy.
+  const at::Tensor next = xs.narrow_symint(2, xs.sym_size(2) - history, history);
+  if (x.sym_size(2) == 0) {  // no output; conv1d takes no input shorter than its kernel
+    return {x.new_empty_symint({x.sym_size(0), weight.sym_size(0), 0}), next};
+  }
+  return {conv1d(xs, weight, bias, {1}, {0}, {dilation}, groups, "auto"), next};
 }
 
 }  // namespace
