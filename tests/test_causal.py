@@ -304,7 +304,6 @@ def test_stream_state_survives_refilling_the_input_buffer(groups, device):
         torch.testing.assert_close(torch.cat(outs, 2), whole, msg=lambda m: f"chunks of {n}: {m}")
 
 
-
 @pytest.mark.parametrize("groups", [1, 8], ids=["dense", "depthwise"])
 @pytest.mark.parametrize("n", [0, 3, 20])
 def test_stream_state_aliases_no_input(groups, n, device):
@@ -323,6 +322,7 @@ def test_stream_state_aliases_no_input(groups, n, device):
     state.fill_(float("nan"))
     x.fill_(float("nan"))
     torch.testing.assert_close(next_state, want)
+
 
 def test_stream_gradients_flow_through_the_state(device):
     gen = torch.Generator().manual_seed(5)
