@@ -166,6 +166,31 @@ def test_gradients_match_reference(K, dilation, with_seq, dtype, layout, device)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("K,dilation,L", [(4, 1, 4500), (3, 1100, 5000), (2, 3000, 2100)])
+def test_gradients_of_rows_longer_than_a_stage(K, dilation, L, activation, dtype, layout, device):
+    """Rows of several stages, and histories longer than a stage (and than the row): grad_x of each stage
+    is written once the g it reads is known."""
+    gen = torch.Generator().manual_seed(K + dilation + L)
+    B, C = 1, 3
+    H = dilation * (K - 1)
+    x = make_x(B, C, L, dtype, device, layout, gen).requires_grad_()
+    w = torch.randn(C, K, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    b = torch.randn(C, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    s = torch.randn(B, C, H, generator=gen, dtype=torch.float64).to(device, dtype).requires_grad_()
+    gy = torch.randn(B, C, L, generator=gen, dtype=torch.float64).to(device, dtype)
+    y = ops.causal_conv1d(x, w, b, s, None, activation, dilation)[0]
+    got = torch.autograd.grad(y, [x, w, b, s], gy)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b, s)]
+    want = torch.autograd.grad(reference(*leaves, activation, None, dilation)[0], leaves, gy.double())
+    for name, g, r in zip(["x", "weight", "bias", "initial_state"], got, want):
+        scale = 1 + r.abs().max().item()
+        tol = TOL[dtype]["atol"] * (scale if name in ("weight", "bias") else 1) * (3 if dtype != torch.float64 else 1)
+        torch.testing.assert_close(g.double(), r, atol=tol, rtol=TOL[dtype]["rtol"] * 3, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("activation,with_seq,with_state", [(None, False, False), ("silu", True, True),
                                                             ("silu", False, True)])
 def test_gradcheck_and_gradgradcheck(activation, with_seq, with_state, layout, device):

@@ -386,15 +386,29 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
   const bool streaming = g.x.nbytes() >= cpu::kStreamingBytes;
   at::parallel_for(0, C, std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, B * L * K)),
                    [&](int64_t begin, int64_t end) {
-    std::vector<A> win(H + kTimeChunk), pre(L), gbuf(2 * H + L), gxs(H + L);
+    std::vector<A> win(H + kTimeChunk), pre(o.silu ? L : 0), gbuf(2 * H + L), gxs(H + L);
     for (int64_t c = begin; c < end; ++c) {
       std::vector<A> flipped(o.w.begin() + c * K, o.w.begin() + (c + 1) * K);
       std::reverse(flipped.begin(), flipped.end());
       for (int64_t b = 0; b < B; ++b) {
         const int64_t r = b * C + c;
         A* grow = gbuf.data() + H;  // g[t] = grow[t], zeros on both sides
-        cpu::convert_row(gyp + r * L, grow, L);
+        const T* gyrow = gyp + r * L;
         const auto masked = runs[b].masked_outputs(H, L);
+        // grad_x of [p0, p0 + pn), from g[p0, p0 + pn + H): written in place
+        // (float, double; bfloat16 as bits) or through gxs (float16).
+        const auto grad_x = [&](int64_t p0, int64_t pn) {
+          cpu::CausalTimeTile<A> tile{grow + p0, flipped.data(), K, o.dilation, A(0), gxs.data() + H + p0, pn,
+                                      cpu::Activation::kNone};
+          if constexpr (std::is_same_v<T, A>) {
+            tile.out = gx + r * L + p0, tile.streaming = streaming;
+          } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            tile.out_bf16 = reinterpret_cast<uint16_t*>(gx + r * L + p0), tile.streaming = streaming;
+          }
+          cpu::run(tile);
+          if constexpr (std::is_same_v<T, c10::Half>) cpu::convert_row(gxs.data() + H + p0, gx + r * L + p0, pn);
+        };
+        int64_t ready = 0;  // grad_x is written for [0, ready)
         for (int64_t t0 = 0, n = 0; t0 < L; t0 += n) {
           n = time_stage(t0, H, L);
           const A* xw = win.data();  // xs from t0 - H: x's row in place where it can be
@@ -404,25 +418,38 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
           const bool fused = o.silu && K <= cpu::kCausalFusedTaps &&
               std::none_of(masked.begin(), masked.end(), [&](int64_t t) { return t >= t0 && t < t0 + n; });
           if (fused) {
-            // SiLU's gradient and the weight terms in one pass; bfloat16 x
-            // read where it lies.
-            cpu::CausalTimeSiluGradTile<A> tile{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], grow + t0, n,
-                                                gw + c * K, gb + c};
-            if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            // SiLU's gradient and the weight terms in one pass; grad_y (float,
+            // double, bfloat16) and bfloat16 x read where they lie.
+            cpu::CausalTimeSiluGradTile<A> tile{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], grow + t0,
+                                                grow + t0, n, gw + c * K, gb + c};
+            if constexpr (std::is_same_v<T, A>) {
+              tile.gy = gyrow + t0;
+            } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+              tile.gy_bf16 = reinterpret_cast<const uint16_t*>(gyrow + t0);
               if (t0 >= H) tile.win_bf16 = reinterpret_cast<const uint16_t*>(o.x + b * o.xb + c * o.xc + t0 - H);
+            } else {
+              cpu::convert_row(gyrow + t0, grow + t0, n);
             }
             if (!tile.win_bf16 && xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
             cpu::run(tile);
-            continue;
+          } else {
+            cpu::convert_row(gyrow + t0, grow + t0, n);
+            if (xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
+            if (o.silu) {
+              cpu::run(cpu::CausalTimeTile<A>{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], pre.data() + t0, n,
+                                              cpu::Activation::kNone});
+              for (int64_t t : masked) {
+                if (t >= t0 && t < t0 + n) pre[t] = o.pre(b, c, t, runs[b].start_of(t));
+              }
+              cpu::silu_grad(pre.data() + t0, grow + t0, n);
+            }
+            cpu::run(cpu::CausalTimeWeightTile<A>{grow + t0, xw, K, o.dilation, n, gw + c * K, gb + c});
           }
-          if (xw == win.data()) stage_time(o, b, c, t0 - H, n + H, win.data());
-          cpu::run(cpu::CausalTimeTile<A>{xw, o.w.data() + c * K, K, o.dilation, o.bias[c], pre.data() + t0, n,
-                                          cpu::Activation::kNone});
-          for (int64_t t : masked) {
-            if (t >= t0 && t < t0 + n) pre[t] = o.pre(b, c, t, runs[b].start_of(t));
-          }
-          if (o.silu) cpu::silu_grad(pre.data() + t0, grow + t0, n);
-          cpu::run(cpu::CausalTimeWeightTile<A>{grow + t0, xw, K, o.dilation, n, gw + c * K, gb + c});
+          // grad_x as far as g is known, while the stage's g is in the caches:
+          // to H positions before the stage's end (down to a stage boundary,
+          // so that its vectors stay aligned), or to the end of the row.
+          const int64_t done = t0 + n == L ? L : (t0 + n - H) / kTimeHead * kTimeHead;
+          if (done > ready) grad_x(ready, done - ready), ready = done;
         }
         // Take back the masked taps' terms from grad_w.
         for (int64_t t : masked) {
@@ -432,19 +459,9 @@ void backward_time(const Operands<T>& o, const at::Tensor& gy, const std::vector
             if (p < lo) gw[c * K + k] -= grow[t] * o.xs(b, c, p);
           }
         }
-        // grad_xs: the state's H positions, then x's row, written in place
-        // (float, double; bfloat16 as bits) or through gxs (float16).
+        // grad_xs of the state's H positions.
         cpu::run(cpu::CausalTimeTile<A>{gbuf.data(), flipped.data(), K, o.dilation, A(0), gxs.data(), H,
                                         cpu::Activation::kNone});
-        cpu::CausalTimeTile<A> tile{grow, flipped.data(), K, o.dilation, A(0), gxs.data() + H, L,
-                                    cpu::Activation::kNone};
-        if constexpr (std::is_same_v<T, A>) {
-          tile.out = gx + r * L, tile.streaming = streaming;
-        } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
-          tile.out_bf16 = reinterpret_cast<uint16_t*>(gx + r * L), tile.streaming = streaming;
-        }
-        cpu::run(tile);
-        if constexpr (std::is_same_v<T, c10::Half>) cpu::convert_row(gxs.data() + H, gx + r * L, L);
         for (int64_t p : runs[b].masked_inputs(H)) {
           const int64_t stop = std::min(runs[b].next_after(p, L), L);
           A acc = 0;
@@ -514,7 +531,8 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
             return t >= t0 && t < t0 + span;
           });
           // SiLU's gradient and the weight terms in one pass (no pre-activation
-          // kept); bfloat16 x and grad_y read where they lie.
+          // kept); grad_y (float, double, bfloat16) and bfloat16 x read where
+          // they lie.
           cpu::CausalChannelSiluGradTile<A> fuse{nullptr, w.data(), o.bias.data() + c0, gbuf.data(), m, m, K,
                                                  o.dilation, span, n, gwb, gbb};
           bool done = false;
@@ -530,8 +548,13 @@ void backward_channels(const Operands<T>& o, const at::Tensor& gy, const std::ve
           }
           if (!done) {
             stage_channels(o, b, c0, m, t0 - H, span + H, rows, buf);
-            for (int64_t j = 0; j < span; ++j) {
-              cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
+            if constexpr (std::is_same_v<T, A>) {
+              if (fused) fuse.gy = gyp + b * gyb + t0 * gyt + c0, fuse.gy_stride = gyt;
+            }
+            if (fuse.gy == nullptr) {
+              for (int64_t j = 0; j < span; ++j) {
+                cpu::convert_row(gyp + b * gyb + (t0 + j) * gyt + c0, gbuf.data() + j * m, m);
+              }
             }
             if (fused) {
               fuse.rows = rows.data();

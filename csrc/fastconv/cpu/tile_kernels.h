@@ -158,9 +158,11 @@ struct CausalChannelWeightTile {
 
 // The SiLU backward of a CausalTimeTile in one pass, taps <= kCausalFusedTaps:
 // for j < n, pre = bias + sum_k w[k] * win[j + k * dilation],
-//   g[j] *= silu'(pre)       (g holds grad_y on entry),
+//   g[j] = gy[j] * silu'(pre),
 //   gw[k] += sum_j g[j] * win[j + k * dilation],  *gb += sum_j g[j].
-// (For float: win_bf16 as in CausalTimeTile.)
+// grad_y is read where it lies (gy may equal g). For float: win_bf16 as in
+// CausalTimeTile, and gy_bf16 in place of gy (bfloat16 bits); win_bf16 only
+// with gy_bf16.
 constexpr int64_t kCausalFusedTaps = 8;
 
 template <typename T>
@@ -169,11 +171,13 @@ struct CausalTimeSiluGradTile {
   const T* w;  // [taps]
   int64_t taps, dilation;
   T bias;
+  const T* gy;
   T* g;
   int64_t n;
   T* gw;
   T* gb;
   const uint16_t* win_bf16 = nullptr;
+  const uint16_t* gy_bf16 = nullptr;
 };
 
 // The SiLU backward of a CausalChannelTile in one pass: for rows j < n,
@@ -181,9 +185,9 @@ struct CausalTimeSiluGradTile {
 //   g[j * g_stride + c] *= silu'(pre)          (g holds grad_y on entry),
 // and for j < n_weight the sums of a CausalChannelWeightTile of that g into
 // gw and gb. (Separately: the pre-activation written, read back, and x read
-// again by the weight tile.) For float with rows_bf16 and gy_bf16: x and
-// grad_y read as bfloat16 bits where they lie, g = gy_bf16[j * gy_stride + c] *
-// silu'(pre) written to g.
+// again by the weight tile.) With gy: grad_y read where it lies, g =
+// gy[j * gy_stride + c] * silu'(pre) written to g. For float with rows_bf16
+// and gy_bf16: x and grad_y read as bfloat16 bits where they lie, as with gy.
 template <typename T>
 struct CausalChannelSiluGradTile {
   const T* const* rows;
@@ -195,6 +199,7 @@ struct CausalChannelSiluGradTile {
   T* gw;
   T* gb;
   const uint16_t* const* rows_bf16 = nullptr;
+  const T* gy = nullptr;
   const uint16_t* gy_bf16 = nullptr;
   int64_t gy_stride = 0;
 };

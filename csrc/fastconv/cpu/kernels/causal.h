@@ -561,8 +561,8 @@ void causal_channel_weight(const CausalChannelWeightTile<T>& a) {
 // The weight-gradient accumulators of every tap stay in registers over the
 // tile; x is read for the pre-activation and again (from L1) for the terms.
 // V vectors of positions at a time from j (Full: no partial loads), so that
-// the sigmoids of several vectors overlap.
-template <typename T, bool In16, int KT, int V, bool Full>
+// the sigmoids of several vectors overlap. Gy16: grad_y as bfloat16 bits.
+template <typename T, bool In16, bool Gy16, int KT, int V, bool Full>
 __attribute__((always_inline)) inline void causal_time_silu_grad_block(const CausalTimeSiluGradTile<T>& a, int64_t j,
                                                                        const typename Simd<T>::V* w,
                                                                        typename Simd<T>::V* acc,
@@ -588,10 +588,16 @@ __attribute__((always_inline)) inline void causal_time_silu_grad_block(const Cau
   for (int v = 0; v < V; ++v) s[v] = pre[v];
   sigmoid_n<T, false>(s);
   for (int v = 0; v < V; ++v) {
-    T* gp = a.g + j + v * W;
-    const Vec gy = Full ? S::load(gp) : load_partial(gp, m - v * W);
+    const int64_t left = Full ? W : m - v * W;
+    Vec gy;
+    if constexpr (Gy16) {
+      const uint16_t* p = a.gy_bf16 + j + v * W;
+      gy = Full ? Io<T, true>::load(p) : Io<T, true>::load(p, left);
+    } else {
+      gy = Full ? S::load(a.gy + j + v * W) : load_partial(a.gy + j + v * W, left);
+    }
     g[v] = gy * s[v] * (T(1) + pre[v] * (T(1) - s[v]));
-    S::store(gp, g[v], Full ? W : m - v * W);
+    S::store(a.g + j + v * W, g[v], left);
   }
   for (int v = 0; v < V; ++v) {
     for (int k = 0; k < KT; ++k) acc[k] += g[v] * x_at(v, k);
@@ -599,7 +605,7 @@ __attribute__((always_inline)) inline void causal_time_silu_grad_block(const Cau
   }
 }
 
-template <typename T, bool In16, int KT>
+template <typename T, bool In16, bool Gy16, int KT>
 void causal_time_silu_grad_taps(const CausalTimeSiluGradTile<T>& a) {
   using S = Simd<T>;
   using Vec = typename S::V;
@@ -607,9 +613,9 @@ void causal_time_silu_grad_taps(const CausalTimeSiluGradTile<T>& a) {
   Vec w[KT], acc[KT] = {}, bias_acc = {};
   for (int k = 0; k < KT; ++k) w[k] = S::splat(a.w[k]);
   int64_t j = 0;
-  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_silu_grad_block<T, In16, KT, 4, true>(a, j, w, acc, bias_acc);
-  for (; j + W <= a.n; j += W) causal_time_silu_grad_block<T, In16, KT, 1, true>(a, j, w, acc, bias_acc);
-  if (j < a.n) causal_time_silu_grad_block<T, In16, KT, 1, false>(a, j, w, acc, bias_acc);
+  for (; j + 4 * W <= a.n; j += 4 * W) causal_time_silu_grad_block<T, In16, Gy16, KT, 4, true>(a, j, w, acc, bias_acc);
+  for (; j + W <= a.n; j += W) causal_time_silu_grad_block<T, In16, Gy16, KT, 1, true>(a, j, w, acc, bias_acc);
+  if (j < a.n) causal_time_silu_grad_block<T, In16, Gy16, KT, 1, false>(a, j, w, acc, bias_acc);
   for (int k = 0; k < KT; ++k) a.gw[k] += S::sum(acc[k]);
   *a.gb += S::sum(bias_acc);
 }
@@ -620,9 +626,10 @@ void causal_time_silu_grad(const CausalTimeSiluGradTile<T>& a) {
     constexpr int KT = decltype(kt)::value;
     if constexpr (KT > 0) {
       if constexpr (sizeof(T) == 4) {
-        if (a.win_bf16) return causal_time_silu_grad_taps<T, true, KT>(a);
+        if (a.win_bf16) return causal_time_silu_grad_taps<T, true, true, KT>(a);
+        if (a.gy_bf16) return causal_time_silu_grad_taps<T, false, true, KT>(a);
       }
-      causal_time_silu_grad_taps<T, false, KT>(a);
+      causal_time_silu_grad_taps<T, false, false, KT>(a);
     }
   });
 }
@@ -631,32 +638,39 @@ void causal_time_silu_grad(const CausalTimeSiluGradTile<T>& a) {
 
 // The pointers a block of P positions from j uses, resolved once for all its
 // channel vectors, as ChannelBlock: the rows of x (KT > 0, dilation 1),
-// grad_y's rows (In16: bfloat16 in place; else g holds grad_y), g's rows, and
-// the x and grad_y rows kCausalPrefetchRows positions past the block.
+// grad_y's rows (In16: bfloat16 in place; else gy in place, or g's rows where
+// g holds grad_y), g's rows, and the x and grad_y rows kCausalPrefetchRows
+// positions past the block.
 template <typename T, bool In16, int P, int KT>
 struct SiluGradBlock {
   using In = typename Io<T, In16>::Src;
   static constexpr int kRows = KT > 0 ? P + KT - 1 : 1;
   const In* x[kRows] = {};
   const In* ahead[2 * P] = {};
-  const uint16_t* gy[P] = {};
+  const In* gy[P] = {};
   T* g[P];
   bool window;
 
   SiluGradBlock(const CausalChannelSiluGradTile<T>& a, int64_t j) : window(KT > 0 && a.dilation == 1) {
     const In* const* rows;
-    if constexpr (In16) rows = a.rows_bf16; else rows = a.rows;
+    const In* gy0;
+    if constexpr (In16) {
+      rows = a.rows_bf16, gy0 = a.gy_bf16;
+    } else {
+      rows = a.rows, gy0 = a.gy;
+    }
     if (window) {
       for (int i = 0; i < kRows; ++i) x[i] = rows[j + i];
     }
     const int64_t H = (a.taps - 1) * a.dilation, r = j + P + kCausalPrefetchRows;
     for (int p = 0; p < P; ++p) {
+      g[p] = a.g + (j + p) * a.g_stride;
+      if constexpr (In16) gy[p] = gy0 + (j + p) * a.gy_stride;
+      else gy[p] = gy0 == nullptr ? g[p] : gy0 + (j + p) * a.gy_stride;
       if (P > 1 && r + p < a.n) {
         ahead[p] = rows[r + p + H];
-        if constexpr (In16) ahead[P + p] = a.gy_bf16 + (r + p) * a.gy_stride;
+        if (gy0 != nullptr) ahead[P + p] = gy0 + (r + p) * a.gy_stride;
       }
-      if constexpr (In16) gy[p] = a.gy_bf16 + (j + p) * a.gy_stride;
-      g[p] = a.g + (j + p) * a.g_stride;
     }
   }
 };
@@ -692,8 +706,7 @@ __attribute__((always_inline)) inline void causal_silu_grad_block(const CausalCh
     }
     sigmoid_n<T, false>(s);
     for (int p = 0; p < P; ++p) {
-      Vec gy;
-      if constexpr (In16) gy = load(blk.gy[p] + c); else gy = load(blk.g[p] + c);
+      const Vec gy = load(blk.gy[p] + c);
       g[p] = gy * s[p] * (T(1) + pre[p] * (T(1) - s[p]));
       S::store(blk.g[p] + c, g[p], len);
     }
