@@ -50,9 +50,11 @@ ops = torch.ops.fastconv
 KEYS = ["direct_small", "direct_dense", "direct_call", "fft_nlogn", "fft_cmac", "fft_byte", "fft_call", "threads",
         "native_small", "native_dense", "native_call"]
 DEPTHWISE_RULES = ["depthwise_rows", "depthwise_strided", "depthwise_large", "depthwise_input", "depthwise_weight",
-                   "depthwise_small_strided_grads"]
+                   "depthwise_small_strided_grads", "depthwise_nchw_kernels", "depthwise_nchw_kernel_grads"]
 RULES = ["pointwise_forward", "pointwise_input", "pointwise_weight"] + DEPTHWISE_RULES + [
     f"{rule}_bf16" for rule in DEPTHWISE_RULES]
+# Rules that choose between fastconv's paths of an operator another rule gives to fastconv.
+PATH_CHOICES = {"depthwise_nchw_kernels", "depthwise_nchw_kernel_grads"}
 TINY = 1e-30
 RULE_SPEEDUP = 1.1  # csrc/fastconv/conv2d_rules.h: kRuleSpeedup
 
@@ -110,25 +112,27 @@ class Layer2d:
         self.args = dict(stride=stride, padding=kernel // 2, groups=self.groups)
         self.pixels = ((size + 2 * (kernel // 2) - kernel) // stride + 1) ** 2
         self.channels_last, self.stride, self.taps = channels_last, stride, kernel * kernel
-        self.forward_rule, self.gradient_rules = self._rules()
+        self.forward_rules, self.gradient_rules = self._rules()
 
     def _rules(self):
-        """The rule for this layer's forward (or None) and the rules for its gradients
-        (csrc/fastconv/path.cpp)."""
+        """The rules for this layer's forward and for its gradients (csrc/fastconv/path.cpp): for
+        each, the rules to judge together (the first forward rule moves the forward to fastconv,
+        a second one chooses which of its paths)."""
         if self.groups == 1:
-            return "pointwise_forward", ["pointwise_input", "pointwise_weight"]
-        forward = None
-        if self.channels_last and self.stride > 1:
-            forward = "depthwise_strided"
-        elif self.channels_last and 100 <= self.taps < 400:
-            forward = "depthwise_large"
-        elif not self.channels_last and self.stride == 1:
-            forward = "depthwise_rows"
+            return ["pointwise_forward"], ["pointwise_input", "pointwise_weight"]
+        forward = []
         gradients = ["depthwise_input", "depthwise_weight"]
+        if self.channels_last and self.stride > 1:
+            forward = ["depthwise_strided"]
+        elif self.channels_last and 100 <= self.taps < 400:
+            forward = ["depthwise_large"]
+        elif not self.channels_last and self.stride == 1:
+            forward = ["depthwise_rows", "depthwise_nchw_kernels"]
+            gradients += ["depthwise_nchw_kernel_grads"]
         if self.stride > 1 and self.taps <= 9:
             gradients = ["depthwise_small_strided_grads"] + gradients
         if self.dtype == torch.bfloat16:  # bfloat16 layers have tables of their own
-            forward = forward and f"{forward}_bf16"
+            forward = [f"{rule}_bf16" for rule in forward]
             gradients = [f"{rule}_bf16" for rule in gradients]
         return forward, gradients
 
@@ -217,28 +221,55 @@ def rule_layers() -> List[Layer2d]:
         for dtype in (torch.float32, torch.bfloat16) for n, c, size, k, s in depthwise for cl in (False, True)]
 
 
-def layer_verdicts(layer: Layer2d, repeats: int) -> Dict[str, float]:
-    """Each rule covering `layer`, and the speedup its table records for the layer: the layer's
-    speedup where the rule is part of the fastest choice (among the rules that cover it, at least
-    1.1x faster than PyTorch), at most 1 where it is not.
-
-    The forward rule is judged on the forward alone (inference); the gradient rules on forward and
-    backward together, with the forward as judged, over every combination of them (a gradient of
-    fastconv's beside one of PyTorch's loses PyTorch's joint backward)."""
-    out: Dict[str, float] = {}
-    forward = []
-    if layer.forward_rule:
-        x = layer.speedup([layer.forward_rule], False, repeats)
-        out[layer.forward_rule] = x if x >= RULE_SPEEDUP else min(x, 1.0)
-        forward = [layer.forward_rule] if x >= RULE_SPEEDUP else []
-    rules = layer.gradient_rules
-    combos = [[r for r, on in zip(rules, bits) if on] for bits in itertools.product((False, True), repeat=len(rules))]
-    timed = {tuple(c): layer.speedup(forward + c, True, repeats) for c in combos if c}
+def _judged(rules: Sequence[str], timed: Dict[tuple, float], out: Dict[str, float]) -> List[str]:
+    """Records in `out` each of `rules`' speedup given the speedups `timed` of combinations of them:
+    the fastest combination's where the rule is part of it (and it is at least 1.1x faster than
+    PyTorch), at most 1 where it is not. Returns the fastest combination (empty: PyTorch's)."""
     best = max(timed, key=timed.get)
     best = best if timed[best] >= RULE_SPEEDUP else ()
     for rule in rules:
         with_rule = max(x for c, x in timed.items() if rule in c)
         out[rule] = timed[best] if rule in best else min(with_rule, 1.0)
+    return list(best)
+
+
+def layer_verdicts(layer: Layer2d, repeats: int) -> Dict[str, float]:
+    """Each rule covering `layer`, and the speedup its table records for the layer: the layer's
+    speedup where the rule is part of the fastest choice (among the rules that cover it, at least
+    1.1x faster than PyTorch), at most 1 where it is not.
+
+    The forward rules are judged on the forward alone (inference): fastconv's forward, and where a
+    second rule chooses between its paths, with each of them; the gradient rules on forward and
+    backward together, with the forward as judged, over every combination of them (a gradient of
+    fastconv's beside one of PyTorch's loses PyTorch's joint backward)."""
+    out: Dict[str, float] = {}
+    forward = []
+    if layer.forward_rules:
+        combos = [tuple(layer.forward_rules[:n]) for n in range(1, len(layer.forward_rules) + 1)]
+        forward = _judged(layer.forward_rules, {c: layer.speedup(c, False, repeats) for c in combos}, out)
+    rules = layer.gradient_rules
+    combos = [[r for r, on in zip(rules, bits) if on] for bits in itertools.product((False, True), repeat=len(rules))]
+    combos = [c for c in combos if any(r.removesuffix("_bf16") not in PATH_CHOICES for r in c)]
+    _judged(rules, {tuple(c): layer.speedup(forward + c, True, repeats) for c in combos}, out)
+    return out
+
+
+def pass_verdicts(layer: Layer2d, passes: List[Dict[str, float]]) -> Dict[str, float]:
+    """A layer's verdicts over several passes of layer_verdicts: for each group of its rules judged
+    together (its forward rules, its gradient rules), the set of rules that most passes found part
+    of the fastest choice (a tie goes to the smaller set: more of PyTorch's kernels), each with its
+    median speedup over those passes, and every other rule's median capped at 1. A median per rule
+    alone could hold a combination no pass chose: a gradient of fastconv's beside one of PyTorch's,
+    which loses PyTorch's joint backward."""
+    out: Dict[str, float] = {}
+    for group in (layer.forward_rules, layer.gradient_rules):
+        chosen = [frozenset(r for r in group if p[r] >= RULE_SPEEDUP) for p in passes]
+        best = max(set(chosen), key=lambda s: (chosen.count(s), -len(s)))
+        for rule in group:
+            if rule in best:
+                out[rule] = statistics.median(p[rule] for p, c in zip(passes, chosen) if c == best)
+            else:
+                out[rule] = min(statistics.median(p[rule] for p in passes), 1.0)
     return out
 
 
@@ -339,8 +370,9 @@ def rule_lines(verdicts: List[Dict[str, float]]) -> List[str]:
 
 def main(argv=None) -> int:
     """Calibrate and write the profile: ``python -m fastconv_ext.calibrate [--out PATH] [--repeats N]
-    [--passes N]``. Each pass fits every constant; the profile keeps each constant's median over
-    the passes. Returns the process exit status."""
+    [--passes N]``. Each pass fits every constant and judges every rule; the profile keeps each
+    constant's median over the passes, and each layer's verdicts as pass_verdicts takes them.
+    Returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None, help=f"profile file (default {default_path()})")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (median)")
@@ -353,8 +385,7 @@ def main(argv=None) -> int:
         fits.append(calibrate(args.repeats, log=log))
         rule_fits.append(calibrate_rules(args.repeats, log=log))
     values = [statistics.median(column) for column in zip(*fits)]
-    rules = rule_lines([{rule: statistics.median(f[i][rule] for f in rule_fits) for rule in rule_fits[0][i]}
-                        for i in range(len(rule_fits[0]))])
+    rules = rule_lines([pass_verdicts(layer, [f[i] for f in rule_fits]) for i, layer in enumerate(rule_layers())])
     out = Path(args.out) if args.out else default_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# fastconv cost profile: {platform.node()}, {platform.processor() or platform.machine()}, "

@@ -137,7 +137,7 @@ def conv2d_rules(**tables):
     rules': a speedup, measured on one layer that then speaks for every layer, or a list of
     (batch, C_in, C_out, output pixels, taps, stride, layout, speedup)."""
     saved = torch.ops.fastconv._conv2d_rules()
-    lines = []
+    lines = [line for line in saved if line.split()[0] not in tables]
     for rule, table in tables.items():
         rows = [(1, 1, 1, 1, 1, 1, 0, table)] if isinstance(table, (int, float)) else table
         lines += [" ".join(str(v) for v in (rule, *row)) for row in rows]
@@ -171,9 +171,11 @@ CPU_KINDS = ["avx512", "avx2"]
 # layers, whatever this machine's profile says.
 DEPTHWISE_RULES_HOLD = dict(depthwise_rows=2.0, depthwise_strided=2.0, depthwise_large=2.0, depthwise_input=2.0,
                             depthwise_weight=2.0, depthwise_small_strided_grads=0.5,
+                            depthwise_nchw_kernels=0.5, depthwise_nchw_kernel_grads=0.5,
                             depthwise_rows_bf16=2.0, depthwise_strided_bf16=2.0, depthwise_large_bf16=2.0,
                             depthwise_input_bf16=2.0, depthwise_weight_bf16=2.0,
-                            depthwise_small_strided_grads_bf16=2.0)
+                            depthwise_small_strided_grads_bf16=2.0,
+                            depthwise_nchw_kernels_bf16=0.5, depthwise_nchw_kernel_grads_bf16=0.5)
 
 
 def pytorch_generic_16bit(dtype) -> bool:

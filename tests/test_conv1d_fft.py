@@ -243,6 +243,27 @@ def test_calibration_stops_repeating_a_comparison_far_from_deciding():
     assert 1 / calibrate.FAR < ratio < calibrate.FAR and calls == {"slow": 9, "fast": 9}
 
 
+def test_verdicts_over_passes_hold_only_a_combination_some_pass_chose():
+    """Over several calibration passes a layer's rules judged together keep the combination most
+    passes found fastest (a tie goes to the smaller one), at their median over those passes; a
+    median per rule could hold grad_weight alone where most passes chose both gradients or
+    neither, losing PyTorch's joint backward."""
+    from fastconv_ext import calibrate
+
+    layer = calibrate.Layer2d(1, 8, 14, 3)  # NCHW, stride 1
+    assert layer.forward_rules == ["depthwise_rows", "depthwise_nchw_kernels"]
+    assert layer.gradient_rules == ["depthwise_input", "depthwise_weight", "depthwise_nchw_kernel_grads"]
+    fwd = dict(depthwise_rows=1.5, depthwise_nchw_kernels=0.9)
+    both = dict(fwd, depthwise_input=1.2, depthwise_weight=1.2, depthwise_nchw_kernel_grads=1.0)
+    weight = dict(fwd, depthwise_input=1.0, depthwise_weight=1.15, depthwise_nchw_kernel_grads=0.9)
+    neither = dict(fwd, depthwise_input=0.95, depthwise_weight=0.97, depthwise_nchw_kernel_grads=0.9)
+    # Per rule, the medians would be input 1.0, weight 1.15: weight alone, which no pass chose.
+    got = calibrate.pass_verdicts(layer, [both, both, weight, neither, neither])
+    assert got == dict(fwd, depthwise_input=1.0, depthwise_weight=1.0, depthwise_nchw_kernel_grads=0.9)
+    got = calibrate.pass_verdicts(layer, [both, both, both, weight, neither])
+    assert got == dict(fwd, depthwise_input=1.2, depthwise_weight=1.2, depthwise_nchw_kernel_grads=1.0)
+
+
 def test_bad_algorithm_raises():
     x, w = torch.randn(1, 1, 8), torch.randn(1, 1, 3)
     with pytest.raises(RuntimeError, match=r"algorithm must be 'auto', 'native', 'direct' or 'fft', but got 'fast'"):

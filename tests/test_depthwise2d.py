@@ -263,6 +263,32 @@ def test_a_rule_that_does_not_hold_gives_its_class_to_pytorch(rule, layer, ops_n
     assert failing == dict(holding, **{op: "native" for op in ops_native})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nchw_layers_take_the_depthwise_kernels_where_they_were_measured_faster(dtype):
+    """NCHW stride-1 layers run the direct rows, or the depthwise kernels (through channels-last
+    copies) where calibration measured those faster: depthwise_nchw_kernels for the forward,
+    depthwise_nchw_kernel_grads for both gradients, each in its dtype's table; the results match
+    PyTorch's either way."""
+    x, w = torch.randn(2, 32, 28, 28, dtype=dtype), torch.randn(32, 1, 21, 21, dtype=dtype)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    yd = F.conv2d(xd, wd, padding=10, groups=32)
+    want = [yd, *torch.autograd.grad(yd, (xd, wd), torch.ones_like(yd))]
+    suffix = "_bf16" if dtype == torch.bfloat16 else ""
+    tol = dict(rtol=2e-2, atol=0.5) if suffix else dict(rtol=1e-4, atol=1e-3)
+    cases = {"rows": ({}, {}),
+             "forward": ({f"depthwise_nchw_kernels{suffix}": 2.0}, {"forward": "depthwise"}),
+             "gradients": ({f"depthwise_nchw_kernel_grads{suffix}": 2.0}, {"input": "depthwise", "weight": "depthwise"})}
+    for case, (table, moved) in cases.items():
+        with conv2d_rules(**dict(DEPTHWISE_RULES_HOLD, **table)):
+            assert paths(x, w, 1, 10) == dict({"forward": "direct", "input": "direct", "weight": "direct"}, **moved), case
+            xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+            y = fastconv_ext.conv2d(xg, wg, padding=10, groups=32)
+            got = [y, *torch.autograd.grad(y, (xg, wg), torch.ones_like(y))]
+        assert all(g.is_contiguous() and g.dtype == dtype for g in got), case
+        for name, g, r in zip(("output", "grad_input", "grad_weight"), got, want):
+            torch.testing.assert_close(g.double(), r, **tol, msg=lambda m: f"{case} {name}: {m}")
+
+
 def test_strided_small_kernel_gradients_follow_their_rule():
     """Strided <= 3x3 float layers: PyTorch's one convolution_backward unless calibration measured
     fastconv's two gradients at least 1.1x faster (here 1.2x); then the channels-last forward is fastconv's too."""
@@ -320,16 +346,23 @@ def test_bfloat16_channels_last_wide_kernels_never_reach_pytorch():
 
 @pytest.mark.parametrize("kind", CPU_KINDS)
 def test_built_in_rules_keep_the_largest_kernels_on_fastconv(kind):
-    """RepLKNet's 31x31 and 29x29 NCHW layers, where PyTorch's forward is 15-25x slower than the
-    direct rows, are among the calibrated layers: the built-in tables of both CPU kinds send their
+    """RepLKNet's 31x31 and 29x29 NCHW layers, where PyTorch's forward is 15-25x slower than
+    fastconv's, are among the calibrated layers: the built-in tables of both CPU kinds send their
     forward and grad_weight to fastconv (the nearest 11x11-17x17 layers alone, where PyTorch's
     forward wins on AVX-512, gave them to PyTorch). grad_input as measured: fastconv's on the
-    AVX-512 machine, PyTorch's beside fastconv's grad_weight on the AVX2 one."""
+    AVX-512 machine, PyTorch's beside fastconv's grad_weight on the AVX2 one. Which of fastconv's
+    paths: on the AVX-512 machine the depthwise kernels measured faster than the direct rows for
+    these layers, in both dtypes; the AVX2 table has no such measurements and keeps the rows."""
     with built_in_profile(kind):
         for channels, size, kernel in [(128, 56, 31), (256, 28, 29)]:
-            x, w = torch.randn(1, channels, size, size), torch.randn(channels, 1, kernel, kernel)
-            assert paths(x, w, 1, kernel // 2) == {"forward": "direct", "weight": "direct",
-                                                   "input": "direct" if kind == "avx512" else "native"}
+            for dtype in (torch.float32, torch.bfloat16):
+                x = torch.randn(1, channels, size, size, dtype=dtype)
+                w = torch.randn(channels, 1, kernel, kernel, dtype=dtype)
+                got = paths(x, w, 1, kernel // 2)
+                if kind == "avx512":
+                    assert got == {"forward": "depthwise", "weight": "depthwise", "input": "depthwise"}, dtype
+                elif dtype == torch.float32:
+                    assert got == {"forward": "direct", "weight": "direct", "input": "native"}
 
 
 @pytest.mark.parametrize("kind", CPU_KINDS)

@@ -48,12 +48,16 @@ const char* kRuleNames[kNumRules] = {"pointwise_forward",
                                      "depthwise_input",
                                      "depthwise_weight",
                                      "depthwise_small_strided_grads",
+                                     "depthwise_nchw_kernels",
+                                     "depthwise_nchw_kernel_grads",
                                      "depthwise_rows_bf16",
                                      "depthwise_strided_bf16",
                                      "depthwise_large_bf16",
                                      "depthwise_input_bf16",
                                      "depthwise_weight_bf16",
-                                     "depthwise_small_strided_grads_bf16"};
+                                     "depthwise_small_strided_grads_bf16",
+                                     "depthwise_nchw_kernels_bf16",
+                                     "depthwise_nchw_kernel_grads_bf16"};
 
 // The built-in tables of each CPU kind (algorithm.h); a profile file
 // replaces them.
@@ -174,16 +178,13 @@ bool rule_holds(Rule rule, const Conv2dIntDims& d, int layout) {
 
 std::vector<std::string> rule_tables(const std::optional<std::vector<std::string>>& lines) {
   if (lines) {
-    Tables t = lines->empty() ? built_in() : *tables(), given;
+    Tables t = lines->empty() ? built_in() : Tables{};
     for (const std::string& line : *lines) {
       const auto p = parse_line(line);
       TORCH_CHECK(p, "fastconv: a conv2d rule line is '<rule> <batch> <C_in> <C_out> <output pixels> <taps> ",
                   "<stride> <layout> <speedup>' with a known rule, a layout of 0 or 1 and positive numbers, but ",
                   "got '", line, "'");
-      given[p->first].push_back(measured(p->second));
-    }
-    for (size_t r = 0; r < kNumRules; ++r) {
-      if (!given[r].empty()) t[r] = std::move(given[r]);
+      t[p->first].push_back(measured(p->second));
     }
     std::lock_guard<std::mutex> lock(tables_mutex);
     active = std::make_shared<const Tables>(std::move(t));

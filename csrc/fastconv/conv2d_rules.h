@@ -34,6 +34,8 @@ enum class Rule : uint8_t {
   kDepthwiseWeight,   // depthwise grad_weight, the same
   kDepthwiseSmallStridedGrads,  // both gradients of strided <= 3x3 depthwise layers, against
                                 // PyTorch's one convolution_backward
+  kDepthwiseNchwKernels,      // NCHW stride-1 depthwise forward by the depthwise kernels, not the rows
+  kDepthwiseNchwKernelGrads,  // both of its gradients, the same
   // The depthwise rules for bfloat16 layers, measured in bfloat16: PyTorch's
   // bfloat16 kernels are not its float ones scaled (its bfloat16 depthwise
   // backward is many times slower, its forward about as fast), so float
@@ -44,8 +46,10 @@ enum class Rule : uint8_t {
   kDepthwiseInputBf16,
   kDepthwiseWeightBf16,
   kDepthwiseSmallStridedGradsBf16,
+  kDepthwiseNchwKernelsBf16,
+  kDepthwiseNchwKernelGradsBf16,
 };
-inline constexpr size_t kNumRules = 15;
+inline constexpr size_t kNumRules = 19;
 
 // A rule's path is taken where the nearest measured layer was at least this
 // much faster with it: the margin keeps noise from making a layer slower.
@@ -56,9 +60,10 @@ constexpr double kRuleSpeedup = 1.1;
 bool rule_holds(Rule rule, const Conv2dIntDims& d, int layout);
 
 // The rules' tables as lines "<rule> <batch> <C_in> <C_out> <output pixels>
-// <taps> <stride> <layout> <speedup>": the active ones, after replacing every rule named in
-// `lines` with the lines given for it when `lines` is given (an empty list
-// restores the built-in tables). The profile file
+// <taps> <stride> <layout> <speedup>": the active ones, after making them
+// exactly `lines` when given (a rule they do not name has no measurements and
+// never holds; an empty list restores the built-in tables), so that setting
+// the lines this returned restores its tables. The profile file
 // (cpu_profile_path(), algorithm.h) holds them as the same lines after
 // "rule ".
 std::vector<std::string> rule_tables(const std::optional<std::vector<std::string>>& lines);

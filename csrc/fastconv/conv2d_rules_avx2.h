@@ -2,7 +2,9 @@
 // (included there only): python -m fastconv_ext.calibrate on an AMD EPYC VM
 // (2 threads, AVX2, no AVX-512; the median of its 3 passes). Columns: batch,
 // C_in, C_out, output pixels, taps, stride, layout, speedup of the layer with
-// the rule (see calibrate.py).
+// the rule (see calibrate.py). No rows for the rules choosing the depthwise
+// kernels over the rows of NCHW layers (they came in after this calibration):
+// those never hold here, and the rows stay.
 #pragma once
 
 constexpr DefaultProbe kAvx2Probes[] = {

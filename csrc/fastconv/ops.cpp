@@ -179,8 +179,8 @@ TORCH_LIBRARY(fastconv, m) {
     return cpu_cost_profile().to_vector();
   });
   // The conv2d rules' measured tables (conv2d_rules.h) as lines, after
-  // replacing the rules that `lines` names when given ([] restores this CPU
-  // kind's built-in tables). For calibration and tests.
+  // setting them to exactly `lines` when given ([] restores this CPU kind's
+  // built-in tables). For calibration and tests.
   m.def("_conv2d_rules(str[]? lines=None) -> str[]", [](std::optional<std::vector<std::string>> lines) {
     auto out = rule_tables(lines);
     if (lines) settings_changed();

@@ -194,7 +194,9 @@ Path conv1d_default(const ConvCall& c) {
 // rows are at least kRowsFrom outputs long and most lanes of a staged row are
 // outputs, OW / (OW + dw (KW - 1)) >= kRowLanes (below that oneDNN's forward
 // wins), or where the kernel is large (kDepthwiseRows); the depthwise kernels
-// (a layout copy each way) run the gradients elsewhere. Float gradients of
+// (a layout copy each way) run the gradients elsewhere, and in the rows'
+// place where they were measured faster (kDepthwiseNchwKernels for the
+// forward, kDepthwiseNchwKernelGrads for the gradients). Float gradients of
 // strided layers of up to 3x3 taps, which PyTorch computes in one call
 // (convolution_backward), stay native unless kDepthwiseSmallStridedGrads
 // holds, and the forward with them. bfloat16 layers ask the same rules'
@@ -217,8 +219,8 @@ Path pointwise_default(const ConvCall& c) {
 
 // Whether the depthwise rule `rule` (a float one) holds for the call, in the
 // table of its dtype.
-static_assert(size_t(Rule::kDepthwiseSmallStridedGradsBf16) - size_t(Rule::kDepthwiseRowsBf16) ==
-                  size_t(Rule::kDepthwiseSmallStridedGrads) - size_t(Rule::kDepthwiseRows),
+static_assert(size_t(Rule::kDepthwiseNchwKernelGradsBf16) - size_t(Rule::kDepthwiseRowsBf16) ==
+                  size_t(Rule::kDepthwiseNchwKernelGrads) - size_t(Rule::kDepthwiseRows),
               "the bfloat16 depthwise rules follow the float ones' order");
 bool depthwise_rule(Rule rule, const ConvCall& c) {
   if (c.dtype == at::kBFloat16) {
@@ -229,13 +231,16 @@ bool depthwise_rule(Rule rule, const ConvCall& c) {
 
 // A depthwise layer's own path for a forward or a gradient: the direct rows
 // where they run it (NCHW, stride 1; `rows`: the forward's rows can be
-// staged), else the depthwise kernels (vectors across channels).
+// staged) unless the depthwise kernels were measured faster there
+// (kDepthwiseNchwKernels, kDepthwiseNchwKernelGrads), else the depthwise
+// kernels (vectors across channels).
 Path depthwise_own(const ConvCall& c, bool rows) {
   const bool nchw_unit = c.layout != 1 && stride_one(c.d);
-  if (c.op == ConvOp::kInput) {
-    return nchw_unit && !why_not_transposed(c.d, why_not_direct_rows) ? Path::kDirect : Path::kDepthwise;
-  }
-  return nchw_unit && rows ? Path::kDirect : Path::kDepthwise;
+  const bool direct = c.op == ConvOp::kInput ? nchw_unit && !why_not_transposed(c.d, why_not_direct_rows)
+                                             : nchw_unit && rows;
+  if (!direct) return Path::kDepthwise;
+  const Rule kernels = c.op == ConvOp::kForward ? Rule::kDepthwiseNchwKernels : Rule::kDepthwiseNchwKernelGrads;
+  return depthwise_rule(kernels, c) ? Path::kDepthwise : Path::kDirect;
 }
 
 Path depthwise_default(const ConvCall& c) {
@@ -254,7 +259,7 @@ Path depthwise_default(const ConvCall& c) {
         return own || native_does_not_finish(c) ? Path::kDepthwise : Path::kNative;
       }
       return !strided && (full_rows || (rows && taps >= kLargeTaps)) && depthwise_rule(Rule::kDepthwiseRows, c)
-          ? Path::kDirect
+          ? depthwise_own(c, rows)
           : Path::kNative;
     case ConvOp::kInput:
       return joint_native || !depthwise_rule(Rule::kDepthwiseInput, c) ? Path::kNative : depthwise_own(c, rows);
