@@ -257,14 +257,20 @@ def layer_verdicts(layer: Layer2d, repeats: int) -> Dict[str, float]:
 def pass_verdicts(layer: Layer2d, passes: List[Dict[str, float]]) -> Dict[str, float]:
     """A layer's verdicts over several passes of layer_verdicts: for each group of its rules judged
     together (its forward rules, its gradient rules), the set of rules that most passes found part
-    of the fastest choice (a tie goes to the smaller set: more of PyTorch's kernels), each with its
-    median speedup over those passes, and every other rule's median capped at 1. A median per rule
+    of the fastest choice (a tie goes to the smaller set: more of PyTorch's kernels; then to the
+    faster one, then to the names' order), each with its median speedup over those passes, and
+    every other rule's median capped at 1. A median per rule
     alone could hold a combination no pass chose: a gradient of fastconv's beside one of PyTorch's,
     which loses PyTorch's joint backward."""
     out: Dict[str, float] = {}
     for group in (layer.forward_rules, layer.gradient_rules):
         chosen = [frozenset(r for r in group if p[r] >= RULE_SPEEDUP) for p in passes]
-        best = max(set(chosen), key=lambda s: (chosen.count(s), -len(s)))
+
+        def rank(s):
+            speedup = statistics.median(p[min(s)] for p, c in zip(passes, chosen) if c == s) if s else 0.0
+            return chosen.count(s), -len(s), speedup, sorted(s)
+
+        best = max(set(chosen), key=rank)
         for rule in group:
             if rule in best:
                 out[rule] = statistics.median(p[rule] for p, c in zip(passes, chosen) if c == best)
